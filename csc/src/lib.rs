@@ -1,0 +1,1 @@
+//! Cloud node library (in progress).

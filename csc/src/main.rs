@@ -1,0 +1,2 @@
+//! isthmus-node (in progress).
+fn main() {}

@@ -1,0 +1,11 @@
+//! Types both sides of Isthmus share: the hardware profile of a server, the
+//! control-API messages between the appliance (LMA/LCG) and the cloud node
+//! (CSC/CSL), and identities. Everything here is plain data, validated when it
+//! is parsed, so that the rest of the code passes typed values around.
+
+pub mod api;
+pub mod mac;
+pub mod profile;
+
+pub use mac::MacAddr;
+pub use profile::{DiskBus, DiskSpec, Firmware, HardwareProfile, Machine, NicModel, NicSpec, PciSlot, Smbios};

@@ -1,0 +1,361 @@
+//! The hardware profile of a server: what the guest sees as its machine.
+//!
+//! A profile is what Isthmus preserves across a move. It is parsed once from
+//! outside input (inventory descriptions, API bodies) with `deny_unknown_fields`
+//! and checked by [`HardwareProfile::validate`]; `hv` maps it to QEMU devices.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::MacAddr;
+
+/// Firmware the guest boots with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    /// Legacy BIOS (SeaBIOS in QEMU).
+    #[default]
+    Bios,
+    /// UEFI (OVMF in QEMU).
+    Efi,
+}
+
+/// Chipset / machine type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Machine {
+    /// Intel 440FX + PIIX (QEMU `pc`), what most hypervisors emulate.
+    #[default]
+    Pc,
+    /// Intel Q35 + ICH9 (QEMU `q35`).
+    Q35,
+}
+
+/// The bus a disk hangs off; it decides the guest's device name
+/// (IDE, SATA and SCSI give `/dev/sdX`, virtio-blk gives `/dev/vdX`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskBus {
+    /// Parallel ATA (PIIX IDE on `pc`).
+    Ide,
+    /// AHCI SATA controller.
+    Sata,
+    /// LSI Logic 53c895a parallel SCSI.
+    Scsi,
+    /// virtio-scsi.
+    VirtioScsi,
+    /// virtio-blk.
+    VirtioBlk,
+}
+
+impl DiskBus {
+    /// How many units a controller of this bus takes (IDE: 2 buses × 2).
+    pub fn max_units(self) -> u8 {
+        match self {
+            DiskBus::Ide => 4,
+            DiskBus::Sata => 6,
+            DiskBus::Scsi => 7,
+            DiskBus::VirtioScsi => 255,
+            DiskBus::VirtioBlk => 28,
+        }
+    }
+}
+
+/// Emulated NIC model; guests bind drivers (and often their IP config) to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NicModel {
+    /// Intel 82540EM (VMware `e1000`).
+    E1000,
+    /// Intel 82574L (VMware `e1000e`).
+    E1000e,
+    /// Realtek RTL8139.
+    Rtl8139,
+    /// VMware vmxnet3.
+    Vmxnet3,
+    /// AMD PCnet (VMware `vlance`).
+    Pcnet,
+    /// virtio-net.
+    VirtioNet,
+}
+
+/// A PCI slot and function on the root bus, written `SS.F` in hex (`03.0`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct PciSlot {
+    /// Device number, 0..=31.
+    pub slot: u8,
+    /// Function number, 0..=7.
+    pub function: u8,
+}
+
+/// Why a PCI slot string was rejected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid PCI slot {0:?}: expected SS.F in hex with slot 00..1f and function 0..7, like 03.0")]
+pub struct PciSlotParseError(pub String);
+
+impl FromStr for PciSlot {
+    type Err = PciSlotParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || PciSlotParseError(s.to_string());
+        let t = s.trim().trim_start_matches("0x");
+        let (sl, f) = t.split_once('.').unwrap_or((t, "0"));
+        let slot = u8::from_str_radix(sl, 16).map_err(|_| err())?;
+        let function = u8::from_str_radix(f, 16).map_err(|_| err())?;
+        if slot > 31 || function > 7 {
+            return Err(err());
+        }
+        Ok(PciSlot { slot, function })
+    }
+}
+
+impl fmt::Display for PciSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02x}.{}", self.slot, self.function)
+    }
+}
+
+impl Serialize for PciSlot {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PciSlot {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One disk as the guest sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    /// Controller type.
+    pub bus: DiskBus,
+    /// Unit on that controller (IDE: 0 = primary master, 1 = primary slave, …).
+    #[serde(default)]
+    pub unit: u8,
+    /// Boot from this disk first.
+    #[serde(default)]
+    pub boot: bool,
+}
+
+/// One NIC as the guest sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicSpec {
+    /// Emulated model.
+    pub model: NicModel,
+    /// The MAC the guest's network config is bound to.
+    pub mac: MacAddr,
+    /// PCI address; interface names (`enp0s3`) derive from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci_slot: Option<PciSlot>,
+}
+
+/// SMBIOS identity (types 1/2/3) that licences and asset tools read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Smbios {
+    /// System manufacturer (type 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manufacturer: Option<String>,
+    /// System product name (type 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<String>,
+    /// System serial number (type 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// System UUID (type 1), canonical 8-4-4-4-12 form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+}
+
+/// Everything about a server's virtual hardware that a move must keep.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HardwareProfile {
+    /// Firmware.
+    #[serde(default)]
+    pub firmware: Firmware,
+    /// Machine type.
+    #[serde(default)]
+    pub machine: Machine,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// Disks, in the order the source has them.
+    pub disks: Vec<DiskSpec>,
+    /// NICs, in the order the source has them.
+    pub nics: Vec<NicSpec>,
+    /// SMBIOS identity.
+    #[serde(default)]
+    pub smbios: Smbios,
+}
+
+/// A profile that cannot describe a machine QEMU can run.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProfileError {
+    /// CPU count out of range.
+    #[error("cpus = {0}: a server needs between 1 and 255 CPUs")]
+    Cpus(u32),
+    /// Memory out of range.
+    #[error("memory_mib = {0}: a server needs between 16 MiB and 4 TiB of memory")]
+    Memory(u32),
+    /// No disk at all.
+    #[error("the profile has no disk: add one [[disks]] entry with its bus (ide, sata, scsi, virtio-scsi, virtio-blk)")]
+    NoDisk,
+    /// Unit number beyond the controller.
+    #[error("disk on {bus:?} has unit {unit}, but that bus has only units 0..{max}")]
+    Unit {
+        /// The bus.
+        bus: DiskBus,
+        /// The unit asked for.
+        unit: u8,
+        /// Units available.
+        max: u8,
+    },
+    /// Two disks on the same bus and unit.
+    #[error("two disks on {bus:?} unit {unit}: give each disk its own unit")]
+    DuplicateUnit {
+        /// The bus.
+        bus: DiskBus,
+        /// The unit.
+        unit: u8,
+    },
+    /// Two NICs with one MAC.
+    #[error("two NICs share MAC {0}: each NIC needs its own MAC")]
+    DuplicateMac(MacAddr),
+    /// A multicast MAC on a NIC.
+    #[error("NIC MAC {0} is a multicast address (lowest bit of the first byte set); use a unicast MAC")]
+    MulticastMac(MacAddr),
+    /// Two devices in one PCI slot.
+    #[error("two NICs ask for PCI slot {0}")]
+    DuplicateSlot(PciSlot),
+    /// A PCI slot the chipset owns.
+    #[error("PCI slot {0} is taken by the chipset (slots 00 and 01 on pc, 00 and 1f on q35); pick 02..1e")]
+    ReservedSlot(PciSlot),
+}
+
+impl HardwareProfile {
+    /// Checks the invariants a QEMU machine needs. Call after parsing.
+    pub fn validate(&self) -> Result<(), ProfileError> {
+        if !(1..=255).contains(&self.cpus) {
+            return Err(ProfileError::Cpus(self.cpus));
+        }
+        if !(16..=4 * 1024 * 1024).contains(&self.memory_mib) {
+            return Err(ProfileError::Memory(self.memory_mib));
+        }
+        if self.disks.is_empty() {
+            return Err(ProfileError::NoDisk);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for d in &self.disks {
+            if d.unit >= d.bus.max_units() {
+                return Err(ProfileError::Unit { bus: d.bus, unit: d.unit, max: d.bus.max_units() });
+            }
+            if !seen.insert((d.bus, d.unit)) {
+                return Err(ProfileError::DuplicateUnit { bus: d.bus, unit: d.unit });
+            }
+        }
+        let mut macs = std::collections::HashSet::new();
+        let mut slots = std::collections::HashSet::new();
+        for n in &self.nics {
+            if n.mac.is_multicast() {
+                return Err(ProfileError::MulticastMac(n.mac));
+            }
+            if !macs.insert(n.mac) {
+                return Err(ProfileError::DuplicateMac(n.mac));
+            }
+            if let Some(s) = n.pci_slot {
+                let reserved = match self.machine {
+                    Machine::Pc => s.slot <= 1,
+                    Machine::Q35 => s.slot == 0 || s.slot == 0x1f,
+                };
+                if reserved {
+                    return Err(ProfileError::ReservedSlot(s));
+                }
+                if !slots.insert(s) {
+                    return Err(ProfileError::DuplicateSlot(s));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> HardwareProfile {
+        HardwareProfile {
+            firmware: Firmware::Bios,
+            machine: Machine::Pc,
+            cpus: 1,
+            memory_mib: 256,
+            disks: vec![DiskSpec { bus: DiskBus::Ide, unit: 0, boot: true }],
+            nics: vec![NicSpec {
+                model: NicModel::E1000,
+                mac: "52:54:00:12:34:56".parse().unwrap(),
+                pci_slot: Some("03.0".parse().unwrap()),
+            }],
+            smbios: Smbios { serial: Some("SRV-0001".into()), ..Default::default() },
+        }
+    }
+
+    #[test]
+    fn sample_is_valid_and_roundtrips_json() {
+        let p = sample();
+        p.validate().unwrap();
+        let j = serde_json::to_string(&p).unwrap();
+        let back: HardwareProfile = serde_json::from_str(&j).unwrap();
+        assert_eq!(back, p);
+        assert!(j.contains("\"pci_slot\":\"03.0\""), "{j}");
+    }
+
+    #[test]
+    fn rejects_bad_profiles() {
+        let mut p = sample();
+        p.cpus = 0;
+        assert_eq!(p.validate(), Err(ProfileError::Cpus(0)));
+        let mut p = sample();
+        p.disks.clear();
+        assert_eq!(p.validate(), Err(ProfileError::NoDisk));
+        let mut p = sample();
+        p.disks.push(DiskSpec { bus: DiskBus::Ide, unit: 0, boot: false });
+        assert!(matches!(p.validate(), Err(ProfileError::DuplicateUnit { .. })));
+        let mut p = sample();
+        p.disks[0].unit = 4;
+        assert!(matches!(p.validate(), Err(ProfileError::Unit { .. })));
+        let mut p = sample();
+        p.nics.push(p.nics[0].clone());
+        assert!(matches!(p.validate(), Err(ProfileError::DuplicateMac(_))));
+        let mut p = sample();
+        p.nics[0].pci_slot = Some("01.0".parse().unwrap());
+        assert!(matches!(p.validate(), Err(ProfileError::ReservedSlot(_))));
+        let mut p = sample();
+        p.nics[0].mac = "01:00:5e:00:00:01".parse().unwrap();
+        assert!(matches!(p.validate(), Err(ProfileError::MulticastMac(_))));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let j = r#"{"cpus":1,"memory_mib":64,"disks":[],"nics":[],"colour":"red"}"#;
+        let e = serde_json::from_str::<HardwareProfile>(j).unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn pci_slot_parsing() {
+        assert_eq!("03.0".parse::<PciSlot>().unwrap(), PciSlot { slot: 3, function: 0 });
+        assert_eq!("0x1e.7".parse::<PciSlot>().unwrap(), PciSlot { slot: 0x1e, function: 7 });
+        assert_eq!("05".parse::<PciSlot>().unwrap(), PciSlot { slot: 5, function: 0 });
+        assert!("20.0".parse::<PciSlot>().is_err());
+        assert!("03.8".parse::<PciSlot>().is_err());
+        assert!("x".parse::<PciSlot>().is_err());
+    }
+}

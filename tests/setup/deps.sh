@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Installs what Isthmus needs on a fresh Debian 12 (bookworm) machine.
+# Idempotent: checks each tool first and installs only what is missing.
+# QEMU 10 comes from bookworm-backports (BASELINES.md: bookworm's QEMU 7.2
+# conflicts with the newer qemu-utils and lacks what hv uses).
+set -euo pipefail
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "error: the Rust toolchain (cargo) is missing." >&2
+  echo "  Install it with rustup: https://rustup.rs  (curl --proto '=https' -sSf https://sh.rustup.rs | sh)" >&2
+  echo "  then open a new shell and run this command again." >&2
+  exit 1
+fi
+
+if [ "$(id -u)" != 0 ]; then
+  SUDO=sudo
+else
+  SUDO=
+fi
+
+need_pkgs=()
+need() { # need <command-or-path> <package>
+  if [[ "$1" == /* ]]; then [ -e "$1" ] || need_pkgs+=("$2");
+  else command -v "$1" >/dev/null 2>&1 || need_pkgs+=("$2"); fi
+}
+need mmdebstrap mmdebstrap
+need ip iproute2
+need bridge iproute2
+need tcpdump tcpdump
+need partx util-linux
+need mkfs.ext4 e2fsprogs
+need curl curl
+need /usr/lib/grub/i386-pc/boot.img grub-pc-bin
+need grub-install grub2-common
+need cpio cpio
+need zstd zstd
+need jq jq
+need ping iputils-ping
+need arping arping
+
+backports=()
+if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
+  backports+=(qemu-system-x86 qemu-utils)
+fi
+
+if [ ${#need_pkgs[@]} -gt 0 ] || [ ${#backports[@]} -gt 0 ]; then
+  if [ ${#backports[@]} -gt 0 ] && ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo "deps: adding bookworm-backports to apt sources (for QEMU 10)"
+    echo "deb http://deb.debian.org/debian bookworm-backports main" | $SUDO tee /etc/apt/sources.list.d/isthmus-backports.list >/dev/null
+  fi
+  echo "deps: apt-get install ${need_pkgs[*]} ${backports[*]}"
+  $SUDO apt-get update -qq
+  export DEBIAN_FRONTEND=noninteractive
+  if [ ${#need_pkgs[@]} -gt 0 ]; then
+    $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}"
+  fi
+  if [ ${#backports[@]} -gt 0 ]; then
+    $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports "${backports[@]}" ipxe-qemu seabios
+  fi
+fi
+echo "deps: all present ($(qemu-system-x86_64 --version | head -1))"

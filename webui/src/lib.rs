@@ -1,0 +1,1 @@
+//! Isthmus web console (in progress).
