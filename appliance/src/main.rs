@@ -1,1 +1,350 @@
-fn main() {}
+//! `isthmus`: the appliance's command line. Parses arguments and calls the
+//! library; `serve` runs the appliance, every other command talks to it
+//! through its local API socket.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use appliance::app::{EnrollRequest, MoveDetail, Status};
+use appliance::inventory::ServerDescription;
+use appliance::local_api::{Client, MoveRequest};
+use appliance::model::{MoveRecord, ServerRecord, Step};
+use clap::{Parser, Subcommand};
+
+/// Isthmus moves servers from the data center to clouds without changing them:
+/// same IP, same MAC, same disk names, traffic and disks encrypted.
+#[derive(Parser)]
+#[command(
+    version,
+    after_help = "Typical session:
+  isthmus serve --lan lan0 --console-listen 10.0.0.2:8443 --bridge-listen 198.51.100.1:51820 &
+  isthmus inventory add web1.toml --start
+  isthmus cloud enroll cloud1 --url https://198.51.100.2:9443 --fingerprint sha256:… --token-file token
+  isthmus move web1 --to cloud1
+  isthmus status"
+)]
+struct Cli {
+    /// Data directory of the appliance (store, keys, API socket).
+    #[arg(long, global = true, env = "ISTHMUS_DATA_DIR", default_value = "/var/lib/isthmus")]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the appliance: web console, LCG bridge, move executor, local API.
+    Serve {
+        /// LAN interface to extend to clouds (AF_PACKET; no IP needed on it).
+        #[arg(long)]
+        lan: String,
+        /// Address of the HTTPS web console.
+        #[arg(long, default_value = "0.0.0.0:8443")]
+        console_listen: SocketAddr,
+        /// UDP address the encrypted bridge sends from (port +n for the n-th cloud).
+        #[arg(long, default_value = "0.0.0.0:51820")]
+        bridge_listen: SocketAddr,
+        /// Linux kernel used to probe whether KVM can boot guests here.
+        #[arg(long)]
+        probe_kernel: Option<PathBuf>,
+        /// Initrd for the probe kernel.
+        #[arg(long)]
+        probe_initrd: Option<PathBuf>,
+    },
+    /// Manage the inventory.
+    Inventory {
+        #[command(subcommand)]
+        cmd: InventoryCmd,
+    },
+    /// Act on a data-center server.
+    Server {
+        #[command(subcommand)]
+        cmd: ServerCmd,
+    },
+    /// Manage cloud nodes.
+    Cloud {
+        #[command(subcommand)]
+        cmd: CloudCmd,
+    },
+    /// Move a server to a cloud, keeping its IP, MAC, disks and hardware.
+    ///
+    /// Steps: plan, stop source (ACPI), copy disks (verified), start target,
+    /// switch L2, verify reachability, commit; any failure rolls back and the
+    /// source runs again.
+    Move {
+        /// Server name.
+        server: String,
+        /// Cloud name.
+        #[arg(long)]
+        to: String,
+        /// Print the final move (with its timeline) as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Return at once with the move id instead of following it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Show servers, clouds and moves.
+    Status {
+        /// JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Administration.
+    Admin {
+        #[command(subcommand)]
+        cmd: AdminCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum InventoryCmd {
+    /// Add a server from a TOML or JSON description (see README).
+    Add {
+        /// Description file.
+        file: PathBuf,
+        /// Start it on its source host right away.
+        #[arg(long)]
+        start: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServerCmd {
+    /// Start a data-center server on its source host.
+    Start {
+        /// Server name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CloudCmd {
+    /// Enrol a cloud node: pin its bootstrap certificate, issue it a
+    /// certificate from the appliance CA, exchange bridge keys.
+    Enroll {
+        /// Name to give it.
+        name: String,
+        /// Its control API, https://IP:PORT.
+        #[arg(long)]
+        url: String,
+        /// Its bootstrap fingerprint as it printed it (sha256:…).
+        #[arg(long)]
+        fingerprint: String,
+        /// File holding the one-time enrolment token ("-" for stdin).
+        #[arg(long)]
+        token_file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Set the console's admin password, read from stdin.
+    SetPassword,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ISTHMUS_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let client = Client::new(&cli.data_dir);
+    match cli.cmd {
+        Cmd::Serve {
+            lan,
+            console_listen,
+            bridge_listen,
+            probe_kernel,
+            probe_initrd,
+        } => {
+            let cfg = appliance::daemon::ServeConfig {
+                data_dir: cli.data_dir,
+                lan,
+                console_listen,
+                bridge_listen,
+                probe_kernel,
+                probe_initrd,
+            };
+            appliance::daemon::serve(cfg).await?;
+        }
+        Cmd::Inventory {
+            cmd: InventoryCmd::Add { file, start },
+        } => {
+            let d = ServerDescription::load(&file)?;
+            let rec: ServerRecord = client.call("POST", "/v1/servers", Some(serde_json::to_value(&d)?)).await?;
+            println!(
+                "added {} ({} NIC(s), {} disk(s))",
+                rec.name,
+                rec.profile.nics.len(),
+                rec.profile.disks.len()
+            );
+            if start {
+                let r: serde_json::Value = client.call("POST", &format!("/v1/servers/{}/start", rec.name), None).await?;
+                println!("started {} on its source host (QEMU pid {})", rec.name, r["pid"]);
+            }
+        }
+        Cmd::Server {
+            cmd: ServerCmd::Start { name },
+        } => {
+            let r: serde_json::Value = client.call("POST", &format!("/v1/servers/{name}/start"), None).await?;
+            println!("started {name} (QEMU pid {})", r["pid"]);
+        }
+        Cmd::Cloud {
+            cmd:
+                CloudCmd::Enroll {
+                    name,
+                    url,
+                    fingerprint,
+                    token_file,
+                },
+        } => {
+            let mut token = String::new();
+            if token_file.as_os_str() == "-" {
+                std::io::stdin().read_to_string(&mut token)?;
+            } else {
+                token = std::fs::read_to_string(&token_file).with_context(|| format!("reading token file {}", token_file.display()))?;
+            }
+            let req = EnrollRequest {
+                name,
+                url,
+                fingerprint,
+                token: token.trim().to_string(),
+            };
+            let c: appliance::app::CloudSummary = client.call("POST", "/v1/clouds", Some(serde_json::to_value(&req)?)).await?;
+            println!(
+                "enrolled {} at {}; bridge to {}; guests run under {}",
+                c.name,
+                c.url,
+                c.bridge_endpoint,
+                c.accel.unwrap_or_default()
+            );
+        }
+        Cmd::Move { server, to, json, no_wait } => {
+            let req = MoveRequest { server, to };
+            let mv: MoveRecord = client.call("POST", "/v1/moves", Some(serde_json::to_value(&req)?)).await?;
+            if no_wait {
+                println!("{}", if json { serde_json::to_string(&mv)? } else { mv.id });
+                return Ok(());
+            }
+            let detail = follow(&client, &mv.id, !json).await?;
+            if json {
+                println!("{}", serde_json::to_string(&detail)?);
+            }
+            if detail.mv.step != Step::Done {
+                bail!(
+                    "move {} ended {}: {}",
+                    detail.mv.id,
+                    detail.mv.step.label(),
+                    detail.mv.failure.unwrap_or_default()
+                );
+            }
+        }
+        Cmd::Status { json } => {
+            let s: Status = client.call("GET", "/v1/status", None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print_status(&s);
+            }
+        }
+        Cmd::Admin {
+            cmd: AdminCmd::SetPassword,
+        } => {
+            let mut pw = String::new();
+            std::io::stdin().read_line(&mut pw)?;
+            let body = serde_json::json!({ "password": pw.trim_end_matches(['\r', '\n']) });
+            let _: serde_json::Value = client.call("PUT", "/v1/admin/password", Some(body)).await?;
+            println!("admin password changed");
+        }
+    }
+    Ok(())
+}
+
+/// Follows a move to its end with a progress bar and its timeline.
+async fn follow(client: &Client, id: &str, show: bool) -> Result<MoveDetail> {
+    let bar = indicatif::ProgressBar::new(100);
+    if show {
+        bar.set_style(indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos:>3}% {msg}",
+        )?);
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut shown = 0;
+    loop {
+        let d: MoveDetail = client.call("GET", &format!("/v1/moves/{id}"), None).await?;
+        for e in &d.events[shown..] {
+            bar.println(format!("{:>7.1}s  {:<24} {}", e.t_s, e.step.label(), e.message));
+        }
+        shown = d.events.len();
+        bar.set_position(d.progress_pct as u64);
+        let msg = match d.copy {
+            Some((done, total)) if d.mv.step == Step::CopyDisks => {
+                format!("copying {:.0}/{:.0} MiB", done as f64 / 1048576.0, total as f64 / 1048576.0)
+            }
+            _ => d.mv.step.label().to_string(),
+        };
+        bar.set_message(msg);
+        if d.mv.step.is_terminal() {
+            bar.finish_and_clear();
+            return Ok(d);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn print_status(s: &Status) {
+    println!(
+        "{:<16} {:<16} {:<18} {:<8} {:<10} {}",
+        "SERVER", "IP", "MAC", "NIC", "DISK", "RUNS IN"
+    );
+    for v in &s.servers {
+        let nic = v.profile.nics.first();
+        println!(
+            "{:<16} {:<16} {:<18} {:<8} {:<10} {}",
+            v.name,
+            v.ip.map(|i| i.to_string()).unwrap_or_default(),
+            nic.map(|n| n.mac.to_string()).unwrap_or_default(),
+            nic.map(|n| format!("{:?}", n.model).to_lowercase()).unwrap_or_default(),
+            v.profile
+                .disks
+                .first()
+                .map(|d| format!("{:?}", d.bus).to_lowercase())
+                .unwrap_or_default(),
+            v.location
+        );
+    }
+    println!();
+    println!("{:<16} {:<32} {:<6} {}", "CLOUD", "API", "ACCEL", "BRIDGE");
+    for c in &s.clouds {
+        println!(
+            "{:<16} {:<32} {:<6} {} ({})",
+            c.name,
+            c.url,
+            c.accel.clone().unwrap_or_default(),
+            c.bridge_endpoint,
+            if c.bridge_established { "up" } else { "no handshake yet" }
+        );
+    }
+    println!();
+    println!("{:<6} {:<16} {:<12} {:<24} {:>4}%", "MOVE", "SERVER", "TO", "STEP", "");
+    for m in &s.moves {
+        println!(
+            "{:<6} {:<16} {:<12} {:<24} {:>4}%",
+            m.mv.id,
+            m.mv.server,
+            m.mv.to,
+            m.mv.step.label(),
+            m.progress_pct
+        );
+    }
+}

@@ -1,1 +1,25 @@
-//! Cloud node library (in progress).
+//! The Isthmus cloud node (CSC + CSL host): the process on a cloud instance
+//! that the appliance enrols, uploads disks to and asks to run moved servers.
+//!
+//! - [`state_dir`]: every file the node keeps, and how it writes them.
+//! - [`pki`]: TLS key, bootstrap certificate and fingerprint, CSR, rustls
+//!   configurations, and [`pki::PinnedServerCert`] for the appliance's side.
+//! - [`enroll`]: the one-time token and the two enrolment steps.
+//! - [`node`]: the node itself; switches bootstrap TLS to mutual TLS at enrolment.
+//! - [`api`]: the control API of [`proto::api`] as axum routers.
+//! - [`server`]: the TLS accept loop.
+//! - [`disks`]: verified, streamed disk uploads.
+//! - [`guests`]: guests under QEMU (`hv`), their TAPs, persistence across restarts.
+//! - [`bridge`]: the data-plane tunnel to the appliance (`netbridge`).
+
+pub mod api;
+pub mod bridge;
+pub mod disks;
+pub mod enroll;
+pub mod guests;
+pub mod node;
+pub mod pki;
+pub mod server;
+pub mod state_dir;
+
+pub use node::{Node, NodeConfig};

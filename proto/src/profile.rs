@@ -255,7 +255,11 @@ impl HardwareProfile {
         let mut seen = std::collections::HashSet::new();
         for d in &self.disks {
             if d.unit >= d.bus.max_units() {
-                return Err(ProfileError::Unit { bus: d.bus, unit: d.unit, max: d.bus.max_units() });
+                return Err(ProfileError::Unit {
+                    bus: d.bus,
+                    unit: d.unit,
+                    max: d.bus.max_units(),
+                });
             }
             if !seen.insert((d.bus, d.unit)) {
                 return Err(ProfileError::DuplicateUnit { bus: d.bus, unit: d.unit });
@@ -297,13 +301,20 @@ mod tests {
             machine: Machine::Pc,
             cpus: 1,
             memory_mib: 256,
-            disks: vec![DiskSpec { bus: DiskBus::Ide, unit: 0, boot: true }],
+            disks: vec![DiskSpec {
+                bus: DiskBus::Ide,
+                unit: 0,
+                boot: true,
+            }],
             nics: vec![NicSpec {
                 model: NicModel::E1000,
                 mac: "52:54:00:12:34:56".parse().unwrap(),
                 pci_slot: Some("03.0".parse().unwrap()),
             }],
-            smbios: Smbios { serial: Some("SRV-0001".into()), ..Default::default() },
+            smbios: Smbios {
+                serial: Some("SRV-0001".into()),
+                ..Default::default()
+            },
         }
     }
 
@@ -326,7 +337,11 @@ mod tests {
         p.disks.clear();
         assert_eq!(p.validate(), Err(ProfileError::NoDisk));
         let mut p = sample();
-        p.disks.push(DiskSpec { bus: DiskBus::Ide, unit: 0, boot: false });
+        p.disks.push(DiskSpec {
+            bus: DiskBus::Ide,
+            unit: 0,
+            boot: false,
+        });
         assert!(matches!(p.validate(), Err(ProfileError::DuplicateUnit { .. })));
         let mut p = sample();
         p.disks[0].unit = 4;

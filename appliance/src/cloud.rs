@@ -1,0 +1,251 @@
+//! The appliance's client of a cloud node's control API (HTTPS, mutual TLS).
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use proto::api::{self, DiskReceived, EnrollBegin, EnrollCsr, EnrollDone, EnrollFinish, GuestInfo, NodeInfo, StartGuest};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+use crate::pki::{Ca, Fingerprint, PinnedVerifier};
+
+/// Errors talking to a cloud node.
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    /// TLS or HTTP transport failed (unreachable, certificate refused, …).
+    #[error("cannot reach cloud node at {url}: {source}")]
+    Transport {
+        /// URL.
+        url: String,
+        /// Cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The node answered with an error.
+    #[error("cloud node refused {what} ({status}): {}{}", .body.error, .body.hint.as_ref().map(|h| format!(" — {h}")).unwrap_or_default())]
+    Refused {
+        /// What we asked.
+        what: String,
+        /// HTTP status.
+        status: u16,
+        /// Its explanation.
+        body: api::ApiError,
+    },
+    /// TLS configuration.
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
+    /// Reading a local disk.
+    #[error("cannot read disk {path}: {source}")]
+    Disk {
+        /// File.
+        path: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The digest the node computed is not ours.
+    #[error("disk {id}: the cloud node stored sha256 {theirs} but we sent {ours}; the copy is corrupt and was not used")]
+    DigestMismatch {
+        /// Disk id.
+        id: String,
+        /// Ours.
+        ours: String,
+        /// Theirs.
+        theirs: String,
+    },
+}
+
+/// A client for one node.
+#[derive(Clone)]
+pub struct CloudClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+fn client(tls: rustls::ClientConfig) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .expect("reqwest client with a rustls config builds")
+}
+
+impl CloudClient {
+    /// An mTLS client for an enrolled node.
+    pub fn new(base: &str, ca: &Ca) -> Result<CloudClient, CloudError> {
+        Ok(CloudClient {
+            base: base.trim_end_matches('/').to_string(),
+            http: client(ca.mtls_client_config()?),
+        })
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(&self, what: &str, req: reqwest::RequestBuilder) -> Result<T, CloudError> {
+        let url = self.base.clone();
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| CloudError::Transport { url: url.clone(), source })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            let body = serde_json::from_str(&text).unwrap_or(api::ApiError { error: text, hint: None });
+            return Err(CloudError::Refused {
+                what: what.into(),
+                status: status.as_u16(),
+                body,
+            });
+        }
+        resp.json().await.map_err(|source| CloudError::Transport { url, source })
+    }
+
+    /// `GET /v1/node`.
+    pub async fn node(&self) -> Result<NodeInfo, CloudError> {
+        self.send("node info", self.http.get(format!("{}/v1/node", self.base))).await
+    }
+
+    /// `GET /v1/guests/{name}`; `None` if the node has no such guest.
+    pub async fn guest(&self, name: &str) -> Result<Option<GuestInfo>, CloudError> {
+        match self
+            .send("guest info", self.http.get(format!("{}/v1/guests/{name}", self.base)))
+            .await
+        {
+            Err(CloudError::Refused { status: 404, .. }) => Ok(None),
+            r => r.map(Some),
+        }
+    }
+
+    /// `POST /v1/guests`.
+    pub async fn start_guest(&self, req: &StartGuest) -> Result<GuestInfo, CloudError> {
+        self.send("start guest", self.http.post(format!("{}/v1/guests", self.base)).json(req))
+            .await
+    }
+
+    /// `POST /v1/guests/{name}/stop`.
+    pub async fn stop_guest(&self, name: &str) -> Result<GuestInfo, CloudError> {
+        self.send(
+            "stop guest",
+            self.http
+                .post(format!("{}/v1/guests/{name}/stop", self.base))
+                .timeout(Duration::from_secs(90)),
+        )
+        .await
+    }
+
+    /// Streams a disk image to `PUT /v1/disks/{id}` and checks the node
+    /// stored exactly what we read (SHA-256 end to end). `progress` gets
+    /// (bytes sent, total).
+    pub async fn upload_disk(
+        &self,
+        id: &str,
+        path: &Path,
+        progress: impl Fn(u64, u64) + Send + Sync + 'static,
+    ) -> Result<DiskReceived, CloudError> {
+        let disk_err = |source| CloudError::Disk {
+            path: path.to_path_buf(),
+            source,
+        };
+        // First pass: digest. The node verifies against this header, so a
+        // byte changed in flight or at rest on arrival is caught there.
+        let mut f = tokio::fs::File::open(path).await.map_err(disk_err)?;
+        let total = f.metadata().await.map_err(disk_err)?.len();
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).await.map_err(disk_err)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        let ours = hex::encode(h.finalize());
+        let f = tokio::fs::File::open(path).await.map_err(disk_err)?;
+        let mut sent = 0u64;
+        let stream = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20).map(move |chunk| {
+            if let Ok(c) = &chunk {
+                sent += c.len() as u64;
+                progress(sent, total);
+            }
+            chunk
+        });
+        let req = self
+            .http
+            .put(format!("{}/v1/disks/{id}", self.base))
+            .header(api::SHA256_HEADER, &ours)
+            .header(reqwest::header::CONTENT_LENGTH, total)
+            .body(reqwest::Body::wrap_stream(stream));
+        let got: DiskReceived = self.send("disk upload", req).await?;
+        if got.sha256 != ours || got.bytes != total {
+            return Err(CloudError::DigestMismatch {
+                id: id.into(),
+                ours,
+                theirs: got.sha256,
+            });
+        }
+        Ok(got)
+    }
+}
+
+/// What enrolment learned about a node.
+pub struct Enrolled {
+    /// Certificate we issued (PEM).
+    pub cert_pem: String,
+    /// Node's Noise public key.
+    pub noise_public: [u8; 32],
+    /// Node's bridge UDP port.
+    pub bridge_port: u16,
+}
+
+/// Enrols a node: pins its bootstrap certificate, proves the token, signs its
+/// CSR with our CA and hands over our CA, our Noise key and the bridge PSK.
+pub async fn enroll(
+    url: &str,
+    pin: Fingerprint,
+    token: &str,
+    name: &str,
+    ca: &Ca,
+    appliance_noise_public: &[u8; 32],
+    psk: &[u8; 32],
+) -> Result<Enrolled, CloudError> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let c = CloudClient {
+        base: url.trim_end_matches('/').to_string(),
+        http: client(PinnedVerifier::new(pin).client_config()?),
+    };
+    let begin = EnrollBegin {
+        token: token.into(),
+        name: name.into(),
+    };
+    let csr: EnrollCsr = c
+        .send("enrolment", c.http.post(format!("{}/v1/enroll/csr", c.base)).json(&begin))
+        .await?;
+    let noise_public: [u8; 32] = b64
+        .decode(&csr.noise_public)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| CloudError::Refused {
+            what: "enrolment".into(),
+            status: 200,
+            body: api::ApiError {
+                error: "node sent a malformed Noise public key".into(),
+                hint: None,
+            },
+        })?;
+    let cert_pem = ca.sign_node_csr(&csr.csr_pem, name)?;
+    let finish = EnrollFinish {
+        token: token.into(),
+        cert_pem: cert_pem.clone(),
+        ca_pem: ca.ca_pem.clone(),
+        appliance_noise_public: b64.encode(appliance_noise_public),
+        bridge_psk: b64.encode(psk),
+    };
+    let _: EnrollDone = c
+        .send("enrolment", c.http.post(format!("{}/v1/enroll/finish", c.base)).json(&finish))
+        .await?;
+    Ok(Enrolled {
+        cert_pem,
+        noise_public,
+        bridge_port: csr.bridge_port,
+    })
+}

@@ -1,0 +1,196 @@
+//! `isthmus serve`: wires the store, the CA, the LCG, the web console and the
+//! local API together, and resumes moves a crash interrupted.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use netbridge::keys::StaticKeypair;
+use proto::api::AccelKind;
+
+use crate::app::App;
+use crate::lcg::Lcg;
+use crate::moves::effects::RealEffects;
+use crate::moves::executor;
+use crate::pki::{write_secret, Ca};
+use crate::source::LocalQemu;
+use crate::store::{Store, CLOUDS, MOVES};
+
+/// How to run the appliance.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Data directory (store, keys, sockets).
+    pub data_dir: PathBuf,
+    /// LAN interface the LCG bridges (AF_PACKET).
+    pub lan: String,
+    /// Web console address.
+    pub console_listen: SocketAddr,
+    /// First UDP address of the LCG's tunnels.
+    pub bridge_listen: SocketAddr,
+    /// Kernel for the KVM probe of local guests.
+    pub probe_kernel: Option<PathBuf>,
+    /// Its initrd.
+    pub probe_initrd: Option<PathBuf>,
+}
+
+/// Errors starting the appliance.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Filesystem.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// Operation.
+        op: &'static str,
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Store.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// PKI.
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
+    /// Web console.
+    #[error("web console: {0}")]
+    Console(String),
+}
+
+fn io(op: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
+    move |source| DaemonError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Loads (or creates) the LCG's static Noise key.
+fn noise_key(path: &std::path::Path) -> Result<StaticKeypair, DaemonError> {
+    if let Ok(bytes) = std::fs::read(path) {
+        if let Ok(arr) = <[u8; 32]>::try_from(bytes.as_slice()) {
+            return Ok(StaticKeypair::from_private(arr));
+        }
+        tracing::warn!(
+            "{} is damaged; generating a new bridge key (enrolled clouds must be enrolled again)",
+            path.display()
+        );
+    }
+    let k = StaticKeypair::generate();
+    write_secret(path, &k.private)?;
+    Ok(k)
+}
+
+/// Drives a move on a background thread unless this process drives it already.
+pub fn drive_in_background(app: Arc<App>, rt: tokio::runtime::Handle, id: String) {
+    if !app.active.lock().expect("active lock").insert(id.clone()) {
+        return;
+    }
+    std::thread::Builder::new()
+        .name(format!("move-{id}"))
+        .spawn(move || {
+            let mut fx = RealEffects::new(app.clone(), rt);
+            match executor::drive(&app.store, &id, &mut fx) {
+                Ok(mv) => tracing::info!(id = %id, step = ?mv.step, "move finished"),
+                Err(e) => tracing::error!(id = %id, "move stopped: {e}"),
+            }
+            app.copy_progress.lock().expect("progress lock").remove(&id);
+            app.active.lock().expect("active lock").remove(&id);
+        })
+        .expect("spawn move thread");
+}
+
+/// Runs the appliance until SIGINT/SIGTERM.
+pub async fn serve(cfg: ServeConfig) -> Result<(), DaemonError> {
+    let dir = &cfg.data_dir;
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io("chmod", dir))?;
+    let store_path = dir.join("store.redb");
+    let store = Arc::new(Store::open(&store_path)?);
+    let _ = std::fs::set_permissions(&store_path, std::fs::Permissions::from_mode(0o600));
+    let pki_dir = dir.join("pki");
+    std::fs::create_dir_all(&pki_dir).map_err(io("create", &pki_dir))?;
+    let ca = Ca::load_or_create(&pki_dir)?;
+    let key = noise_key(&dir.join("bridge.key"))?;
+
+    let probe = match (&cfg.probe_kernel, &cfg.probe_initrd) {
+        (Some(k), i) => {
+            let (k, i) = (k.clone(), i.clone());
+            tokio::task::spawn_blocking(move || hv::probe_accel(&k, i.as_deref())).await.ok()
+        }
+        _ => None,
+    };
+    let (accel, reason) = match probe {
+        Some(p) => (p.accel, p.reason),
+        None => (AccelKind::Tcg, "no probe kernel given (--probe-kernel); using TCG".to_string()),
+    };
+    tracing::info!(%accel, "local guests: {reason}");
+
+    let app = Arc::new(App {
+        data_dir: dir.clone(),
+        store: store.clone(),
+        ca,
+        lcg: Lcg::new(cfg.lan.clone(), cfg.bridge_listen, key, store.clone()),
+        source: LocalQemu {
+            run_root: dir.join("sources"),
+            accel,
+        },
+        copy_progress: Mutex::new(Default::default()),
+        active: Mutex::new(Default::default()),
+    });
+
+    for (_, cloud) in store.list(&CLOUDS)? {
+        if let Err(e) = app.lcg.open(&cloud) {
+            tracing::error!("{e}");
+        }
+    }
+
+    if !crate::auth::is_set(&store)? {
+        let pw = crate::auth::generate_password();
+        crate::auth::set_password(&store, &pw)?;
+        // Shown once on the appliance's own console, never logged.
+        println!("one-time admin password (user admin): {pw}");
+        println!("change it with `isthmus admin set-password` (reads the new one from stdin)");
+    }
+
+    let rt = tokio::runtime::Handle::current();
+    for (id, mv) in store.list(&MOVES)? {
+        if !mv.step.is_terminal() {
+            tracing::info!(%id, step = ?mv.step, "resuming move interrupted by a restart");
+            drive_in_background(app.clone(), rt.clone(), id);
+        }
+    }
+
+    // Web console over HTTPS with a certificate from our CA.
+    let sans = vec![cfg.console_listen.ip().to_string(), "localhost".to_string()];
+    let (cert, ckey) = app
+        .ca
+        .issue("isthmus console", &sans, &[rcgen::ExtendedKeyUsagePurpose::ServerAuth])?;
+    let listener = tokio::net::TcpListener::bind(cfg.console_listen)
+        .await
+        .map_err(io("bind console", std::path::Path::new("tcp")))?;
+    let router = webui::router(Arc::new(crate::console::Console(app.clone())));
+    let console = tokio::spawn(async move { webui::serve_https(router, listener, cert.as_bytes(), ckey.as_bytes()).await });
+    println!("console: https://{}/", cfg.console_listen);
+
+    // Local API for the CLI.
+    let sock = dir.join("api.sock");
+    let _ = std::fs::remove_file(&sock);
+    let ul = tokio::net::UnixListener::bind(&sock).map_err(io("bind", &sock))?;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).map_err(io("chmod", &sock))?;
+    let api = crate::local_api::router(app.clone(), rt.clone());
+    let local = tokio::spawn(async move { axum::serve(ul, api).await });
+    println!("ready: local API at {}", sock.display());
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(io("signal", &sock))?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+        r = console => return Err(DaemonError::Console(format!("{r:?}"))),
+        r = local => return Err(DaemonError::Console(format!("local API ended: {r:?}"))),
+    }
+    let _ = std::fs::remove_file(&sock);
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! The Isthmus appliance: LMA (inventory, store, moves, console) and LCG
+//! (the L2 gateway) in one library; `main.rs` only parses the command line.
+
+pub mod app;
+pub mod auth;
+pub mod cloud;
+pub mod console;
+pub mod daemon;
+pub mod inventory;
+pub mod lcg;
+pub mod local_api;
+pub mod model;
+pub mod moves;
+pub mod pki;
+pub mod source;
+pub mod store;

@@ -1,0 +1,10 @@
+//! Moves: a persisted state machine (STYLE.md §2).
+//!
+//! [`machine`] holds the pure transitions; [`executor`] records each step in
+//! the store before it acts and runs its effect, so a crash at any instant
+//! resumes at the recorded step (effects are idempotent); [`effects`] holds
+//! the real effects (source host, cloud node, LCG, checks).
+
+pub mod effects;
+pub mod executor;
+pub mod machine;

@@ -1,0 +1,671 @@
+//! A QEMU process running one guest: start it detached, find it again after
+//! our own restart, watch its console, ask it to power off, stop it hard.
+//!
+//! QEMU runs with `-daemonize`, so it is not our child: it outlives the CSL
+//! process and is reaped by init. We know it by the PID in its pid file and
+//! check it is still the same process by its command line (which names that
+//! pid file), so a recycled PID is never mistaken for the guest.
+
+use std::collections::VecDeque;
+use std::fs::DirBuilder;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use proto::api::GuestState;
+use proto::Firmware;
+
+use crate::qemu::host::{host_facts, QEMU_BINARY};
+use crate::qemu::qmp::{Qmp, QmpError};
+use crate::run_dir::RunDir;
+use crate::{qemu_args, Error, GuestSpec};
+
+/// How long QEMU may take to initialise before `-daemonize` returns.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long we retry connecting to QMP after start or on attach.
+pub const QMP_PATIENCE: Duration = Duration::from_secs(5);
+/// How long a hard stop may take.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+/// How long QEMU gets to exit after QMP `quit`.
+const QUIT_WAIT: Duration = Duration::from_secs(3);
+/// Serial-log lines kept for error messages.
+const TAIL_LINES: usize = 12;
+
+/// Starting, watching or stopping the QEMU process failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    /// The run directory could not be made or secured.
+    #[error("cannot prepare run directory {path}: {source}")]
+    RunDir {
+        /// The directory.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A QEMU already runs from this run directory.
+    #[error("guest {name} already runs from {run_dir} (QEMU pid {pid}); attach to it or stop it first")]
+    AlreadyRunning {
+        /// Guest name.
+        name: String,
+        /// Its PID.
+        pid: u32,
+        /// Run directory.
+        run_dir: PathBuf,
+    },
+    /// The UEFI variable store could not be created.
+    #[error("cannot create the UEFI variable store {to} from {from}: {source}")]
+    EfiVars {
+        /// Template.
+        from: PathBuf,
+        /// Per-guest copy.
+        to: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// QEMU could not be started at all.
+    #[error("cannot start {QEMU_BINARY}: {0}; install QEMU 10 (tests/setup/deps.sh)")]
+    Spawn(#[source] std::io::Error),
+    /// QEMU exited with an error during initialisation.
+    #[error("QEMU refused the profile of guest {name} ({status}): {stderr}")]
+    Refused {
+        /// Guest name.
+        name: String,
+        /// QEMU's exit status.
+        status: ExitStatus,
+        /// What QEMU printed.
+        stderr: String,
+    },
+    /// QEMU did not finish initialising in time.
+    #[error("QEMU for guest {name} did not finish starting within {secs} s; it was killed")]
+    StartTimeout {
+        /// Guest name.
+        name: String,
+        /// Seconds waited.
+        secs: u64,
+    },
+    /// The pid file is missing or unreadable after start.
+    #[error("cannot read QEMU's pid file {path}: {detail}")]
+    Pidfile {
+        /// The pid file.
+        path: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
+    /// Sending a signal failed.
+    #[error("cannot signal QEMU pid {pid}: {source}")]
+    Signal {
+        /// PID.
+        pid: u32,
+        /// What the kernel said.
+        #[source]
+        source: nix::Error,
+    },
+    /// QEMU survived SIGKILL (stuck in the kernel, e.g. on I/O).
+    #[error("QEMU pid {pid} still runs {secs} s after SIGKILL; it is stuck in the kernel (look at /proc/{pid}/stack)")]
+    StillRunning {
+        /// PID.
+        pid: u32,
+        /// Seconds waited.
+        secs: u64,
+    },
+    /// The serial log could not be read.
+    #[error("cannot read serial log {path}: {source}")]
+    SerialRead {
+        /// Log file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No matching serial line in time.
+    #[error("guest {name}: no line containing {pattern:?} in {path} within {secs} s; last lines:\n{tail}")]
+    SerialTimeout {
+        /// Guest name.
+        name: String,
+        /// What we looked for.
+        pattern: String,
+        /// Log file.
+        path: PathBuf,
+        /// Seconds waited.
+        secs: u64,
+        /// The last lines of the log.
+        tail: String,
+    },
+    /// QEMU exited while we waited for a serial line.
+    #[error("guest {name}: QEMU exited before a line containing {pattern:?} appeared in {path}; last lines:\n{tail}")]
+    ExitedWaiting {
+        /// Guest name.
+        name: String,
+        /// What we looked for.
+        pattern: String,
+        /// Log file.
+        path: PathBuf,
+        /// The last lines of the log.
+        tail: String,
+    },
+}
+
+/// A QEMU process running a guest.
+#[derive(Debug)]
+pub struct Guest {
+    name: String,
+    run: RunDir,
+    pid: u32,
+    qmp: Mutex<Option<Qmp>>,
+}
+
+impl Guest {
+    /// Starts QEMU detached (`-daemonize`: own session, outlives our process)
+    /// and connects to its QMP socket.
+    pub fn launch(spec: &GuestSpec) -> Result<Guest, Error> {
+        let argv = qemu_args(spec)?;
+        let run = RunDir::new(&spec.run_dir);
+        prepare_run_dir(run.root())?;
+        if let Some(pid) = live_pid(&run) {
+            return Err(GuestError::AlreadyRunning {
+                name: spec.name.clone(),
+                pid,
+                run_dir: run.root().into(),
+            }
+            .into());
+        }
+        for stale in [run.qmp_socket(), run.pidfile()] {
+            match std::fs::remove_file(&stale) {
+                Ok(()) => tracing::debug!(path = %stale.display(), "removed stale file"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(GuestError::RunDir { path: stale, source }.into()),
+            }
+        }
+        if spec.profile.firmware == Firmware::Efi {
+            // qemu_args already refused EFI without OVMF.
+            if let Some(ovmf) = &host_facts()?.ovmf {
+                let to = run.efi_vars();
+                if !to.exists() {
+                    std::fs::copy(&ovmf.vars_template, &to).map_err(|source| GuestError::EfiVars {
+                        from: ovmf.vars_template.clone(),
+                        to: to.clone(),
+                        source,
+                    })?;
+                }
+            }
+        }
+
+        let started = Instant::now();
+        tracing::info!(guest = %spec.name, accel = %spec.accel, args = ?argv, "starting QEMU");
+        run_daemonizing(&spec.name, &argv)?;
+        let pid = read_pidfile(&run.pidfile())?.ok_or_else(|| GuestError::Pidfile {
+            path: run.pidfile(),
+            detail: "QEMU started but wrote no pid file".into(),
+        })?;
+        let guest = Guest {
+            name: spec.name.clone(),
+            run,
+            pid,
+            qmp: Mutex::new(None),
+        };
+        match Qmp::connect_retry(&guest.run.qmp_socket(), QMP_PATIENCE) {
+            Ok(q) => *guest.lock_qmp() = Some(q),
+            Err(e) => {
+                // A QEMU we cannot control must not linger.
+                let _ = guest.kill();
+                return Err(e.into());
+            }
+        }
+        tracing::info!(guest = %guest.name, pid, ms = started.elapsed().as_millis() as u64, "QEMU started");
+        Ok(guest)
+    }
+
+    /// Re-attaches to a guest started earlier from `run_dir`, if its QEMU
+    /// still runs; `Ok(None)` when it does not.
+    pub fn attach(run_dir: &Path) -> Result<Option<Guest>, Error> {
+        let run = RunDir::new(run_dir);
+        let Some(pid) = live_pid(&run) else {
+            return Ok(None);
+        };
+        let name = cmdline(pid)
+            .and_then(|args| {
+                let i = args.iter().position(|a| a == "-name")?;
+                Some(args.get(i + 1)?.split(',').next()?.to_string())
+            })
+            .or_else(|| run_dir.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        let qmp = Qmp::connect_retry(&run.qmp_socket(), QMP_PATIENCE)?;
+        Ok(Some(Guest {
+            name,
+            run,
+            pid,
+            qmp: Mutex::new(Some(qmp)),
+        }))
+    }
+
+    /// The guest's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// QEMU's PID.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self) -> &Path {
+        self.run.root()
+    }
+
+    /// True while the QEMU process lives.
+    pub fn is_running(&self) -> bool {
+        is_our_qemu(self.pid, &self.run)
+    }
+
+    /// QEMU's view of the guest (`query-status`); `Stopped` once QEMU is gone.
+    pub fn status(&self) -> Result<GuestState, Error> {
+        if !self.is_running() {
+            return Ok(GuestState::Stopped);
+        }
+        match self.with_qmp(|q| q.query_status()) {
+            Ok(st) => Ok(match st.status.as_str() {
+                "running" => GuestState::Running,
+                "shutdown" => GuestState::Stopped,
+                // paused, prelaunch, suspended, inmigrate, io-error, guest-panicked, ...
+                _ => GuestState::Paused,
+            }),
+            Err(_) if !self.is_running() => Ok(GuestState::Stopped),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// ACPI power button, wait up to `timeout` for the guest to power off,
+    /// then stop QEMU hard (QMP `quit`, then SIGKILL). Returns true when the
+    /// guest shut down by itself; false when it had to be stopped or QEMU was
+    /// not running when called.
+    pub fn powerdown(&self, timeout: Duration) -> Result<bool, Error> {
+        if !self.is_running() {
+            return Ok(false);
+        }
+        match self.with_qmp(|q| q.system_powerdown()) {
+            Ok(()) => {
+                if self.wait_exit(timeout) {
+                    tracing::info!(guest = %self.name, "guest powered off");
+                    return Ok(true);
+                }
+                tracing::warn!(guest = %self.name, secs = timeout.as_secs(), "guest ignored the power button; stopping QEMU");
+            }
+            Err(e) => tracing::warn!(guest = %self.name, error = %e, "system_powerdown failed; stopping QEMU"),
+        }
+        if let Err(e) = self.with_qmp(|q| q.quit()) {
+            tracing::warn!(guest = %self.name, error = %e, "QMP quit failed; sending SIGKILL");
+        }
+        if !self.wait_exit(QUIT_WAIT) {
+            self.kill()?;
+        }
+        Ok(false)
+    }
+
+    /// Stops QEMU at once (SIGKILL) and waits until it is gone.
+    pub fn kill(&self) -> Result<(), Error> {
+        *self.lock_qmp() = None;
+        if !self.is_running() {
+            return Ok(());
+        }
+        let pid = i32::try_from(self.pid).map_err(|_| GuestError::Signal {
+            pid: self.pid,
+            source: nix::Error::EINVAL,
+        })?;
+        match kill(Pid::from_raw(pid), Signal::SIGKILL) {
+            Ok(()) | Err(nix::Error::ESRCH) => {}
+            Err(source) => return Err(GuestError::Signal { pid: self.pid, source }.into()),
+        }
+        if !self.wait_exit(KILL_WAIT) {
+            return Err(GuestError::StillRunning {
+                pid: self.pid,
+                secs: KILL_WAIT.as_secs(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Path of the serial console log.
+    pub fn serial_log(&self) -> PathBuf {
+        self.run.serial_log()
+    }
+
+    /// Waits up to `timeout` for a complete line of the serial log (from its
+    /// start, i.e. since this QEMU started) that contains `pattern`, and
+    /// returns it without its line ending.
+    pub fn wait_for_serial(&self, pattern: &str, timeout: Duration) -> Result<String, Error> {
+        let path = self.serial_log();
+        let deadline = Instant::now() + timeout;
+        let mut log = SerialTail::default();
+        loop {
+            let alive = self.is_running();
+            // Read after the liveness check, so the last output is seen.
+            if let Some(line) = log.read_more(&path, pattern, !alive)? {
+                return Ok(line);
+            }
+            if !alive {
+                return Err(GuestError::ExitedWaiting {
+                    name: self.name.clone(),
+                    pattern: pattern.to_string(),
+                    path,
+                    tail: log.tail(),
+                }
+                .into());
+            }
+            if Instant::now() >= deadline {
+                return Err(GuestError::SerialTimeout {
+                    name: self.name.clone(),
+                    pattern: pattern.to_string(),
+                    path,
+                    secs: timeout.as_secs(),
+                    tail: log.tail(),
+                }
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn lock_qmp(&self) -> MutexGuard<'_, Option<Qmp>> {
+        // A panic while holding the lock leaves at worst a half-read QMP
+        // stream; the next error drops the connection and we reconnect.
+        self.qmp.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the QMP connection, (re)connecting as needed; a failed
+    /// connection is dropped so the next call starts afresh.
+    fn with_qmp<T>(&self, f: impl FnOnce(&mut Qmp) -> Result<T, QmpError>) -> Result<T, QmpError> {
+        let mut slot = self.lock_qmp();
+        let q = match slot.as_mut() {
+            Some(q) => q,
+            None => slot.insert(Qmp::connect_retry(&self.run.qmp_socket(), QMP_PATIENCE)?),
+        };
+        let r = f(q);
+        if matches!(
+            r,
+            Err(QmpError::Io { .. } | QmpError::Closed { .. } | QmpError::Timeout { .. } | QmpError::Protocol { .. })
+        ) {
+            *slot = None;
+        }
+        r
+    }
+
+    fn wait_exit(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !self.is_running() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Creates the run directory (and parents) and makes it private (0700).
+fn prepare_run_dir(dir: &Path) -> Result<(), GuestError> {
+    let err = |source| GuestError::RunDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
+}
+
+/// Runs QEMU with `-daemonize` and waits for the foreground process, which
+/// exits once the daemon finished initialising (0) or failed (1, reason on
+/// stderr).
+fn run_daemonizing(name: &str, argv: &[String]) -> Result<(), GuestError> {
+    let mut child = Command::new(QEMU_BINARY)
+        .args(argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(GuestError::Spawn)?;
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let readers: Vec<_> = [
+        child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+        child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|mut pipe| {
+        let out = Arc::clone(&out);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                out.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&buf[..n]);
+            }
+        })
+    })
+    .collect();
+    let deadline = Instant::now() + START_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) | Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(GuestError::StartTimeout {
+                    name: name.to_string(),
+                    secs: START_TIMEOUT.as_secs(),
+                });
+            }
+        }
+    };
+    // The daemon closes the inherited pipes once it is set up; don't hang if
+    // it does not.
+    let grace = Instant::now() + Duration::from_secs(2);
+    while readers.iter().any(|r| !r.is_finished()) && Instant::now() < grace {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let text = String::from_utf8_lossy(&out.lock().unwrap_or_else(|p| p.into_inner()))
+        .trim()
+        .to_string();
+    if !status.success() {
+        return Err(GuestError::Refused {
+            name: name.to_string(),
+            status,
+            stderr: text,
+        });
+    }
+    if !text.is_empty() {
+        tracing::warn!(guest = name, qemu = %text, "QEMU printed warnings at start");
+    }
+    Ok(())
+}
+
+/// PID from a pid file; `None` when the file does not exist.
+fn read_pidfile(path: &Path) -> Result<Option<u32>, GuestError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => s.trim().parse::<u32>().map(Some).map_err(|_| GuestError::Pidfile {
+            path: path.to_path_buf(),
+            detail: format!("{:?} is not a PID", s.trim()),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(GuestError::Pidfile {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+/// The PID in `run`'s pid file, if that process is our QEMU and alive.
+fn live_pid(run: &RunDir) -> Option<u32> {
+    let pid = read_pidfile(&run.pidfile()).ok().flatten()?;
+    is_our_qemu(pid, run).then_some(pid)
+}
+
+/// Arguments of a process, from /proc.
+fn cmdline(pid: u32) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        raw.split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
+}
+
+/// True when `pid` lives (not a zombie) and is the QEMU of `run` (its
+/// command line names `run`'s pid file), so a recycled PID does not count.
+fn is_our_qemu(pid: u32, run: &RunDir) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // Field 3, after the parenthesised command name (which may hold spaces).
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    if matches!(state, None | Some("Z") | Some("X")) {
+        return false;
+    }
+    let pidfile = run.pidfile();
+    cmdline(pid).is_some_and(|args| args.iter().any(|a| Path::new(a) == pidfile))
+}
+
+/// Incremental reader of the serial log.
+#[derive(Default)]
+struct SerialTail {
+    offset: u64,
+    partial: Vec<u8>,
+    tail: VecDeque<String>,
+}
+
+impl SerialTail {
+    /// Reads what was appended since the last call; returns the first
+    /// complete line containing `pattern`. With `flush`, an unterminated
+    /// last line counts as complete (QEMU is gone, nothing more will come).
+    fn read_more(&mut self, path: &Path, pattern: &str, flush: bool) -> Result<Option<String>, GuestError> {
+        let err = |source| GuestError::SerialRead {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(err(e)),
+        };
+        let len = f.metadata().map_err(err)?.len();
+        if len < self.offset {
+            // Truncated: a new QEMU started with this log.
+            *self = SerialTail::default();
+        }
+        f.seek(SeekFrom::Start(self.offset)).map_err(err)?;
+        let mut buf = Vec::new();
+        let n = f.read_to_end(&mut buf).map_err(err)?;
+        self.offset += n as u64;
+        self.partial.extend_from_slice(&buf);
+        while let Some(pos) = self.partial.iter().position(|&b| b == b'\n') {
+            let raw: Vec<u8> = self.partial.drain(..=pos).collect();
+            if let Some(hit) = self.take_line(&raw, pattern) {
+                return Ok(Some(hit));
+            }
+        }
+        if flush && !self.partial.is_empty() {
+            let raw = std::mem::take(&mut self.partial);
+            return Ok(self.take_line(&raw, pattern));
+        }
+        Ok(None)
+    }
+
+    fn take_line(&mut self, raw: &[u8], pattern: &str) -> Option<String> {
+        let line = String::from_utf8_lossy(raw).trim_end_matches(['\r', '\n']).to_string();
+        if line.contains(pattern) {
+            return Some(line);
+        }
+        if !line.trim().is_empty() {
+            if self.tail.len() == TAIL_LINES {
+                self.tail.pop_front();
+            }
+            self.tail.push_back(line);
+        }
+        None
+    }
+
+    fn tail(&self) -> String {
+        self.tail.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn serial_tail_matches_complete_lines_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial.log");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let mut t = SerialTail::default();
+        assert_eq!(t.read_more(&path, "READY", false).unwrap(), None);
+        f.write_all(b"boot\r\nISTHMUS-READY par").unwrap();
+        assert_eq!(t.read_more(&path, "READY", false).unwrap(), None, "partial line must wait");
+        f.write_all(b"tial\r\nmore\r\n").unwrap();
+        assert_eq!(
+            t.read_more(&path, "READY", false).unwrap().as_deref(),
+            Some("ISTHMUS-READY partial")
+        );
+        f.write_all(b"last words").unwrap();
+        assert_eq!(t.read_more(&path, "words", true).unwrap().as_deref(), Some("last words"));
+        assert!(t.tail().contains("boot"), "{}", t.tail());
+    }
+
+    #[test]
+    fn attach_to_nothing_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Guest::attach(dir.path()).unwrap().is_none());
+        // A pid file naming a process that is not our QEMU (this test).
+        std::fs::write(dir.path().join("qemu.pid"), std::process::id().to_string()).unwrap();
+        assert!(Guest::attach(dir.path()).unwrap().is_none());
+    }
+
+    #[test]
+    fn refused_profile_reports_qemu_stderr() {
+        use proto::api::AccelKind;
+        use proto::{DiskBus, DiskSpec, HardwareProfile};
+        let dir = tempfile::tempdir().unwrap();
+        // qcow2 magic followed by zeros: QEMU refuses "version 0".
+        let disk = dir.path().join("d.qcow2");
+        let mut bytes = b"QFI\xfb".to_vec();
+        bytes.resize(1 << 16, 0);
+        std::fs::write(&disk, bytes).unwrap();
+        let spec = GuestSpec {
+            name: "refused".into(),
+            profile: HardwareProfile {
+                firmware: Firmware::Bios,
+                machine: proto::Machine::Pc,
+                cpus: 1,
+                memory_mib: 64,
+                disks: vec![DiskSpec { bus: DiskBus::Ide, unit: 0, boot: true }],
+                nics: vec![],
+                smbios: Default::default(),
+            },
+            disks: vec![disk],
+            taps: vec![],
+            run_dir: dir.path().join("run"),
+            accel: AccelKind::Tcg,
+        };
+        let e = Guest::launch(&spec).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("QEMU refused the profile of guest refused"), "{msg}");
+        assert!(msg.contains("qcow2"), "{msg}");
+        let mode = std::fs::metadata(dir.path().join("run")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+}

@@ -1,0 +1,486 @@
+//! QEMU command-line arguments as typed values, rendered in one place.
+//!
+//! Nothing else in the crate writes a QEMU option string: callers build
+//! [`Arg`] values and [`render`] turns them into `argv` (without the binary).
+//! Option values go through QEMU's option syntax here, so a `,` inside a
+//! value is doubled (QEMU docs, "Options with comma-separated suboptions").
+
+use std::path::{Path, PathBuf};
+
+use proto::api::AccelKind;
+use proto::{MacAddr, Machine, NicModel, PciSlot};
+
+/// One QEMU option (or option + value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Arg {
+    /// `-name <guest>,process=isthmus-<guest>`.
+    Name(String),
+    /// `-machine pc|q35`.
+    Machine(Machine),
+    /// `-accel kvm|tcg`.
+    Accel(AccelKind),
+    /// `-cpu host` (only meaningful with KVM).
+    CpuHost,
+    /// `-smp <n>`.
+    Smp(u32),
+    /// `-m <n>M`.
+    MemoryMib(u32),
+    /// `-nodefaults`: no implicit NIC, CD-ROM, floppy, serial or VGA, so the
+    /// guest sees exactly the profile's devices.
+    NoDefaults,
+    /// `-drive ...`.
+    Drive(Drive),
+    /// `-device ...`.
+    Device(Device),
+    /// `-netdev tap,...`.
+    NetdevTap(NetdevTap),
+    /// `-smbios type=1,...`.
+    SmbiosType1(SmbiosType1),
+    /// `-uuid <uuid>`.
+    Uuid(String),
+    /// `-display none`.
+    DisplayNone,
+    /// `-nographic` (serial on stdio; used by the accelerator probe).
+    NoGraphic,
+    /// `-no-reboot`: a guest reboot ends QEMU (probe: a kernel panic ends it).
+    NoReboot,
+    /// `-serial file:<path>`.
+    SerialFile(PathBuf),
+    /// `-qmp unix:<path>,server=on,wait=off`.
+    QmpUnix(PathBuf),
+    /// `-pidfile <path>`.
+    Pidfile(PathBuf),
+    /// `-daemonize`.
+    Daemonize,
+    /// `-sandbox on` (seccomp filter in QEMU).
+    Sandbox,
+    /// `-kernel <path>`.
+    Kernel(PathBuf),
+    /// `-initrd <path>`.
+    Initrd(PathBuf),
+    /// `-append <cmdline>`.
+    Append(String),
+}
+
+/// Disk image format, as QEMU's `format=` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// qcow2 (magic `QFI\xfb`).
+    Qcow2,
+    /// Anything else: a raw image.
+    Raw,
+}
+
+impl ImageFormat {
+    fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Qcow2 => "qcow2",
+            ImageFormat::Raw => "raw",
+        }
+    }
+}
+
+/// Host page-cache use for a disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheMode {
+    /// `cache=none`: O_DIRECT, no double caching (what production wants).
+    None,
+    /// `cache=writeback`: for file systems without O_DIRECT (tmpfs).
+    Writeback,
+}
+
+/// A `-drive`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Drive {
+    /// `-drive if=none,id=..,file=..,format=..,cache=..,aio=threads`: a
+    /// backend that a `-device` attaches by id.
+    Disk {
+        /// Node id (`disk0`).
+        id: String,
+        /// Image file.
+        file: PathBuf,
+        /// Detected format.
+        format: ImageFormat,
+        /// Cache mode.
+        cache: CacheMode,
+    },
+    /// `-drive if=pflash,unit=..,format=raw,file=..[,readonly=on]`: UEFI
+    /// code (read-only) and variable store.
+    Pflash {
+        /// 0 = code, 1 = variables.
+        unit: u8,
+        /// Firmware file.
+        file: PathBuf,
+        /// Read-only (the code image).
+        readonly: bool,
+    },
+}
+
+/// The PCI root bus a device sits on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootBus {
+    /// `pci.0` (i440FX `pc`).
+    Pci0,
+    /// `pcie.0` (`q35`).
+    Pcie0,
+}
+
+impl RootBus {
+    /// The root bus of a machine type.
+    pub fn of(machine: Machine) -> RootBus {
+        match machine {
+            Machine::Pc => RootBus::Pci0,
+            Machine::Q35 => RootBus::Pcie0,
+        }
+    }
+    fn as_str(self) -> &'static str {
+        match self {
+            RootBus::Pci0 => "pci.0",
+            RootBus::Pcie0 => "pcie.0",
+        }
+    }
+}
+
+/// A `-device`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// `ahci,id=..`: an AHCI SATA controller (ports `<id>.0` ..).
+    Ahci {
+        /// Controller id.
+        id: String,
+    },
+    /// `lsi53c895a,id=..`: LSI parallel SCSI (bus `<id>.0`).
+    Lsi53c895a {
+        /// Controller id.
+        id: String,
+    },
+    /// `virtio-scsi-pci,id=..` (bus `<id>.0`).
+    VirtioScsi {
+        /// Controller id.
+        id: String,
+    },
+    /// `ide-hd,drive=..,bus=..[,unit=..]`: a disk on an IDE bus or AHCI port.
+    IdeHd {
+        /// Drive id.
+        drive: String,
+        /// Bus (`ide.0`, `ahci0.3`).
+        bus: String,
+        /// Unit on the bus (IDE master 0 / slave 1); AHCI ports take none.
+        unit: Option<u8>,
+        /// Boot order.
+        bootindex: Option<u32>,
+    },
+    /// `scsi-hd,drive=..,bus=..,scsi-id=..,lun=0`.
+    ScsiHd {
+        /// Drive id.
+        drive: String,
+        /// SCSI bus (`scsi0.0`).
+        bus: String,
+        /// Target id.
+        scsi_id: u8,
+        /// Boot order.
+        bootindex: Option<u32>,
+    },
+    /// `virtio-blk-pci,drive=..`.
+    VirtioBlk {
+        /// Drive id.
+        drive: String,
+        /// Boot order.
+        bootindex: Option<u32>,
+    },
+    /// A NIC: `<model>,netdev=..,mac=..,bus=..[,addr=0xSS.F][,multifunction=on]`.
+    Nic(Nic),
+    /// `VGA` (std VGA), placed after the devices with fixed PCI addresses.
+    StdVga {
+        /// Root bus.
+        bus: RootBus,
+    },
+}
+
+/// A NIC device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nic {
+    /// Emulated model.
+    pub model: NicModel,
+    /// Netdev id it is wired to.
+    pub netdev: String,
+    /// Guest-visible MAC.
+    pub mac: MacAddr,
+    /// Root bus.
+    pub bus: RootBus,
+    /// Fixed PCI address, when the profile has one.
+    pub addr: Option<PciSlot>,
+    /// Function 0 of a slot whose other functions are used too.
+    pub multifunction: bool,
+}
+
+/// QEMU's device name for a NIC model.
+pub fn nic_driver(model: NicModel) -> &'static str {
+    match model {
+        NicModel::E1000 => "e1000",
+        NicModel::E1000e => "e1000e",
+        NicModel::Rtl8139 => "rtl8139",
+        NicModel::Vmxnet3 => "vmxnet3",
+        NicModel::Pcnet => "pcnet",
+        NicModel::VirtioNet => "virtio-net-pci",
+    }
+}
+
+/// `-netdev tap,id=..,ifname=..,script=no,downscript=no`: an existing TAP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetdevTap {
+    /// Netdev id (`n0`).
+    pub id: String,
+    /// TAP device name.
+    pub ifname: String,
+}
+
+/// SMBIOS type 1 (system information) fields; only set ones are rendered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SmbiosType1 {
+    /// Manufacturer.
+    pub manufacturer: Option<String>,
+    /// Product name.
+    pub product: Option<String>,
+    /// Serial number.
+    pub serial: Option<String>,
+    /// UUID.
+    pub uuid: Option<String>,
+}
+
+/// Doubles `,` so QEMU's option parser reads it as a literal comma.
+pub fn escape(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
+fn path_value(p: &Path) -> String {
+    escape(&p.to_string_lossy())
+}
+
+/// Builds `key=value,...` with escaped values.
+struct Opts(Vec<String>);
+
+impl Opts {
+    fn new(head: &str) -> Opts {
+        Opts(vec![head.to_string()])
+    }
+    fn kv(mut self, key: &str, value: impl AsRef<str>) -> Opts {
+        self.0.push(format!("{key}={}", escape(value.as_ref())));
+        self
+    }
+    fn kv_opt(self, key: &str, value: Option<impl AsRef<str>>) -> Opts {
+        match value {
+            Some(v) => self.kv(key, v),
+            None => self,
+        }
+    }
+    fn done(self) -> String {
+        self.0.join(",")
+    }
+}
+
+fn bootindex(o: Opts, idx: Option<u32>) -> Opts {
+    o.kv_opt("bootindex", idx.map(|i| i.to_string()))
+}
+
+impl Device {
+    fn render(&self) -> String {
+        match self {
+            Device::Ahci { id } => Opts::new("ahci").kv("id", id).done(),
+            Device::Lsi53c895a { id } => Opts::new("lsi53c895a").kv("id", id).done(),
+            Device::VirtioScsi { id } => Opts::new("virtio-scsi-pci").kv("id", id).done(),
+            Device::IdeHd {
+                drive,
+                bus,
+                unit,
+                bootindex: b,
+            } => {
+                let o = Opts::new("ide-hd").kv("drive", drive).kv("bus", bus);
+                bootindex(o.kv_opt("unit", unit.map(|u| u.to_string())), *b).done()
+            }
+            Device::ScsiHd {
+                drive,
+                bus,
+                scsi_id,
+                bootindex: b,
+            } => {
+                let o = Opts::new("scsi-hd")
+                    .kv("drive", drive)
+                    .kv("bus", bus)
+                    .kv("scsi-id", scsi_id.to_string())
+                    .kv("lun", "0");
+                bootindex(o, *b).done()
+            }
+            Device::VirtioBlk { drive, bootindex: b } => bootindex(Opts::new("virtio-blk-pci").kv("drive", drive), *b).done(),
+            Device::Nic(n) => {
+                let o = Opts::new(nic_driver(n.model))
+                    .kv("netdev", &n.netdev)
+                    .kv("mac", n.mac.to_string())
+                    .kv("bus", n.bus.as_str())
+                    // QEMU docs: addr=<slot>[.<function>], hex.
+                    .kv_opt("addr", n.addr.map(|a| format!("0x{:02x}.{:x}", a.slot, a.function)));
+                let o = if n.multifunction { o.kv("multifunction", "on") } else { o };
+                o.done()
+            }
+            Device::StdVga { bus } => Opts::new("VGA").kv("bus", bus.as_str()).done(),
+        }
+    }
+}
+
+impl Drive {
+    fn render(&self) -> String {
+        match self {
+            Drive::Disk { id, file, format, cache } => Opts::new("if=none")
+                .kv("id", id)
+                .kv("file", file.to_string_lossy())
+                .kv("format", format.as_str())
+                .kv(
+                    "cache",
+                    match cache {
+                        CacheMode::None => "none",
+                        CacheMode::Writeback => "writeback",
+                    },
+                )
+                .kv("aio", "threads")
+                .done(),
+            Drive::Pflash { unit, file, readonly } => {
+                let o = Opts::new("if=pflash")
+                    .kv("unit", unit.to_string())
+                    .kv("format", "raw")
+                    .kv("file", file.to_string_lossy());
+                if *readonly { o.kv("readonly", "on") } else { o }.done()
+            }
+        }
+    }
+}
+
+impl SmbiosType1 {
+    /// True when no field is set (then no `-smbios` is rendered).
+    pub fn is_empty(&self) -> bool {
+        self.manufacturer.is_none() && self.product.is_none() && self.serial.is_none() && self.uuid.is_none()
+    }
+    fn render(&self) -> String {
+        Opts::new("type=1")
+            .kv_opt("manufacturer", self.manufacturer.as_deref())
+            .kv_opt("product", self.product.as_deref())
+            .kv_opt("serial", self.serial.as_deref())
+            .kv_opt("uuid", self.uuid.as_deref())
+            .done()
+    }
+}
+
+impl Arg {
+    fn render_into(&self, out: &mut Vec<String>) {
+        let mut push = |opt: &str, val: Option<String>| {
+            out.push(opt.to_string());
+            out.extend(val);
+        };
+        match self {
+            Arg::Name(n) => push("-name", Some(format!("{},process=isthmus-{}", escape(n), escape(n)))),
+            Arg::Machine(m) => push(
+                "-machine",
+                Some(
+                    match m {
+                        Machine::Pc => "pc",
+                        Machine::Q35 => "q35",
+                    }
+                    .into(),
+                ),
+            ),
+            Arg::Accel(a) => push("-accel", Some(a.to_string())),
+            Arg::CpuHost => push("-cpu", Some("host".into())),
+            Arg::Smp(n) => push("-smp", Some(n.to_string())),
+            Arg::MemoryMib(m) => push("-m", Some(format!("{m}M"))),
+            Arg::NoDefaults => push("-nodefaults", None),
+            Arg::Drive(d) => push("-drive", Some(d.render())),
+            Arg::Device(d) => push("-device", Some(d.render())),
+            Arg::NetdevTap(n) => push(
+                "-netdev",
+                Some(
+                    Opts::new("tap")
+                        .kv("id", &n.id)
+                        .kv("ifname", &n.ifname)
+                        .kv("script", "no")
+                        .kv("downscript", "no")
+                        .done(),
+                ),
+            ),
+            Arg::SmbiosType1(s) => push("-smbios", Some(s.render())),
+            Arg::Uuid(u) => push("-uuid", Some(u.clone())),
+            Arg::DisplayNone => push("-display", Some("none".into())),
+            Arg::NoGraphic => push("-nographic", None),
+            Arg::NoReboot => push("-no-reboot", None),
+            // The `file:` chardev shorthand takes the rest of the string as the
+            // path verbatim (chardev/char.c, qemu_chr_parse_compat): no escaping.
+            Arg::SerialFile(p) => push("-serial", Some(format!("file:{}", p.to_string_lossy()))),
+            // `unix:` parses suboptions after the path, so the path is escaped.
+            Arg::QmpUnix(p) => push("-qmp", Some(format!("unix:{},server=on,wait=off", path_value(p)))),
+            Arg::Pidfile(p) => push("-pidfile", Some(p.to_string_lossy().into_owned())),
+            Arg::Daemonize => push("-daemonize", None),
+            Arg::Sandbox => push("-sandbox", Some("on".into())),
+            Arg::Kernel(p) => push("-kernel", Some(p.to_string_lossy().into_owned())),
+            Arg::Initrd(p) => push("-initrd", Some(p.to_string_lossy().into_owned())),
+            Arg::Append(s) => push("-append", Some(s.clone())),
+        }
+    }
+}
+
+/// Renders typed arguments into QEMU's `argv` (without the binary).
+pub fn render(args: &[Arg]) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len() * 2);
+    for a in args {
+        a.render_into(&mut out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commas_are_doubled_in_values() {
+        let s = SmbiosType1 {
+            manufacturer: Some("ACME, Inc.".into()),
+            serial: Some("A,B".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            render(&[Arg::SmbiosType1(s)]),
+            ["-smbios", "type=1,manufacturer=ACME,, Inc.,serial=A,,B"]
+        );
+        let d = Drive::Disk {
+            id: "disk0".into(),
+            file: "/srv/a,b.qcow2".into(),
+            format: ImageFormat::Qcow2,
+            cache: CacheMode::None,
+        };
+        assert_eq!(
+            render(&[Arg::Drive(d)]),
+            [
+                "-drive",
+                "if=none,id=disk0,file=/srv/a,,b.qcow2,format=qcow2,cache=none,aio=threads"
+            ]
+        );
+        assert_eq!(
+            render(&[Arg::QmpUnix("/run/x,y/qmp.sock".into())]),
+            ["-qmp", "unix:/run/x,,y/qmp.sock,server=on,wait=off"]
+        );
+    }
+
+    #[test]
+    fn nic_renders_slot_in_hex() {
+        let n = Nic {
+            model: NicModel::VirtioNet,
+            netdev: "n0".into(),
+            mac: "52:54:00:00:00:01".parse().unwrap(),
+            bus: RootBus::Pcie0,
+            addr: Some(PciSlot { slot: 0x1e, function: 3 }),
+            multifunction: false,
+        };
+        assert_eq!(
+            render(&[Arg::Device(Device::Nic(n))]),
+            ["-device", "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:01,bus=pcie.0,addr=0x1e.3"]
+        );
+    }
+}

@@ -1,0 +1,667 @@
+//! The one mapping from a hardware profile to QEMU devices (STYLE §7).
+//!
+//! [`build`] is pure: it takes the spec, the inspected disk images and the
+//! host facts and returns typed [`Arg`]s. Device order matters to QEMU and
+//! to the guest, so it is fixed here:
+//! 1. NICs with a fixed PCI address (function 0 of a slot first), so that no
+//!    automatically placed device can take their slot;
+//! 2. the VGA, which then takes the lowest free slot (02.0 on a default `pc`,
+//!    as on a QEMU machine without a profile);
+//! 3. NICs without a fixed address, in profile order;
+//! 4. disk controllers and disks, by bus and unit, so `vda`, `vdb`, ... follow
+//!    the units.
+
+use std::collections::BTreeSet;
+
+use proto::api::AccelKind;
+use proto::{DiskBus, Firmware, Machine, PciSlot};
+
+use super::args::{Arg, Device, Drive, NetdevTap, Nic, RootBus, SmbiosType1};
+use super::host::{HostFacts, OVMF_DIR};
+use super::image::DiskImage;
+use crate::run_dir::RunDir;
+use crate::GuestSpec;
+
+/// A valid profile that still cannot run here, or with QEMU.
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    /// UEFI asked for but OVMF absent: this node does not fit the server.
+    #[error("guest {name}: the profile needs UEFI firmware but OVMF is not installed here ({OVMF_DIR}/OVMF_CODE.fd and OVMF_VARS.fd missing); install Debian's `ovmf` package on this node or place the server on a node that has it")]
+    OvmfMissing {
+        /// Guest name.
+        name: String,
+    },
+    /// IDE disks on a q35 machine, which has no PATA controller.
+    #[error("guest {name}: IDE disk unit {unit} on a q35 machine, which has no IDE controller; a q35 source had its disks on SATA: set bus = \"sata\" for that disk, or machine = \"pc\"")]
+    IdeOnQ35 {
+        /// Guest name.
+        name: String,
+        /// The disk's unit.
+        unit: u8,
+    },
+    /// A NIC at function N > 0 with nothing at function 0 of its slot.
+    #[error("guest {name}: a NIC is at PCI {slot} but nothing is at function 0 of slot {slot_only:02x}; guests only scan a slot whose function 0 exists: give one NIC address {slot_only:02x}.0")]
+    PciFunctionZero {
+        /// Guest name.
+        name: String,
+        /// The address asked for.
+        slot: PciSlot,
+        /// Its slot number.
+        slot_only: u8,
+    },
+    /// An SMBIOS string QEMU or the guest could not take.
+    #[error("guest {name}: SMBIOS {field} {value:?} contains control characters; remove them from the profile")]
+    SmbiosValue {
+        /// Guest name.
+        name: String,
+        /// Field name.
+        field: &'static str,
+        /// The value.
+        value: String,
+    },
+    /// An SMBIOS UUID that is not in canonical form.
+    #[error(
+        "guest {name}: SMBIOS uuid {value:?} is not a UUID; write it as 8-4-4-4-12 hex digits, like 4c4c4544-0042-3510-8052-b4c04f4e3232"
+    )]
+    Uuid {
+        /// Guest name.
+        name: String,
+        /// The value.
+        value: String,
+    },
+}
+
+/// Maps a spec (already [`GuestSpec::validate`]d) plus its inspected disk
+/// images (same order as `spec.disks`) and the host facts to QEMU arguments.
+pub fn build(spec: &GuestSpec, disks: &[DiskImage], host: &HostFacts) -> Result<Vec<Arg>, MapError> {
+    let p = &spec.profile;
+    let run = RunDir::new(&spec.run_dir);
+    let name = || spec.name.clone();
+    let mut args = vec![Arg::Name(spec.name.clone()), Arg::Machine(p.machine), Arg::Accel(spec.accel)];
+    if spec.accel == AccelKind::Kvm {
+        args.push(Arg::CpuHost);
+    }
+    args.extend([Arg::Smp(p.cpus), Arg::MemoryMib(p.memory_mib), Arg::NoDefaults]);
+
+    // Firmware: SeaBIOS is QEMU's default; UEFI is OVMF in two pflash chips.
+    if p.firmware == Firmware::Efi {
+        let ovmf = host.ovmf.as_ref().ok_or_else(|| MapError::OvmfMissing { name: name() })?;
+        args.push(Arg::Drive(Drive::Pflash {
+            unit: 0,
+            file: ovmf.code.clone(),
+            readonly: true,
+        }));
+        args.push(Arg::Drive(Drive::Pflash {
+            unit: 1,
+            file: run.efi_vars(),
+            readonly: false,
+        }));
+    }
+
+    if let Some(smbios) = smbios(spec)? {
+        if let Some(uuid) = &smbios.uuid {
+            args.push(Arg::Uuid(uuid.clone()));
+        }
+        args.push(Arg::SmbiosType1(smbios));
+    }
+
+    nics(spec, &mut args)?;
+    disk_devices(spec, disks, &mut args)?;
+
+    args.extend([
+        Arg::DisplayNone,
+        Arg::SerialFile(run.serial_log()),
+        Arg::QmpUnix(run.qmp_socket()),
+        Arg::Pidfile(run.pidfile()),
+        Arg::Daemonize,
+    ]);
+    if host.sandbox {
+        args.push(Arg::Sandbox);
+    }
+    Ok(args)
+}
+
+fn smbios(spec: &GuestSpec) -> Result<Option<SmbiosType1>, MapError> {
+    let s = &spec.profile.smbios;
+    let check = |field: &'static str, v: &Option<String>| -> Result<Option<String>, MapError> {
+        match v {
+            Some(value) if value.chars().any(char::is_control) => Err(MapError::SmbiosValue {
+                name: spec.name.clone(),
+                field,
+                value: value.clone(),
+            }),
+            v => Ok(v.clone()),
+        }
+    };
+    let t1 = SmbiosType1 {
+        manufacturer: check("manufacturer", &s.manufacturer)?,
+        product: check("product", &s.product)?,
+        serial: check("serial", &s.serial)?,
+        uuid: match &s.uuid {
+            Some(u) if !is_uuid(u) => {
+                return Err(MapError::Uuid {
+                    name: spec.name.clone(),
+                    value: u.clone(),
+                })
+            }
+            u => u.clone(),
+        },
+    };
+    Ok((!t1.is_empty()).then_some(t1))
+}
+
+/// Canonical 8-4-4-4-12 hex UUID.
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+fn nics(spec: &GuestSpec, args: &mut Vec<Arg>) -> Result<(), MapError> {
+    let p = &spec.profile;
+    let bus = RootBus::of(p.machine);
+    // Slots where a function other than 0 is used: function 0 must exist and
+    // say multifunction=on, or neither QEMU nor the guest sees the others.
+    let multi: BTreeSet<u8> = p
+        .nics
+        .iter()
+        .filter_map(|n| n.pci_slot)
+        .filter(|s| s.function != 0)
+        .map(|s| s.slot)
+        .collect();
+    for s in p.nics.iter().filter_map(|n| n.pci_slot).filter(|s| s.function != 0) {
+        if !p.nics.iter().any(|n| n.pci_slot == Some(PciSlot { slot: s.slot, function: 0 })) {
+            return Err(MapError::PciFunctionZero {
+                name: spec.name.clone(),
+                slot: s,
+                slot_only: s.slot,
+            });
+        }
+    }
+    let mut fixed = Vec::new();
+    let mut floating = Vec::new();
+    for (i, (n, tap)) in p.nics.iter().zip(&spec.taps).enumerate() {
+        let netdev = format!("n{i}");
+        args.push(Arg::NetdevTap(NetdevTap {
+            id: netdev.clone(),
+            ifname: tap.clone(),
+        }));
+        let nic = Nic {
+            model: n.model,
+            netdev,
+            mac: n.mac,
+            bus,
+            addr: n.pci_slot,
+            multifunction: n.pci_slot.is_some_and(|s| s.function == 0 && multi.contains(&s.slot)),
+        };
+        match n.pci_slot {
+            Some(s) => fixed.push((s.slot, s.function, nic)),
+            None => floating.push(nic),
+        }
+    }
+    fixed.sort_by_key(|(slot, function, _)| (*slot, *function));
+    args.extend(fixed.into_iter().map(|(_, _, n)| Arg::Device(Device::Nic(n))));
+    args.push(Arg::Device(Device::StdVga { bus }));
+    args.extend(floating.into_iter().map(|n| Arg::Device(Device::Nic(n))));
+    Ok(())
+}
+
+fn bus_rank(b: DiskBus) -> u8 {
+    match b {
+        DiskBus::Ide => 0,
+        DiskBus::Sata => 1,
+        DiskBus::Scsi => 2,
+        DiskBus::VirtioScsi => 3,
+        DiskBus::VirtioBlk => 4,
+    }
+}
+
+fn disk_devices(spec: &GuestSpec, images: &[DiskImage], args: &mut Vec<Arg>) -> Result<(), MapError> {
+    let p = &spec.profile;
+    const AHCI: &str = "ahci0";
+    const LSI: &str = "scsi0";
+    const VSCSI: &str = "vscsi0";
+    let has = |b: DiskBus| p.disks.iter().any(|d| d.bus == b);
+    // On q35 SATA disks sit on the chipset's own ICH9 AHCI (buses ide.0..5),
+    // as on a real Q35 board; on pc we add one AHCI controller.
+    if has(DiskBus::Sata) && p.machine == Machine::Pc {
+        args.push(Arg::Device(Device::Ahci { id: AHCI.into() }));
+    }
+    if has(DiskBus::Scsi) {
+        args.push(Arg::Device(Device::Lsi53c895a { id: LSI.into() }));
+    }
+    if has(DiskBus::VirtioScsi) {
+        args.push(Arg::Device(Device::VirtioScsi { id: VSCSI.into() }));
+    }
+
+    // Boot order: disks flagged boot, in profile order; none flagged → the first.
+    let mut boot_order = p
+        .disks
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.boot)
+        .map(|(i, _)| i)
+        .collect::<Vec<_>>();
+    if boot_order.is_empty() {
+        boot_order.push(0);
+    }
+    let bootindex = |i: usize| boot_order.iter().position(|&b| b == i).and_then(|pos| u32::try_from(pos).ok());
+
+    let mut order: Vec<usize> = (0..p.disks.len().min(images.len())).collect();
+    order.sort_by_key(|&i| (bus_rank(p.disks[i].bus), p.disks[i].unit));
+    for i in order {
+        let (d, img) = (&p.disks[i], &images[i]);
+        let drive = format!("disk{i}");
+        args.push(Arg::Drive(Drive::Disk {
+            id: drive.clone(),
+            file: img.path.clone(),
+            format: img.format,
+            cache: img.cache,
+        }));
+        let bootindex = bootindex(i);
+        let dev = match (d.bus, p.machine) {
+            // PIIX IDE: two buses, master (0) and slave (1) on each.
+            (DiskBus::Ide, Machine::Pc) => Device::IdeHd {
+                drive,
+                bus: format!("ide.{}", d.unit / 2),
+                unit: Some(d.unit % 2),
+                bootindex,
+            },
+            (DiskBus::Ide, Machine::Q35) => {
+                return Err(MapError::IdeOnQ35 {
+                    name: spec.name.clone(),
+                    unit: d.unit,
+                })
+            }
+            (DiskBus::Sata, Machine::Pc) => Device::IdeHd {
+                drive,
+                bus: format!("{AHCI}.{}", d.unit),
+                unit: None,
+                bootindex,
+            },
+            (DiskBus::Sata, Machine::Q35) => Device::IdeHd {
+                drive,
+                bus: format!("ide.{}", d.unit),
+                unit: None,
+                bootindex,
+            },
+            (DiskBus::Scsi, _) => Device::ScsiHd {
+                drive,
+                bus: format!("{LSI}.0"),
+                scsi_id: d.unit,
+                bootindex,
+            },
+            (DiskBus::VirtioScsi, _) => Device::ScsiHd {
+                drive,
+                bus: format!("{VSCSI}.0"),
+                scsi_id: d.unit,
+                bootindex,
+            },
+            (DiskBus::VirtioBlk, _) => Device::VirtioBlk { drive, bootindex },
+        };
+        args.push(Arg::Device(dev));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use proto::{DiskSpec, HardwareProfile, NicModel, NicSpec, Smbios};
+
+    use super::*;
+    use crate::qemu::args::{render, CacheMode, ImageFormat};
+    use crate::qemu::host::Ovmf;
+
+    const BUSES: [DiskBus; 5] = [DiskBus::Ide, DiskBus::Sata, DiskBus::Scsi, DiskBus::VirtioScsi, DiskBus::VirtioBlk];
+    const NICS: [NicModel; 6] = [
+        NicModel::E1000,
+        NicModel::E1000e,
+        NicModel::Rtl8139,
+        NicModel::Vmxnet3,
+        NicModel::Pcnet,
+        NicModel::VirtioNet,
+    ];
+
+    fn spec(machine: Machine, firmware: Firmware, bus: DiskBus, nic: NicModel) -> GuestSpec {
+        GuestSpec {
+            name: "web01".into(),
+            profile: HardwareProfile {
+                firmware,
+                machine,
+                cpus: 2,
+                memory_mib: 512,
+                disks: vec![DiskSpec { bus, unit: 0, boot: false }, DiskSpec { bus, unit: 1, boot: true }],
+                nics: vec![NicSpec {
+                    model: nic,
+                    mac: "52:54:00:12:34:56".parse().unwrap(),
+                    pci_slot: Some("03.0".parse().unwrap()),
+                }],
+                smbios: Smbios {
+                    manufacturer: Some("Dell Inc.".into()),
+                    product: Some("PowerEdge R640".into()),
+                    serial: Some("SRV,0001".into()),
+                    uuid: Some("4c4c4544-0042-3510-8052-b4c04f4e3232".into()),
+                },
+            },
+            disks: vec!["/srv/d0.qcow2".into(), "/srv/d1.img".into()],
+            taps: vec!["tap-web01-0".into()],
+            run_dir: "/run/isthmus/web01".into(),
+            accel: AccelKind::Tcg,
+        }
+    }
+
+    fn images(s: &GuestSpec) -> Vec<DiskImage> {
+        s.disks
+            .iter()
+            .enumerate()
+            .map(|(i, p)| DiskImage {
+                path: p.clone(),
+                format: if i == 0 { ImageFormat::Qcow2 } else { ImageFormat::Raw },
+                cache: if i == 0 { CacheMode::None } else { CacheMode::Writeback },
+            })
+            .collect()
+    }
+
+    fn host(ovmf: bool) -> HostFacts {
+        HostFacts {
+            qemu_version: "QEMU emulator version 10.0.2".into(),
+            sandbox: true,
+            ovmf: ovmf.then(|| Ovmf {
+                code: PathBuf::from("/usr/share/OVMF/OVMF_CODE.fd"),
+                vars_template: PathBuf::from("/usr/share/OVMF/OVMF_VARS.fd"),
+            }),
+        }
+    }
+
+    fn map(s: &GuestSpec, h: &HostFacts) -> Result<Vec<String>, MapError> {
+        s.validate().unwrap();
+        build(s, &images(s), h).map(|a| render(&a))
+    }
+
+    /// Index of the value that follows option `opt` and contains all `parts`.
+    fn find(args: &[String], opt: &str, parts: &[&str]) -> Option<usize> {
+        args.windows(2)
+            .position(|w| w[0] == opt && parts.iter().all(|p| w[1].split(',').any(|kv| kv == *p)))
+    }
+
+    fn expect(args: &[String], opt: &str, parts: &[&str]) -> usize {
+        find(args, opt, parts).unwrap_or_else(|| panic!("no {opt} with {parts:?} in {args:?}"))
+    }
+
+    /// Every bus × NIC × firmware × machine, with the devices each must give.
+    #[test]
+    fn table_bus_nic_firmware_machine() {
+        for machine in [Machine::Pc, Machine::Q35] {
+            for firmware in [Firmware::Bios, Firmware::Efi] {
+                for bus in BUSES {
+                    for nic in NICS {
+                        let s = spec(machine, firmware, bus, nic);
+                        let ctx = format!("{machine:?}/{firmware:?}/{bus:?}/{nic:?}");
+                        if bus == DiskBus::Ide && machine == Machine::Q35 {
+                            let e = map(&s, &host(true)).unwrap_err();
+                            assert!(matches!(e, MapError::IdeOnQ35 { .. }), "{ctx}: {e}");
+                            continue;
+                        }
+                        if firmware == Firmware::Efi {
+                            let e = map(&s, &host(false)).unwrap_err();
+                            assert!(matches!(e, MapError::OvmfMissing { .. }), "{ctx}: {e}");
+                            assert!(e.to_string().contains("ovmf"), "{e}");
+                        }
+                        let a = map(&s, &host(true)).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                        check_common(&a, machine, firmware);
+                        check_disks(&a, machine, bus);
+                        check_nic(&a, machine, nic);
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_common(a: &[String], machine: Machine, firmware: Firmware) {
+        let m = match machine {
+            Machine::Pc => "pc",
+            Machine::Q35 => "q35",
+        };
+        expect(a, "-machine", &[m]);
+        expect(a, "-accel", &["tcg"]);
+        assert!(find(a, "-cpu", &["host"]).is_none(), "-cpu host without KVM: {a:?}");
+        expect(a, "-smp", &["2"]);
+        expect(a, "-m", &["512M"]);
+        assert!(a.iter().any(|x| x == "-nodefaults"));
+        expect(a, "-name", &["web01", "process=isthmus-web01"]);
+        expect(a, "-uuid", &["4c4c4544-0042-3510-8052-b4c04f4e3232"]);
+        let i = expect(a, "-smbios", &["type=1", "manufacturer=Dell Inc.", "product=PowerEdge R640"]);
+        assert!(a[i + 1].contains("serial=SRV,,0001"), "comma not doubled: {}", a[i + 1]);
+        assert!(a[i + 1].contains("uuid=4c4c4544-0042-3510-8052-b4c04f4e3232"));
+        expect(a, "-display", &["none"]);
+        expect(a, "-serial", &["file:/run/isthmus/web01/serial.log"]);
+        expect(a, "-qmp", &["unix:/run/isthmus/web01/qmp.sock", "server=on", "wait=off"]);
+        expect(a, "-pidfile", &["/run/isthmus/web01/qemu.pid"]);
+        expect(a, "-sandbox", &["on"]);
+        assert!(a.iter().any(|x| x == "-daemonize"));
+        match firmware {
+            Firmware::Bios => assert!(find(a, "-drive", &["if=pflash"]).is_none()),
+            Firmware::Efi => {
+                expect(
+                    a,
+                    "-drive",
+                    &["if=pflash", "unit=0", "file=/usr/share/OVMF/OVMF_CODE.fd", "readonly=on"],
+                );
+                expect(a, "-drive", &["if=pflash", "unit=1", "file=/run/isthmus/web01/efi-vars.fd"]);
+            }
+        }
+    }
+
+    fn check_disks(a: &[String], machine: Machine, bus: DiskBus) {
+        expect(
+            a,
+            "-drive",
+            &[
+                "if=none",
+                "id=disk0",
+                "file=/srv/d0.qcow2",
+                "format=qcow2",
+                "cache=none",
+                "aio=threads",
+            ],
+        );
+        expect(
+            a,
+            "-drive",
+            &["if=none", "id=disk1", "file=/srv/d1.img", "format=raw", "cache=writeback"],
+        );
+        // disk1 is flagged boot, disk0 is not.
+        let (d0, d1) = match (bus, machine) {
+            (DiskBus::Ide, _) => {
+                assert!(find(a, "-device", &["ahci"]).is_none());
+                (
+                    expect(a, "-device", &["ide-hd", "drive=disk0", "bus=ide.0", "unit=0"]),
+                    expect(a, "-device", &["ide-hd", "drive=disk1", "bus=ide.0", "unit=1", "bootindex=0"]),
+                )
+            }
+            (DiskBus::Sata, Machine::Pc) => {
+                expect(a, "-device", &["ahci", "id=ahci0"]);
+                assert_eq!(a.iter().filter(|x| x.starts_with("ahci,")).count(), 1, "one AHCI controller");
+                (
+                    expect(a, "-device", &["ide-hd", "drive=disk0", "bus=ahci0.0"]),
+                    expect(a, "-device", &["ide-hd", "drive=disk1", "bus=ahci0.1", "bootindex=0"]),
+                )
+            }
+            (DiskBus::Sata, Machine::Q35) => {
+                assert!(find(a, "-device", &["ahci"]).is_none(), "q35 uses its ICH9 AHCI");
+                (
+                    expect(a, "-device", &["ide-hd", "drive=disk0", "bus=ide.0"]),
+                    expect(a, "-device", &["ide-hd", "drive=disk1", "bus=ide.1", "bootindex=0"]),
+                )
+            }
+            (DiskBus::Scsi, _) => {
+                expect(a, "-device", &["lsi53c895a", "id=scsi0"]);
+                (
+                    expect(a, "-device", &["scsi-hd", "drive=disk0", "bus=scsi0.0", "scsi-id=0"]),
+                    expect(a, "-device", &["scsi-hd", "drive=disk1", "bus=scsi0.0", "scsi-id=1", "bootindex=0"]),
+                )
+            }
+            (DiskBus::VirtioScsi, _) => {
+                expect(a, "-device", &["virtio-scsi-pci", "id=vscsi0"]);
+                (
+                    expect(a, "-device", &["scsi-hd", "drive=disk0", "bus=vscsi0.0", "scsi-id=0"]),
+                    expect(
+                        a,
+                        "-device",
+                        &["scsi-hd", "drive=disk1", "bus=vscsi0.0", "scsi-id=1", "bootindex=0"],
+                    ),
+                )
+            }
+            (DiskBus::VirtioBlk, _) => (
+                expect(a, "-device", &["virtio-blk-pci", "drive=disk0"]),
+                expect(a, "-device", &["virtio-blk-pci", "drive=disk1", "bootindex=0"]),
+            ),
+        };
+        assert!(!a[d0 + 1].contains("bootindex"), "disk0 must not boot: {}", a[d0 + 1]);
+        assert!(d0 < d1, "units in order");
+    }
+
+    fn check_nic(a: &[String], machine: Machine, nic: NicModel) {
+        let driver = crate::qemu::args::nic_driver(nic);
+        let bus = match machine {
+            Machine::Pc => "bus=pci.0",
+            Machine::Q35 => "bus=pcie.0",
+        };
+        expect(a, "-netdev", &["tap", "id=n0", "ifname=tap-web01-0", "script=no", "downscript=no"]);
+        let n = expect(a, "-device", &[driver, "netdev=n0", "mac=52:54:00:12:34:56", bus, "addr=0x03.0"]);
+        let vga = expect(a, "-device", &["VGA", bus]);
+        assert!(n < vga, "fixed-slot NIC before the auto-placed VGA: {a:?}");
+    }
+
+    #[test]
+    fn kvm_adds_cpu_host() {
+        let mut s = spec(Machine::Pc, Firmware::Bios, DiskBus::Ide, NicModel::E1000);
+        s.accel = AccelKind::Kvm;
+        let a = map(&s, &host(false)).unwrap();
+        expect(&a, "-accel", &["kvm"]);
+        expect(&a, "-cpu", &["host"]);
+    }
+
+    #[test]
+    fn ide_units_spread_over_two_buses() {
+        let mut s = spec(Machine::Pc, Firmware::Bios, DiskBus::Ide, NicModel::E1000);
+        s.profile.disks = (0..4)
+            .map(|unit| DiskSpec {
+                bus: DiskBus::Ide,
+                unit,
+                boot: unit == 0,
+            })
+            .collect();
+        s.disks = (0..4).map(|i| PathBuf::from(format!("/srv/d{i}"))).collect();
+        let a = map(&s, &host(false)).unwrap();
+        expect(&a, "-device", &["ide-hd", "drive=disk0", "bus=ide.0", "unit=0", "bootindex=0"]);
+        expect(&a, "-device", &["ide-hd", "drive=disk1", "bus=ide.0", "unit=1"]);
+        expect(&a, "-device", &["ide-hd", "drive=disk2", "bus=ide.1", "unit=0"]);
+        expect(&a, "-device", &["ide-hd", "drive=disk3", "bus=ide.1", "unit=1"]);
+    }
+
+    #[test]
+    fn no_boot_flag_boots_first_disk_and_no_smbios_when_empty() {
+        let mut s = spec(Machine::Pc, Firmware::Bios, DiskBus::VirtioBlk, NicModel::VirtioNet);
+        s.profile.disks.iter_mut().for_each(|d| d.boot = false);
+        s.profile.smbios = Smbios::default();
+        let a = map(&s, &host(false)).unwrap();
+        expect(&a, "-device", &["virtio-blk-pci", "drive=disk0", "bootindex=0"]);
+        assert!(!a.iter().any(|x| x == "-smbios" || x == "-uuid"), "{a:?}");
+        assert!(!a.iter().any(|x| x == "-sandbox") || host(false).sandbox);
+    }
+
+    #[test]
+    fn multifunction_slots() {
+        let mut s = spec(Machine::Pc, Firmware::Bios, DiskBus::Ide, NicModel::E1000);
+        s.profile.nics.push(NicSpec {
+            model: NicModel::E1000,
+            mac: "52:54:00:12:34:57".parse().unwrap(),
+            pci_slot: Some("03.1".parse().unwrap()),
+        });
+        s.profile.nics.push(NicSpec {
+            model: NicModel::Rtl8139,
+            mac: "52:54:00:12:34:58".parse().unwrap(),
+            pci_slot: None,
+        });
+        s.taps = vec!["t0".into(), "t1".into(), "t2".into()];
+        let a = map(&s, &host(false)).unwrap();
+        let f0 = expect(&a, "-device", &["e1000", "netdev=n0", "addr=0x03.0", "multifunction=on"]);
+        let f1 = expect(&a, "-device", &["e1000", "netdev=n1", "addr=0x03.1"]);
+        let vga = expect(&a, "-device", &["VGA"]);
+        let floating = expect(&a, "-device", &["rtl8139", "netdev=n2"]);
+        assert!(f0 < f1 && f1 < vga && vga < floating, "{a:?}");
+        assert!(!a[floating + 1].contains("addr="));
+
+        s.profile.nics[0].pci_slot = Some("04.0".parse().unwrap());
+        let e = map(&s, &host(false)).unwrap_err();
+        assert!(matches!(e, MapError::PciFunctionZero { .. }), "{e}");
+        assert!(e.to_string().contains("03.1"), "{e}");
+    }
+
+    #[test]
+    fn bad_smbios_values() {
+        let mut s = spec(Machine::Pc, Firmware::Bios, DiskBus::Ide, NicModel::E1000);
+        s.profile.smbios.uuid = Some("not-a-uuid".into());
+        assert!(matches!(map(&s, &host(false)), Err(MapError::Uuid { .. })));
+        s.profile.smbios.uuid = None;
+        s.profile.smbios.serial = Some("a\nb".into());
+        assert!(matches!(map(&s, &host(false)), Err(MapError::SmbiosValue { field: "serial", .. })));
+    }
+
+    #[test]
+    fn spec_errors_come_before_mapping() {
+        let s = spec(Machine::Pc, Firmware::Bios, DiskBus::Ide, NicModel::E1000);
+        let mut bad = s.clone();
+        bad.disks.pop();
+        assert!(matches!(
+            bad.validate(),
+            Err(crate::spec::SpecError::DiskCount { profile: 2, files: 1, .. })
+        ));
+        let mut bad = s.clone();
+        bad.taps.push("extra".into());
+        assert!(matches!(bad.validate(), Err(crate::spec::SpecError::TapCount { .. })));
+        let mut bad = s.clone();
+        bad.name = "../etc".into();
+        assert!(matches!(bad.validate(), Err(crate::spec::SpecError::Name(_))));
+        let mut bad = s.clone();
+        bad.profile.cpus = 0;
+        assert!(matches!(bad.validate(), Err(crate::spec::SpecError::Profile { .. })));
+        let mut bad = s.clone();
+        bad.run_dir = Path::new("relative").into();
+        assert!(matches!(bad.validate(), Err(crate::spec::SpecError::RunDir { .. })));
+        let mut bad = s;
+        bad.taps = vec!["much-too-long-tap-name".into()];
+        assert!(matches!(bad.validate(), Err(crate::spec::SpecError::TapName { .. })));
+    }
+
+    /// The public entry point, on real files: EFI works when OVMF is
+    /// installed on this host, else it is the fit error.
+    #[test]
+    fn qemu_args_on_real_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("d0");
+        std::fs::write(&disk, b"QFI\xfb").unwrap();
+        let mut s = spec(Machine::Pc, Firmware::Efi, DiskBus::Ide, NicModel::E1000);
+        s.profile.disks.truncate(1);
+        s.profile.disks[0].boot = true;
+        s.disks = vec![disk.clone()];
+        let r = crate::qemu_args(&s);
+        if Ovmf::find_in(Path::new(OVMF_DIR)).is_some() {
+            let a = r.unwrap();
+            expect(&a, "-drive", &["if=pflash", "unit=0", "readonly=on"]);
+        } else {
+            let e = r.unwrap_err();
+            assert!(matches!(e, crate::Error::Map(MapError::OvmfMissing { .. })), "{e}");
+        }
+        s.profile.firmware = Firmware::Bios;
+        let a = crate::qemu_args(&s).unwrap();
+        let file = format!("file={}", disk.display());
+        expect(&a, "-drive", &["id=disk0", &file, "format=qcow2"]);
+        expect(&a, "-device", &["ide-hd", "drive=disk0", "bus=ide.0", "unit=0", "bootindex=0"]);
+    }
+}

@@ -1,0 +1,36 @@
+//! The per-guest run directory: where QEMU's control socket, pid file,
+//! serial log and UEFI variable store live. One layout, used by the argument
+//! mapping and by the process lifecycle.
+
+use std::path::{Path, PathBuf};
+
+/// Paths inside a guest's run directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunDir(PathBuf);
+
+impl RunDir {
+    /// Wraps a run directory path.
+    pub fn new(root: impl Into<PathBuf>) -> RunDir {
+        RunDir(root.into())
+    }
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.0
+    }
+    /// QMP control socket.
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.0.join("qmp.sock")
+    }
+    /// Serial console log (the guest's ttyS0).
+    pub fn serial_log(&self) -> PathBuf {
+        self.0.join("serial.log")
+    }
+    /// QEMU's pid file.
+    pub fn pidfile(&self) -> PathBuf {
+        self.0.join("qemu.pid")
+    }
+    /// The guest's own UEFI variable store (copied from the OVMF template).
+    pub fn efi_vars(&self) -> PathBuf {
+        self.0.join("efi-vars.fd")
+    }
+}

@@ -1,0 +1,439 @@
+//! The console's routes and the layers around them.
+
+use std::sync::Arc;
+
+use axum::http::Uri;
+use axum::middleware::{from_fn, from_fn_with_state, map_response};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::negotiate::Format;
+use crate::problem::Problem;
+use crate::service::ConsoleService;
+use crate::state::AppState;
+use crate::{assets, auth, hardening, login, moves, overview};
+
+/// The console's routes around `svc`, ready for [`crate::serve_https`].
+///
+/// | route | who | what |
+/// |---|---|---|
+/// | `GET /login` | anyone | the login form |
+/// | `POST /login` | anyone | form fields `user`, `password`; sets the `isthmus_session` cookie and redirects to `/` (401 if wrong, 429 after 5 failures in a minute) |
+/// | `GET /static/console.js` | anyone | the live-update script |
+/// | `POST /logout` | logged in | ends the session |
+/// | `GET /` | logged in | servers, topology, moves, clouds; JSON [`crate::Overview`] with `Accept: application/json` |
+/// | `GET /moves/{id}` | logged in | one move and its timeline; JSON [`crate::MoveRow`] with `Accept: application/json` |
+/// | `GET /api/overview` | logged in | JSON [`crate::Overview`] |
+///
+/// "Logged in" means a live session cookie or `Authorization: Bearer <token>` accepted by
+/// [`ConsoleService::verify_api_token`]. Without either, browsers are redirected (303) to
+/// `/login` and JSON callers get 401 `{"error":"login required","hint":…}`.
+///
+/// Sessions live in this router's memory: build one router per process and clone it.
+pub fn router(svc: Arc<dyn ConsoleService>) -> Router {
+    let state = AppState::new(svc);
+    let logged_in = Router::new()
+        .route("/", get(overview::page))
+        .route("/api/overview", get(overview::api))
+        .route("/moves/{id}", get(moves::page))
+        .route("/logout", post(login::logout))
+        .fallback(not_found)
+        .layer(from_fn_with_state(state.clone(), auth::require_login));
+    Router::new()
+        .route("/login", get(login::form).post(login::submit))
+        .route("/static/console.js", get(assets::console_js))
+        .merge(logged_in)
+        .layer(from_fn(auth::refuse_cross_site))
+        .layer(map_response(hardening::security_headers))
+        .with_state(state)
+}
+
+/// Any other path (only reached when logged in).
+async fn not_found(format: Format, uri: Uri) -> Response {
+    Problem::NotFound(uri.path().to_owned()).respond(format)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::{ApplianceInfo, CloudRow, MoveEvent, MoveRow, Overview, ServerRow};
+    use axum::body::Body;
+    use axum::http::{header, HeaderValue, Request, StatusCode};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    /// A service with fixed data, user `admin` / `correct horse`, API token `tok-123`.
+    struct Fake;
+
+    impl ConsoleService for Fake {
+        fn overview(&self) -> Overview {
+            Overview {
+                servers: vec![
+                    ServerRow {
+                        name: "web-01".into(),
+                        ip: Some("10.0.0.11".into()),
+                        mac: Some("52:54:00:12:34:56".into()),
+                        location: "dc".into(),
+                        state: "running".into(),
+                        nic_model: "e1000".into(),
+                        disk_bus: "scsi-lsi".into(),
+                    },
+                    ServerRow {
+                        name: "<script>alert(1)</script>".into(),
+                        ip: None,
+                        mac: None,
+                        location: "aws-eu".into(),
+                        state: "moving".into(),
+                        nic_model: "vmxnet3".into(),
+                        disk_bus: "ide".into(),
+                    },
+                ],
+                clouds: vec![CloudRow {
+                    name: "aws-eu".into(),
+                    endpoint: "https://csc.aws-eu.example:8443".into(),
+                    accel: None,
+                    enrolled_at: "2025-05-01T10:00:00Z".into(),
+                }],
+                moves: vec![MoveRow {
+                    id: "mv-7".into(),
+                    server: "web-01".into(),
+                    to: "aws-eu".into(),
+                    step: "copy-disks".into(),
+                    state: "running".into(),
+                    progress_pct: 42,
+                    started_at: "2025-05-02T09:00:00Z".into(),
+                    events: vec![MoveEvent {
+                        at: "2025-05-02T09:00:01Z".into(),
+                        step: "plan".into(),
+                        message: "planned <b>move</b>".into(),
+                    }],
+                }],
+                appliance: ApplianceInfo {
+                    version: "0.1.0-test".into(),
+                    lan_iface: Some("eth1".into()),
+                },
+            }
+        }
+
+        fn verify_login(&self, user: &str, password: &str) -> bool {
+            crate::constant_time_eq(user.as_bytes(), b"admin") & crate::constant_time_eq(password.as_bytes(), b"correct horse")
+        }
+
+        fn verify_api_token(&self, token: &str) -> bool {
+            crate::constant_time_eq(token.as_bytes(), b"tok-123")
+        }
+    }
+
+    fn app() -> Router {
+        router(Arc::new(Fake))
+    }
+
+    fn get(uri: &str) -> Request<Body> {
+        Request::get(uri).body(Body::empty()).unwrap()
+    }
+
+    fn login_req(user: &str, password: &str) -> Request<Body> {
+        let body = format!("user={user}&password={}", password.replace(' ', "+"));
+        Request::post("/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap()
+    }
+
+    async fn body_text(resp: Response) -> String {
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    /// Logs in and returns the `Cookie` header value to send back.
+    async fn login(app: &Router) -> String {
+        let resp = app.clone().oneshot(login_req("admin", "correct horse")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+        let set = resp.headers()[header::SET_COOKIE].to_str().unwrap();
+        set.split(';').next().unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn unauthenticated_page_redirects_to_login() {
+        for path in ["/", "/moves/mv-7", "/no/such/page"] {
+            let resp = app().oneshot(get(path)).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::SEE_OTHER, "{path}");
+            assert_eq!(resp.headers()[header::LOCATION], "/login", "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn unauthenticated_api_gets_401_json() {
+        let resp = app().oneshot(get("/api/overview")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert!(resp.headers().contains_key(header::WWW_AUTHENTICATE));
+        let v: serde_json::Value = serde_json::from_str(&body_text(resp).await).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error": "login required", "hint": "POST /login with user and password"})
+        );
+
+        // The same for a page asked for as JSON.
+        let req = Request::get("/")
+            .header(header::ACCEPT, "application/json")
+            .body(Body::empty())
+            .unwrap();
+        let resp = app().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn login_page_is_public() {
+        let resp = app().oneshot(get("/login")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(resp.headers().contains_key(header::CONTENT_SECURITY_POLICY));
+        let html = body_text(resp).await;
+        assert!(html.contains(r#"<form class="login" method="post" action="/login">"#));
+        let resp = app().oneshot(get("/static/console.js")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn bad_login_is_401_with_message() {
+        let resp = app().oneshot(login_req("admin", "wrong")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert!(!resp.headers().contains_key(header::SET_COOKIE));
+        let html = body_text(resp).await;
+        assert!(html.contains("wrong user name or password"));
+        assert!(html.contains(r#"value="admin""#), "keeps the user name");
+    }
+
+    #[tokio::test]
+    async fn good_login_sets_cookie_and_opens_the_console() {
+        let app = app();
+        let resp = app.clone().oneshot(login_req("admin", "correct horse")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+        assert_eq!(resp.headers()[header::LOCATION], "/");
+        let set = resp.headers()[header::SET_COOKIE].to_str().unwrap().to_owned();
+        let (pair, attrs) = set.split_once(';').unwrap();
+        let (name, token) = pair.split_once('=').unwrap();
+        assert_eq!(name, "isthmus_session");
+        assert_eq!(token.len(), 64);
+        assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+        for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+            assert!(attrs.contains(attr), "{set}");
+        }
+
+        let req = Request::get("/").header(header::COOKIE, pair).body(Body::empty()).unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()[header::CACHE_CONTROL], "no-store");
+        let html = body_text(resp).await;
+        assert!(html.contains("web-01"));
+        assert!(html.contains("<svg class=\"topology\""));
+        assert!(html.contains(r#"<progress max="100" value="42""#));
+        assert!(html.contains("0.1.0-test"));
+        assert!(html.contains(">admin<"), "shows who is logged in");
+
+        // The move page with its timeline.
+        let req = Request::get("/moves/mv-7")
+            .header(header::COOKIE, pair)
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let html = body_text(resp).await;
+        assert!(html.contains(r#"<ol class="timeline""#));
+        assert!(html.contains("planned &#60;b&#62;move&#60;/b&#62;"));
+    }
+
+    #[tokio::test]
+    async fn same_handler_answers_json_when_asked() {
+        let app = app();
+        let cookie = login(&app).await;
+        let req = Request::get("/")
+            .header(header::COOKIE, &cookie)
+            .header(header::ACCEPT, "application/json")
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(resp.headers()[header::VARY], "Accept");
+        let v: serde_json::Value = serde_json::from_str(&body_text(resp).await).unwrap();
+        assert_eq!(v["servers"][0]["name"], "web-01");
+        assert_eq!(v["servers"][0]["nic_model"], "e1000");
+        assert_eq!(v["moves"][0]["progress_pct"], 42);
+        assert_eq!(v["appliance"]["version"], "0.1.0-test");
+
+        let req = Request::get("/moves/mv-7")
+            .header(header::COOKIE, &cookie)
+            .header(header::ACCEPT, "application/json")
+            .body(Body::empty())
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body_text(app.clone().oneshot(req).await.unwrap()).await).unwrap();
+        assert_eq!(v["id"], "mv-7");
+        assert_eq!(v["events"][0]["step"], "plan");
+
+        let req = Request::get("/moves/nope")
+            .header(header::COOKIE, &cookie)
+            .header(header::ACCEPT, "application/json")
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        let v: serde_json::Value = serde_json::from_str(&body_text(resp).await).unwrap();
+        assert_eq!(v["error"], "no move with id \"nope\"");
+    }
+
+    #[tokio::test]
+    async fn names_are_escaped_in_html() {
+        let app = app();
+        let cookie = login(&app).await;
+        let req = Request::get("/").header(header::COOKIE, &cookie).body(Body::empty()).unwrap();
+        let html = body_text(app.oneshot(req).await.unwrap()).await;
+        assert!(!html.contains("<script>alert"), "raw script tag in page");
+        assert!(html.contains("&#60;script&#62;alert(1)&#60;/script&#62;"));
+        // The page's only script is our own file.
+        assert_eq!(html.matches("<script").count(), 1);
+        assert!(html.contains(r#"<script src="/static/console.js"></script>"#));
+    }
+
+    #[tokio::test]
+    async fn five_failures_then_429_even_for_the_right_password() {
+        let app = app();
+        for _ in 0..5 {
+            let resp = app.clone().oneshot(login_req("admin", "guess")).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        }
+        let resp = app.clone().oneshot(login_req("admin", "correct horse")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(resp.headers().contains_key(header::RETRY_AFTER));
+        assert!(!resp.headers().contains_key(header::SET_COOKIE));
+        assert!(body_text(resp).await.contains("too many failed logins"));
+    }
+
+    #[tokio::test]
+    async fn bearer_token_opens_the_api() {
+        let with = |token: &str| {
+            Request::get("/api/overview")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Body::empty())
+                .unwrap()
+        };
+        let resp = app().oneshot(with("tok-123")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&body_text(resp).await).unwrap();
+        assert_eq!(v["clouds"][0]["name"], "aws-eu");
+
+        let resp = app().oneshot(with("tok-999")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        let v: serde_json::Value = serde_json::from_str(&body_text(resp).await).unwrap();
+        assert_eq!(v["error"], "invalid API token");
+    }
+
+    #[tokio::test]
+    async fn default_verify_api_token_refuses_everything() {
+        struct NoTokens;
+        impl ConsoleService for NoTokens {
+            fn overview(&self) -> Overview {
+                Fake.overview()
+            }
+            fn verify_login(&self, _: &str, _: &str) -> bool {
+                false
+            }
+        }
+        let req = Request::get("/api/overview")
+            .header(header::AUTHORIZATION, "Bearer anything")
+            .body(Body::empty())
+            .unwrap();
+        let resp = router(Arc::new(NoTokens)).oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn logout_ends_the_session() {
+        let app = app();
+        let cookie = login(&app).await;
+        let req = Request::post("/logout")
+            .header(header::COOKIE, &cookie)
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+        assert!(resp.headers()[header::SET_COOKIE].to_str().unwrap().contains("Max-Age=0"));
+        let req = Request::get("/").header(header::COOKIE, &cookie).body(Body::empty()).unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    }
+
+    #[tokio::test]
+    async fn forged_cookie_is_not_a_session() {
+        let req = Request::get("/api/overview")
+            .header(header::COOKIE, format!("isthmus_session={}", "ab".repeat(32)))
+            .body(Body::empty())
+            .unwrap();
+        let resp = app().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn cross_site_login_post_is_refused() {
+        let mut req = login_req("admin", "correct horse");
+        req.headers_mut().insert(header::HOST, HeaderValue::from_static("console.lan"));
+        req.headers_mut()
+            .insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
+        let resp = app().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+
+        let mut req = login_req("admin", "correct horse");
+        req.headers_mut().insert(header::HOST, HeaderValue::from_static("console.lan"));
+        req.headers_mut()
+            .insert(header::ORIGIN, HeaderValue::from_static("https://console.lan"));
+        let resp = app().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    }
+
+    #[tokio::test]
+    async fn console_over_https() {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let (cert_pem, key_pem) = (cert.cert.pem(), cert.key_pair.serialize_pem());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (c, k) = (cert_pem.clone(), key_pem.clone());
+        let server = tokio::spawn(async move { crate::serve_https(app(), listener, c.as_bytes(), k.as_bytes()).await });
+
+        let client = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
+            .resolve("localhost", addr)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let base = format!("https://localhost:{}", addr.port());
+
+        let resp = client.get(format!("{base}/login")).send().await.unwrap();
+        assert_eq!(resp.status(), reqwest::StatusCode::OK);
+        assert!(resp.text().await.unwrap().contains("Log in"));
+
+        let resp = client.get(format!("{base}/")).send().await.unwrap();
+        assert_eq!(resp.status(), reqwest::StatusCode::SEE_OTHER);
+        assert_eq!(resp.headers()["location"], "/login");
+
+        // The whole flow over TLS: log in, then the overview as JSON.
+        let resp = client
+            .post(format!("{base}/login"))
+            .form(&[("user", "admin"), ("password", "correct horse")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), reqwest::StatusCode::SEE_OTHER);
+        let cookie = resp.headers()["set-cookie"].to_str().unwrap();
+        let cookie = cookie.split(';').next().unwrap().to_owned();
+        let resp = client
+            .get(format!("{base}/api/overview"))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), reqwest::StatusCode::OK);
+
+        server.abort();
+    }
+}

@@ -1,0 +1,129 @@
+//! What the console shows and who may see it: the seam between the web layer and the
+//! appliance's service layer.
+//!
+//! The appliance implements [`ConsoleService`]; the console never reads the store or talks
+//! to clouds itself. Every value here is already formatted for display (times as strings,
+//! states as words), so the HTML page and its JSON twin show exactly the same thing.
+
+use serde::Serialize;
+
+/// Data the console shows and the checks it needs; implemented by the appliance's service
+/// layer.
+///
+/// Methods are called from a blocking-task pool (`tokio::task::spawn_blocking`), so an
+/// implementation may read a database or run a slow password hash without stalling the
+/// web server.
+pub trait ConsoleService: Send + Sync + 'static {
+    /// A snapshot of everything the overview page shows: servers, clouds and moves.
+    fn overview(&self) -> Overview;
+
+    /// Whether `user` / `password` are valid console credentials.
+    ///
+    /// Implementations should use a slow password hash and compare in constant time
+    /// (see [`crate::constant_time_eq`]); the console adds a global failure rate limit on top.
+    fn verify_login(&self, user: &str, password: &str) -> bool;
+
+    /// Whether `token` (from `Authorization: Bearer <token>`) is a valid API token, for
+    /// scripts that cannot hold a session cookie.
+    ///
+    /// The default accepts no token. Implementations should compare in constant time
+    /// (see [`crate::constant_time_eq`]).
+    fn verify_api_token(&self, token: &str) -> bool {
+        let _ = token;
+        false
+    }
+
+    /// One move by its id, or `None` if there is no such move.
+    ///
+    /// The default searches [`ConsoleService::overview`]; a service with many historical
+    /// moves should look the move up directly.
+    fn find_move(&self, id: &str) -> Option<MoveRow> {
+        self.overview().moves.into_iter().find(|m| m.id == id)
+    }
+}
+
+/// Everything the overview page shows, in one snapshot.
+#[derive(Serialize, Clone, Debug)]
+pub struct Overview {
+    /// Every known server, wherever it runs now.
+    pub servers: Vec<ServerRow>,
+    /// Every enrolled cloud.
+    pub clouds: Vec<CloudRow>,
+    /// Moves, running and past, newest first by convention.
+    pub moves: Vec<MoveRow>,
+    /// Facts about this appliance.
+    pub appliance: ApplianceInfo,
+}
+
+/// One server as the console lists it.
+#[derive(Serialize, Clone, Debug)]
+pub struct ServerRow {
+    /// The server's name (host name or inventory name).
+    pub name: String,
+    /// Its primary IP address, if known.
+    pub ip: Option<String>,
+    /// Its primary MAC address, if known.
+    pub mac: Option<String>,
+    /// Where it runs now: `"dc"` for the data center, otherwise a cloud's name.
+    pub location: String,
+    /// `running`, `stopped` or `moving`.
+    pub state: String,
+    /// The emulated NIC model it keeps (e.g. `e1000`, `vmxnet3`).
+    pub nic_model: String,
+    /// The disk bus it keeps (e.g. `scsi-lsi`, `ide`, `sata`).
+    pub disk_bus: String,
+}
+
+/// One enrolled cloud.
+#[derive(Serialize, Clone, Debug)]
+pub struct CloudRow {
+    /// The cloud's name, as used in [`ServerRow::location`] and [`MoveRow::to`].
+    pub name: String,
+    /// The cloud controller's endpoint.
+    pub endpoint: String,
+    /// Hardware acceleration available there (e.g. `kvm`), or `None` for emulation only.
+    pub accel: Option<String>,
+    /// When the cloud was enrolled.
+    pub enrolled_at: String,
+}
+
+/// One move of a server between the data center and a cloud (or between clouds).
+#[derive(Serialize, Clone, Debug)]
+pub struct MoveRow {
+    /// The move's id; also its page address, `/moves/{id}`.
+    pub id: String,
+    /// The server being moved.
+    pub server: String,
+    /// Where it is going: `"dc"` or a cloud's name.
+    pub to: String,
+    /// The current (or last) step of the move's state machine.
+    pub step: String,
+    /// `running`, `done`, `failed` or `rolled-back`.
+    pub state: String,
+    /// Overall progress, 0 to 100.
+    pub progress_pct: u8,
+    /// When the move started.
+    pub started_at: String,
+    /// What happened so far, oldest first.
+    pub events: Vec<MoveEvent>,
+}
+
+/// One entry of a move's timeline.
+#[derive(Serialize, Clone, Debug)]
+pub struct MoveEvent {
+    /// When it happened.
+    pub at: String,
+    /// The step it belongs to.
+    pub step: String,
+    /// What happened, for a person.
+    pub message: String,
+}
+
+/// Facts about the appliance itself, shown in the page footer.
+#[derive(Serialize, Clone, Debug)]
+pub struct ApplianceInfo {
+    /// The appliance's software version.
+    pub version: String,
+    /// The LAN interface the gateway bridges, if configured.
+    pub lan_iface: Option<String>,
+}
