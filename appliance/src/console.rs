@@ -35,7 +35,7 @@ impl ConsoleService for Console {
             .iter()
             .map(|s| {
                 let running = match &s.location {
-                    crate::model::Location::Dc => self.0.source.running(s).ok().flatten().is_some(),
+                    crate::model::Location::Dc => self.0.source.is_running(s),
                     crate::model::Location::Cloud { .. } => true,
                 };
                 ServerRow {

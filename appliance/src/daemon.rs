@@ -59,7 +59,7 @@ pub enum DaemonError {
     Console(String),
 }
 
-fn io(op: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
+fn io<'a>(op: &'static str, path: &'a std::path::Path) -> impl FnOnce(std::io::Error) -> DaemonError + 'a {
     move |source| DaemonError::Io {
         op,
         path: path.to_path_buf(),

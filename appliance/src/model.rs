@@ -189,7 +189,7 @@ pub struct MoveRecord {
 }
 
 /// One line of a move's timeline.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MoveEvent {
     /// When (RFC 3339, UTC, milliseconds).
     pub at: String,

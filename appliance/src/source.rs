@@ -61,6 +61,11 @@ impl LocalQemu {
         Ok(g.filter(|g| g.is_running()))
     }
 
+    /// True while its QEMU runs (no QMP connection: safe for status pages).
+    pub fn is_running(&self, s: &ServerRecord) -> bool {
+        hv::guest::running_pid(&self.run_root.join(&s.name)).is_some()
+    }
+
     /// Starts the server unless it runs already; returns QEMU's PID.
     pub fn start(&self, s: &ServerRecord) -> Result<u32, SourceError> {
         if let Some(g) = self.running(s)? {

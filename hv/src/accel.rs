@@ -9,9 +9,12 @@
 //! The result is kept for the process and cached on disk, keyed by the QEMU
 //! version, the host kernel release and the probe kernel's SHA-256, so that a
 //! restarted node does not wait for the probe again.
+// One `unsafe`: `pre_exec` to tie the probe QEMU's life to ours.
+#![allow(unsafe_code)]
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -212,12 +215,19 @@ fn boot_probe(opts: &ProbeOptions) -> AccelProbe {
     }
     args.push(Arg::Append("console=ttyS0 panic=-1".into()));
     let started = Instant::now();
-    let child = Command::new(QEMU_BINARY)
-        .args(render(&args))
+    let mut cmd = Command::new(QEMU_BINARY);
+    cmd.args(render(&args))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
+        .stderr(Stdio::piped());
+    // If we die mid-probe, the probe QEMU (spinning a vCPU) must die too.
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // one prctl(2) system call, which is async-signal-safe; it touches no
+    // memory shared with the parent and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from));
+    }
+    let child = cmd.spawn();
     let mut child = match child {
         Ok(c) => KillOnDrop(c),
         Err(e) => {

@@ -282,6 +282,12 @@ impl Guest {
         }
     }
 
+    /// Runs any QMP command (snapshots, device queries, ...) and returns its
+    /// `return` value.
+    pub fn execute(&self, command: &str, arguments: Option<serde_json::Value>) -> Result<serde_json::Value, Error> {
+        Ok(self.with_qmp(|q| q.execute(command, arguments))?)
+    }
+
     /// ACPI power button, wait up to `timeout` for the guest to power off,
     /// then stop QEMU hard (QMP `quit`, then SIGKILL). Returns true when the
     /// guest shut down by itself; false when it had to be stopped or QEMU was
@@ -422,11 +428,27 @@ fn prepare_run_dir(dir: &Path) -> Result<(), GuestError> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }
 
+/// The QEMU binary that runs guests: `$ISTHMUS_QEMU` when set (an operator
+/// may point at a wrapper or a newer build), else `qemu-system-x86_64` from
+/// `PATH`. The accelerator probe and version checks always use the latter.
+pub fn guest_qemu_binary() -> std::ffi::OsString {
+    std::env::var_os("ISTHMUS_QEMU")
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| QEMU_BINARY.into())
+}
+
+/// The PID of the guest QEMU started from `run_dir`, if it still runs.
+/// Cheap (pid file + /proc), no QMP connection: QEMU serves one QMP client at
+/// a time, so status displays must not hold the monitor.
+pub fn running_pid(run_dir: &Path) -> Option<u32> {
+    live_pid(&RunDir::new(run_dir))
+}
+
 /// Runs QEMU with `-daemonize` and waits for the foreground process, which
 /// exits once the daemon finished initialising (0) or failed (1, reason on
 /// stderr).
 fn run_daemonizing(name: &str, argv: &[String]) -> Result<(), GuestError> {
-    let mut child = Command::new(QEMU_BINARY)
+    let mut child = Command::new(guest_qemu_binary())
         .args(argv)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -652,7 +674,11 @@ mod tests {
                 machine: proto::Machine::Pc,
                 cpus: 1,
                 memory_mib: 64,
-                disks: vec![DiskSpec { bus: DiskBus::Ide, unit: 0, boot: true }],
+                disks: vec![DiskSpec {
+                    bus: DiskBus::Ide,
+                    unit: 0,
+                    boot: true,
+                }],
                 nics: vec![],
                 smbios: Default::default(),
             },

@@ -13,8 +13,8 @@
 pub mod accel;
 pub mod guest;
 pub mod qemu;
-pub mod spec;
 pub mod run_dir;
+pub mod spec;
 pub mod tap;
 
 pub use accel::{probe_accel, probe_accel_with, AccelProbe, ProbeOptions};

@@ -27,6 +27,8 @@ const CHANNEL: u32 = 150;
 const MARGIN: u32 = 10;
 /// Vertical space between cloud boxes.
 const STACK_GAP: u32 = 20;
+/// Height of the legend row under the picture.
+const LEGEND_H: u32 = 26;
 /// Longest server label drawn in full; longer names are cut (the full name is the tooltip).
 const MAX_LABEL_CHARS: usize = 18;
 
@@ -65,6 +67,8 @@ pub(crate) struct Topology {
     pub(crate) tunnels: Vec<Line>,
     /// Running moves, from the server's chip to its destination box.
     pub(crate) moves: Vec<MoveArrow>,
+    /// Baseline of the legend row.
+    pub(crate) legend_y: u32,
 }
 
 /// One box: the data center or a cloud.
@@ -297,13 +301,14 @@ pub(crate) fn layout(overview: &Overview) -> Topology {
     } else {
         2 * MARGIN + BOX_W
     };
-    let height = 2 * MARGIN + dc_h.max(right_h);
+    let drawing_bottom = MARGIN + dc_h.max(right_h);
     Topology {
         width,
-        height,
+        height: drawing_bottom + LEGEND_H + MARGIN,
         sites,
         tunnels,
         moves,
+        legend_y: drawing_bottom + LEGEND_H - 6,
     }
 }
 
