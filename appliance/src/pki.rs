@@ -182,7 +182,8 @@ impl Ca {
         dn.push(DnType::CommonName, name);
         csr.params.distinguished_name = dn;
         csr.params.is_ca = IsCa::NoCa;
-        csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        // serverAuth only: a node certificate must not pass as the appliance (clientAuth) at another node.
+        csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         csr.params.not_before = rcgen::date_time_ymd(2024, 1, 1);
         csr.params.not_after = rcgen::date_time_ymd(2036, 12, 31);

@@ -32,7 +32,7 @@ pub enum Error {
     /// The node is not enrolled and has no token to enrol with.
     #[error(
         "this node is not enrolled and no enrolment token was given: \
-         write a one-time token to a file (e.g. `head -c 32 /dev/urandom | base64 > token`) \
+         write a one-time token to a file (e.g. `(umask 077; head -c 32 /dev/urandom | base64 > token)`) \
          and pass --token-file"
     )]
     NoToken,
@@ -81,6 +81,12 @@ impl Token {
     /// Reads the token from `path` (surrounding whitespace ignored).
     pub fn read(path: &Path) -> Result<Token, Error> {
         let raw = std::fs::read_to_string(path).map_err(|e| Error::TokenFile(path.to_path_buf(), e))?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), "the enrolment token file is readable by other users; chmod 600 it");
+            }
+        }
         let t = raw.trim();
         if t.chars().count() < MIN_TOKEN_LEN {
             return Err(Error::TokenTooShort(path.to_path_buf()));

@@ -387,9 +387,13 @@ impl Guests {
     /// the guest. Its disks stay.
     pub async fn delete(&self, name: &str, bridge: &NodeBridge) -> Result<(), Error> {
         let (record, slot) = self.slot(name).await?;
-        with_guest(slot, move |g| match g.take() {
-            Some(guest) if hv_is_running(&guest) => hv_kill(&guest),
-            _ => Ok(()),
+        with_guest(slot, move |g| {
+            if let Some(guest) = g.as_ref().filter(|g| hv_is_running(g)) {
+                // On failure the handle stays, so the guest is still seen running.
+                hv_kill(guest)?;
+            }
+            *g = None;
+            Ok::<_, Error>(())
         })
         .await??;
         remove_taps(&record.taps, bridge).await;
@@ -468,13 +472,13 @@ fn hv_name_is_safe(name: &str) -> bool {
 fn hv_create_tap(name: &str) -> Result<(), Error> {
     hv::tap::create_tap(name)
         .map(|_| ())
-        .map_err(|e| hv_err(format!("cannot create TAP {name}"), e.into()))
+        .map_err(|e| hv_err(format!("cannot create TAP {name}"), e))
 }
 
 fn hv_delete_tap(name: &str) -> Result<(), Error> {
     hv::tap::delete_tap(name)
         .map(|_| ())
-        .map_err(|e| hv_err(format!("cannot delete TAP {name}"), e.into()))
+        .map_err(|e| hv_err(format!("cannot delete TAP {name}"), e))
 }
 
 fn hv_launch(spec: &hv::GuestSpec) -> Result<hv::Guest, Error> {

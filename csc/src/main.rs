@@ -30,7 +30,7 @@ enum Cmd {
     #[command(after_help = "\
 Examples:
   # first start: enrolment token in a root-only file (never on the command line)
-  head -c 32 /dev/urandom | base64 > /run/isthmus/token && chmod 600 /run/isthmus/token
+  (umask 077; head -c 32 /dev/urandom | base64 > /run/isthmus/token)
   isthmus-node serve --state-dir /var/lib/isthmus-node \\
       --listen 0.0.0.0:8443 --san 203.0.113.7 --bridge-listen 0.0.0.0:51820 \\
       --token-file /run/isthmus/token

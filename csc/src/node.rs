@@ -286,10 +286,11 @@ impl Node {
     /// Waits for the accelerator probe.
     pub async fn accel_ready(&self) -> Accel {
         let mut rx = self.accel.clone();
-        match rx.wait_for(Option::is_some).await {
+        let accel = match rx.wait_for(Option::is_some).await {
             Ok(v) => v.clone().unwrap_or_else(tcg_fallback),
             Err(_) => tcg_fallback(),
-        }
+        };
+        accel
     }
 
     /// What `GET /v1/node` answers.

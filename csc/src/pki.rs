@@ -246,8 +246,13 @@ fn private_key_der(key: &KeyPair) -> PrivateKeyDer<'static> {
     PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()))
 }
 
+/// HTTP/1.1 only. Disk uploads are the bulk of this API: over HTTP/2 they
+/// would be paced by the stream flow-control window (about one window per
+/// round trip) instead of TCP's auto-tuned one, and a request refused before
+/// its body is read ends in a stream reset that clients report as an error
+/// rather than the JSON answer.
 fn alpn() -> Vec<Vec<u8>> {
-    vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    vec![b"http/1.1".to_vec()]
 }
 
 /// TLS for bootstrap mode: the bootstrap certificate, no client auth.

@@ -1,6 +1,6 @@
 //! The HTTPS accept loop. Each accepted TCP connection is handshaken with the
 //! TLS configuration current at that moment ([`crate::node::TlsSwitch`]) and
-//! then served by the router of that mode, HTTP/1.1 or HTTP/2 (ALPN). So the
+//! then served by the router of that mode (HTTP/1.1, see `pki` for why). So the
 //! switch to mutual TLS at enrolment needs no restart, and a connection that
 //! began in bootstrap mode stays limited to enrolment.
 
