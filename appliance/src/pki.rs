@@ -173,9 +173,8 @@ impl Ca {
         Ok((cert.pem(), key.serialize_pem()))
     }
 
-    /// Signs a cloud node's CSR: the certificate serves its API and
-    /// authenticates it as a client (server + client auth EKUs). The CN is
-    /// forced to the name the appliance gave the node.
+    /// Signs a cloud node's CSR: the certificate serves its API (serverAuth
+    /// only). The CN is forced to the name the appliance gave the node.
     pub fn sign_node_csr(&self, csr_pem: &str, name: &str) -> Result<String, PkiError> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(cert_err("parse CSR"))?;
         let mut dn = DistinguishedName::new();

@@ -141,7 +141,10 @@ impl Switch {
 
     /// Where `m` was last seen as a source, if recently.
     pub fn lookup(&self, m: &MacAddr, now: Instant) -> Option<Place> {
-        self.table.get(m).filter(|l| now.saturating_duration_since(l.seen) < LEARN_AGE).map(|l| l.at)
+        self.table
+            .get(m)
+            .filter(|l| now.saturating_duration_since(l.seen) < LEARN_AGE)
+            .map(|l| l.at)
     }
 
     fn kind(&self, id: PortId) -> Option<PortKind> {
@@ -207,7 +210,11 @@ impl Switch {
                     }
                 }
                 if !out.tunnel && out.ports.is_empty() {
-                    return Err(if egress_filtered { Filtered::SourceNotCarried } else { Filtered::NoDestination });
+                    return Err(if egress_filtered {
+                        Filtered::SourceNotCarried
+                    } else {
+                        Filtered::NoDestination
+                    });
                 }
             }
         }
@@ -240,11 +247,17 @@ mod tests {
     }
 
     fn tunnel_only() -> Decision {
-        Decision { tunnel: true, ports: vec![] }
+        Decision {
+            tunnel: true,
+            ports: vec![],
+        }
     }
 
     fn ports(p: &[PortId]) -> Decision {
-        Decision { tunnel: false, ports: p.to_vec() }
+        Decision {
+            tunnel: false,
+            ports: p.to_vec(),
+        }
     }
 
     const LAN: Place = Place::Port(1);
@@ -318,7 +331,13 @@ mod tests {
         assert_eq!(fwd(&mut sw, Place::Tunnel, MOVED_B, HOST_A), Ok(ports(&[1, 2])));
         // B speaks on port 1, D on port 2: learned.
         assert_eq!(fwd(&mut sw, Place::Port(1), HOST_A, MOVED_B), Ok(tunnel_only()));
-        assert_eq!(fwd(&mut sw, Place::Port(2), MacAddr::BROADCAST, MOVED_D), Ok(Decision { tunnel: true, ports: vec![1] }));
+        assert_eq!(
+            fwd(&mut sw, Place::Port(2), MacAddr::BROADCAST, MOVED_D),
+            Ok(Decision {
+                tunnel: true,
+                ports: vec![1]
+            })
+        );
         assert_eq!(fwd(&mut sw, Place::Tunnel, MOVED_B, HOST_A), Ok(ports(&[1])));
         assert_eq!(fwd(&mut sw, Place::Tunnel, MOVED_D, HOST_A), Ok(ports(&[2])));
         // Broadcast from the tunnel reaches all guests, never back into the tunnel.

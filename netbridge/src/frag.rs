@@ -85,7 +85,10 @@ pub struct Reassembly {
 
 impl std::fmt::Debug for Reassembly {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reassembly").field("pending", &self.pending()).field("stats", &self.stats).finish()
+        f.debug_struct("Reassembly")
+            .field("pending", &self.pending())
+            .field("stats", &self.stats)
+            .finish()
     }
 }
 
@@ -101,7 +104,11 @@ impl Reassembly {
             stored_at: now,
             data: Box::new([0u8; MAX_FRAGMENT_PAYLOAD]),
         };
-        Reassembly { slots: vec![slot; SLOTS], frame: Box::new([0u8; MAX_FRAME]), stats: FragStats::default() }
+        Reassembly {
+            slots: vec![slot; SLOTS],
+            frame: Box::new([0u8; MAX_FRAME]),
+            stats: FragStats::default(),
+        }
     }
 
     /// Counters so far.
@@ -204,7 +211,12 @@ mod tests {
         assert_eq!(plan(MAX_FRAGMENT_PAYLOAD + 1), Plan::Two { first: 711 });
         assert_eq!(plan(1514), Plan::Two { first: 757 });
         assert_eq!(plan(1518), Plan::Two { first: 759 });
-        assert_eq!(plan(MAX_FRAME), Plan::Two { first: MAX_FRAGMENT_PAYLOAD });
+        assert_eq!(
+            plan(MAX_FRAME),
+            Plan::Two {
+                first: MAX_FRAGMENT_PAYLOAD
+            }
+        );
         assert_eq!(plan(MAX_FRAME + 1), Plan::TooLarge);
         assert_eq!(plan(65535), Plan::TooLarge);
     }
@@ -247,7 +259,10 @@ mod tests {
         let mut r = Reassembly::new(now);
         assert_eq!(r.insert(1, 0, Fragment::Second, b"x", now), Outcome::Invalid);
         assert_eq!(r.insert(1, 5, Fragment::Whole, b"x", now), Outcome::Invalid);
-        assert_eq!(r.insert(1, 5, Fragment::First, &[0u8; MAX_FRAGMENT_PAYLOAD + 1], now), Outcome::Invalid);
+        assert_eq!(
+            r.insert(1, 5, Fragment::First, &[0u8; MAX_FRAGMENT_PAYLOAD + 1], now),
+            Outcome::Invalid
+        );
         assert_eq!(r.pending(), 0);
     }
 

@@ -1,43 +1,127 @@
-//! Encrypted L2-over-UDP bridge (the LCG's and the cloud node's data plane).
+//! Encrypted L2-over-UDP bridge: the data plane between the LCG (appliance)
+//! and the cloud node.
 //!
-//! CONTRACT (agreed between crates; implementation in progress):
-//! - [`keys::StaticKeypair`]: X25519 static keys for Noise IKpsk2.
-//! - [`Bridge::spawn`]: runs one tunnel to one peer, joining local ports
-//!   (an AF_PACKET LAN port, or TAP devices) to an encrypted UDP socket.
-//! - [`BridgeHandle`]: change which MACs are carried, read counters, stop.
+//! One [`Bridge`] runs one tunnel to one peer. It joins local ports to an
+//! encrypted UDP socket:
+//! - [`PortSpec::Lan`]: the appliance's LAN interface (AF_PACKET, promiscuous),
+//!   filtered so only frames to/from *carried* MACs (the moved servers), plus
+//!   broadcast/multicast while any MAC is carried, cross;
+//! - [`PortSpec::Guest`]: the kernel side of a guest's TAP device, unfiltered.
+//!
+//! The wire protocol (see `PROTOCOL.md`): a Noise `IKpsk2` handshake
+//! ([`noise`], via `snow`) authenticates both static X25519 keys
+//! ([`keys::StaticKeypair`]) and a pre-shared key; frames then travel in
+//! AES-256-GCM datagrams (`ring`, [`session`]) with a counter nonce, a
+//! sliding replay window ([`replay`]), rekeying every two minutes, and
+//! fragmentation of frames above 1420 bytes into two datagrams ([`frag`])
+//! so full-size frames cross an underlay of MTU 1500.
+//!
+//! The protocol core ([`tunnel::Tunnel`], [`filter::Switch`]) is a pure state
+//! machine with time passed in; the threads and sockets around it are a thin
+//! shell (one worker thread polling the UDP socket and the ports).
+//!
+//! ```no_run
+//! use netbridge::{keys::StaticKeypair, Bridge, BridgeConfig, PortSpec, Role};
+//! # fn main() -> Result<(), netbridge::Error> {
+//! let me = StaticKeypair::generate();
+//! let cloud_public = [0u8; 32]; // from the control plane
+//! let handle = Bridge::spawn(BridgeConfig {
+//!     local: me,
+//!     peer_public: cloud_public,
+//!     psk: [7; 32],
+//!     listen: "0.0.0.0:51900".parse().unwrap(),
+//!     role: Role::Initiator { peer: "198.51.100.10:51900".parse().unwrap() },
+//!     ports: vec![PortSpec::Lan { ifname: "lan0".into() }],
+//! })?;
+//! handle.carry_mac("52:54:00:12:34:56".parse().unwrap());
+//! println!("{:?}", handle.stats());
+//! handle.shutdown();
+//! # Ok(()) }
+//! ```
 
+pub mod filter;
+pub mod frag;
 pub mod keys;
+pub mod noise;
+pub mod port;
+pub mod ratelimit;
+pub mod replay;
+pub mod session;
+pub mod tunnel;
+pub mod udp;
+pub mod wire;
+
+mod bridge;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use bridge::{Bridge, BridgeHandle};
 
 /// The Noise pattern and primitives of the handshake.
 pub const NOISE_PARAMS: &str = "Noise_IKpsk2_25519_AESGCM_SHA256";
 
-use std::net::SocketAddr;
-
-use proto::MacAddr;
-
 /// Errors of the bridge.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Placeholder until the implementation lands.
-    #[error("{0}")]
-    Other(String),
+    /// The Noise handshake could not be set up (a build without the primitives).
+    #[error("cannot set up the tunnel handshake")]
+    Handshake(#[from] noise::Error),
+    /// The underlay UDP socket could not be opened.
+    #[error(transparent)]
+    Udp(#[from] udp::Error),
+    /// A local port could not be opened.
+    #[error(transparent)]
+    Port(#[from] port::Error),
+    /// `add_port` for an interface the bridge already has.
+    #[error("interface {0} is already a port of this bridge")]
+    PortExists(String),
+    /// `remove_port` for an interface the bridge does not have.
+    #[error("interface {0} is not a port of this bridge")]
+    NoSuchPort(String),
+    /// The worker thread could not be started.
+    #[error("cannot start the bridge worker thread")]
+    Thread(#[source] std::io::Error),
+    /// The bridge was shut down (or its worker died).
+    #[error("the bridge is not running")]
+    Stopped,
+    /// The worker did not answer a request in time.
+    #[error("the bridge worker did not answer within {0:?}")]
+    Unresponsive(Duration),
 }
 
 /// A local port the bridge moves frames to and from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PortSpec {
-    /// A LAN interface opened with an AF_PACKET raw socket (appliance side).
-    /// Only frames for carried MACs (plus broadcast/multicast) go into the
-    /// tunnel; only frames from carried MACs come out of it onto the LAN.
-    Packet {
+    /// The appliance's LAN interface, opened with an AF_PACKET raw socket in
+    /// promiscuous mode. FILTERED: only frames whose destination is a carried
+    /// MAC, or broadcast/multicast (while any MAC is carried), go into the
+    /// tunnel; only frames whose source is a carried MAC come out of it onto
+    /// the LAN. With no carried MAC nothing crosses.
+    ///
+    /// Turn off GRO/LRO on this interface (`ethtool -K lan0 gro off lro off`):
+    /// merged super-frames larger than [`wire::MAX_FRAME`] are dropped.
+    Lan {
         /// Interface name, e.g. `lan0`.
         ifname: String,
     },
-    /// A TAP device (cloud side); created if missing. Every frame crosses.
-    Tap {
+    /// An existing TAP device (created by the CSL; QEMU holds its fd as the
+    /// guest's NIC); we attach to its kernel side with AF_PACKET.
+    /// UNFILTERED: everything crosses both ways. Sending to a TAP whose QEMU
+    /// is not attached yet fails; such frames are counted and dropped.
+    Guest {
         /// TAP name, e.g. `tap-web1-0`.
         ifname: String,
     },
+}
+
+impl PortSpec {
+    /// The interface name.
+    pub fn ifname(&self) -> &str {
+        match self {
+            PortSpec::Lan { ifname } | PortSpec::Guest { ifname } => ifname,
+        }
+    }
 }
 
 /// Who starts the handshake.
@@ -48,7 +132,8 @@ pub enum Role {
         /// Peer's UDP endpoint.
         peer: SocketAddr,
     },
-    /// Waits for initiations; learns the peer's endpoint from them (cloud node).
+    /// Waits for initiations; learns the peer's endpoint from authenticated
+    /// datagrams, and follows it when it changes (cloud node).
     Responder,
 }
 
@@ -69,48 +154,82 @@ pub struct BridgeConfig {
     pub ports: Vec<PortSpec>,
 }
 
+impl std::fmt::Debug for BridgeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No private key, no PSK.
+        f.debug_struct("BridgeConfig")
+            .field("local_public", &self.local.public)
+            .field("peer_public", &self.peer_public)
+            .field("listen", &self.listen)
+            .field("role", &self.role)
+            .field("ports", &self.ports)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Counters of one tunnel.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Frames sent into the tunnel.
     pub tx_frames: u64,
-    /// Frames received from the tunnel and delivered.
+    /// Frames received from the tunnel (whole, after reassembly).
     pub rx_frames: u64,
-    /// Datagrams dropped (bad auth, replay, malformed).
+    /// Datagrams dropped (bad auth, replay, malformed, unknown session,
+    /// rejected or rate-limited handshakes).
     pub rx_dropped: u64,
     /// Replayed datagrams rejected.
     pub replay_rejects: u64,
-    /// True once a handshake completed.
+    /// True while a session can carry frames.
     pub established: bool,
-}
-
-/// A running bridge.
-pub struct Bridge;
-
-/// Control handle of a running bridge; dropping it does not stop the bridge.
-#[derive(Clone)]
-pub struct BridgeHandle;
-
-impl Bridge {
-    /// Opens the ports and socket and starts the worker threads.
-    pub fn spawn(_cfg: BridgeConfig) -> Result<BridgeHandle, Error> {
-        Err(Error::Other("not implemented yet".into()))
-    }
-}
-
-impl BridgeHandle {
-    /// Start carrying frames of this MAC (appliance side: a moved server).
-    pub fn carry_mac(&self, _mac: MacAddr) {}
-    /// Stop carrying frames of this MAC (rollback).
-    pub fn drop_mac(&self, _mac: MacAddr) {}
-    /// Add a TAP port at run time (cloud side: a new guest NIC).
-    pub fn add_tap(&self, _ifname: &str) -> Result<(), Error> {
-        Err(Error::Other("not implemented yet".into()))
-    }
-    /// Current counters.
-    pub fn stats(&self) -> Stats {
-        Stats::default()
-    }
-    /// Stops the workers and closes ports.
-    pub fn shutdown(&self) {}
+    /// Handshakes completed.
+    pub handshakes: u64,
+    /// Handshake initiations sent (initiator; includes retransmissions).
+    pub handshake_inits_sent: u64,
+    /// Handshakes from a static key other than the configured peer.
+    pub handshake_wrong_peer: u64,
+    /// Handshake messages rejected otherwise (failed Noise processing, e.g.
+    /// wrong PSK; replayed initiation; out of place).
+    pub handshake_rejected: u64,
+    /// Handshake messages over the rate limit.
+    pub handshake_rate_limited: u64,
+    /// Time since the last completed handshake.
+    pub last_handshake_age: Option<Duration>,
+    /// Where datagrams to the peer go now.
+    pub peer_endpoint: Option<SocketAddr>,
+    /// Data datagrams that failed authentication.
+    pub rx_auth_failed: u64,
+    /// Datagrams that did not parse.
+    pub rx_malformed: u64,
+    /// Data datagrams for an unknown session index.
+    pub rx_unknown_session: u64,
+    /// Keepalives sent.
+    pub keepalives_sent: u64,
+    /// Keepalives received.
+    pub keepalives_received: u64,
+    /// Frames not sent: no session yet (handshake pending).
+    pub tx_dropped_no_session: u64,
+    /// Frames not sent: larger than [`wire::MAX_FRAME`] (incl. truncated
+    /// GRO/GSO super-frames read from a port).
+    pub tx_dropped_too_large: u64,
+    /// LAN frames that did not pass the carried-MAC filter (normal LAN
+    /// traffic not for moved servers; plus runts).
+    pub lan_filtered: u64,
+    /// LAN frames whose source is a carried MAC (loop or MAC conflict).
+    pub lan_carried_source: u64,
+    /// Frames from the tunnel not put on the LAN: source not carried.
+    pub egress_filtered: u64,
+    /// Frames with nowhere to go (destination learned behind the port the
+    /// frame came from, or no ports).
+    pub unswitchable: u64,
+    /// Frames that failed to go out of a local port (TAP without QEMU,
+    /// interface down or gone, MTU).
+    pub port_tx_errors: u64,
+    /// Frames whose TCP/UDP checksum we completed (checksum offload).
+    pub checksums_completed: u64,
+    /// Datagrams that failed to send on the underlay.
+    pub udp_tx_errors: u64,
+    /// Fragments whose partner never came (timeout or table full).
+    pub fragments_lost: u64,
+    /// Local ports whose interface is currently missing.
+    pub ports_down: u32,
 }

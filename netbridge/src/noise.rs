@@ -69,10 +69,16 @@ impl std::fmt::Debug for Identity {
 impl Identity {
     /// Our static key pair, the one peer public key we accept, and the PSK.
     pub fn new(local: StaticKeypair, peer_public: [u8; 32], psk: [u8; 32]) -> Result<Self, Error> {
-        let params = crate::NOISE_PARAMS
-            .parse()
-            .map_err(|source| Error::Setup { params: crate::NOISE_PARAMS, source })?;
-        Ok(Identity { params, local, peer_public, psk })
+        let params = crate::NOISE_PARAMS.parse().map_err(|source| Error::Setup {
+            params: crate::NOISE_PARAMS,
+            source,
+        })?;
+        Ok(Identity {
+            params,
+            local,
+            peer_public,
+            psk,
+        })
     }
 
     /// The configured peer's public key.
@@ -81,7 +87,9 @@ impl Identity {
     }
 
     fn builder(&self) -> snow::Builder<'_> {
-        snow::Builder::new(self.params.clone()).local_private_key(&self.local.private).psk(2, &self.psk)
+        snow::Builder::new(self.params.clone())
+            .local_private_key(&self.local.private)
+            .psk(2, &self.psk)
     }
 }
 
@@ -94,7 +102,9 @@ pub struct Initiation {
 
 impl std::fmt::Debug for Initiation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Initiation").field("local_index", &self.local_index).finish_non_exhaustive()
+        f.debug_struct("Initiation")
+            .field("local_index", &self.local_index)
+            .finish_non_exhaustive()
     }
 }
 
@@ -107,13 +117,20 @@ pub fn initiate(
     now: Instant,
     out: &mut [u8; INIT_NOISE_LEN],
 ) -> Result<Initiation, Error> {
-    let setup = |source| Error::Setup { params: crate::NOISE_PARAMS, source };
+    let setup = |source| Error::Setup {
+        params: crate::NOISE_PARAMS,
+        source,
+    };
     let mut state = id.builder().remote_public_key(&id.peer_public).build_initiator().map_err(setup)?;
     let n = state.write_message(&timestamp.to_le_bytes(), out).map_err(setup)?;
     if n != INIT_NOISE_LEN {
         return Err(Error::Payload(n));
     }
-    Ok(Initiation { state, local_index, sent_at: now })
+    Ok(Initiation {
+        state,
+        local_index,
+        sent_at: now,
+    })
 }
 
 impl Initiation {
@@ -139,7 +156,13 @@ impl Initiation {
             return Err(Error::Payload(n));
         }
         let (send, recv) = self.state.dangerously_get_raw_split();
-        Ok(Session::new(self.local_index, remote_index, TransportKeys { send, recv }, now, true))
+        Ok(Session::new(
+            self.local_index,
+            remote_index,
+            TransportKeys { send, recv },
+            now,
+            true,
+        ))
     }
 }
 
@@ -167,7 +190,10 @@ pub fn respond(
     if noise.len() != INIT_NOISE_LEN {
         return Err(Error::Payload(noise.len()));
     }
-    let setup = |source| Error::Setup { params: crate::NOISE_PARAMS, source };
+    let setup = |source| Error::Setup {
+        params: crate::NOISE_PARAMS,
+        source,
+    };
     let mut state = id.builder().build_responder().map_err(setup)?;
     let mut payload = [0u8; INIT_NOISE_LEN];
     let n = state.read_message(noise, &mut payload).map_err(Error::Rejected)?;
@@ -191,8 +217,14 @@ pub fn respond(
     }
     // Noise Split(): the first key protects initiator -> responder.
     let (to_responder, to_initiator) = state.dangerously_get_raw_split();
-    let keys = TransportKeys { send: to_initiator, recv: to_responder };
-    Ok(Response { session: Session::new(local_index, remote_index, keys, now, false), timestamp })
+    let keys = TransportKeys {
+        send: to_initiator,
+        recv: to_responder,
+    };
+    Ok(Response {
+        session: Session::new(local_index, remote_index, keys, now, false),
+        timestamp,
+    })
 }
 
 #[cfg(test)]

@@ -20,7 +20,12 @@ const SCALE: u128 = 1_000_000_000;
 impl TokenBucket {
     /// A full bucket of `burst` tokens refilled at `per_second`.
     pub fn new(per_second: u32, burst: u32, now: Instant) -> Self {
-        TokenBucket { per_second, burst, level: burst as u128 * SCALE, last: now }
+        TokenBucket {
+            per_second,
+            burst,
+            level: burst as u128 * SCALE,
+            last: now,
+        }
     }
 
     /// Takes one token if there is one.

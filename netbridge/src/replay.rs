@@ -28,7 +28,10 @@ impl Default for ReplayWindow {
 impl ReplayWindow {
     /// An empty window: every counter is still acceptable once.
     pub fn new() -> Self {
-        ReplayWindow { bitmap: [0; BLOCKS], last: 0 }
+        ReplayWindow {
+            bitmap: [0; BLOCKS],
+            last: 0,
+        }
     }
 
     /// Would `counter` be accepted? Does not change the window: used before
@@ -109,13 +112,13 @@ mod tests {
             (2, true),
             (5, false),
             (WINDOW + 5, true),
-            (5, false),           // exactly WINDOW behind: too old
-            (6, true),            // WINDOW - 1 behind: still inside
+            (5, false), // exactly WINDOW behind: too old
+            (6, true),  // WINDOW - 1 behind: still inside
             (6, false),
-            (4, false),           // older than the window
-            (WINDOW + 4, true),   // in window, not yet seen
-            (10 * WINDOW, true),  // big jump clears the ring
-            (WINDOW + 6, false),  // far behind now
+            (4, false),          // older than the window
+            (WINDOW + 4, true),  // in window, not yet seen
+            (10 * WINDOW, true), // big jump clears the ring
+            (WINDOW + 6, false), // far behind now
             (10 * WINDOW - 1, true),
             (10 * WINDOW - WINDOW + 1, true),
             (10 * WINDOW - WINDOW, false),

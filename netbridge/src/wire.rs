@@ -177,7 +177,11 @@ pub fn parse(d: &[u8]) -> Result<Message<'_>, Error> {
         if ok {
             Ok(())
         } else {
-            Err(Error::BadLength { kind, len: d.len(), expected })
+            Err(Error::BadLength {
+                kind,
+                len: d.len(),
+                expected,
+            })
         }
     };
     match kind {
@@ -186,19 +190,30 @@ pub fn parse(d: &[u8]) -> Result<Message<'_>, Error> {
             if d[2..4] != [0, 0] {
                 return Err(Error::Reserved);
             }
-            Ok(Message::Init { sender: le32(&d[4..8]), noise: &d[8..] })
+            Ok(Message::Init {
+                sender: le32(&d[4..8]),
+                noise: &d[8..],
+            })
         }
         MessageType::HandshakeResponse => {
             expect_len(RESPONSE_LEN, true)?;
             if d[2..4] != [0, 0] {
                 return Err(Error::Reserved);
             }
-            Ok(Message::Response { sender: le32(&d[4..8]), receiver: le32(&d[8..12]), noise: &d[12..] })
+            Ok(Message::Response {
+                sender: le32(&d[4..8]),
+                receiver: le32(&d[8..12]),
+                noise: &d[12..],
+            })
         }
         MessageType::Data => {
             expect_len(DATA_OVERHEAD, false)?;
             if d.len() > MAX_DATAGRAM {
-                return Err(Error::BadLength { kind, len: d.len(), expected: MAX_DATAGRAM });
+                return Err(Error::BadLength {
+                    kind,
+                    len: d.len(),
+                    expected: MAX_DATAGRAM,
+                });
             }
             let fragment = Fragment::from_byte(d[2])?;
             if d[3] != 0 {
@@ -206,7 +221,11 @@ pub fn parse(d: &[u8]) -> Result<Message<'_>, Error> {
             }
             let mut counter = [0u8; 8];
             counter.copy_from_slice(&d[8..16]);
-            Ok(Message::Data(DataHeader { receiver: le32(&d[4..8]), counter: u64::from_le_bytes(counter), fragment }))
+            Ok(Message::Data(DataHeader {
+                receiver: le32(&d[4..8]),
+                counter: u64::from_le_bytes(counter),
+                fragment,
+            }))
         }
     }
 }
@@ -245,7 +264,11 @@ mod tests {
     #[test]
     fn data_header_roundtrip() {
         for fragment in [Fragment::Whole, Fragment::First, Fragment::Second] {
-            let h = DataHeader { receiver: 0xdead_beef, counter: 0x0102_0304_0506_0708, fragment };
+            let h = DataHeader {
+                receiver: 0xdead_beef,
+                counter: 0x0102_0304_0506_0708,
+                fragment,
+            };
             let mut d = h.encode().to_vec();
             d.extend_from_slice(&[0u8; TAG_LEN]);
             assert_eq!(parse(&d), Ok(Message::Data(h)));
@@ -259,16 +282,35 @@ mod tests {
     fn handshake_roundtrip() {
         let mut out = [0u8; INIT_LEN];
         write_init(&mut out, 7, &[0xaa; INIT_NOISE_LEN]);
-        assert_eq!(parse(&out), Ok(Message::Init { sender: 7, noise: &[0xaa; INIT_NOISE_LEN] }));
+        assert_eq!(
+            parse(&out),
+            Ok(Message::Init {
+                sender: 7,
+                noise: &[0xaa; INIT_NOISE_LEN]
+            })
+        );
         let mut out = [0u8; RESPONSE_LEN];
         write_response(&mut out, 8, 9, &[0xbb; RESPONSE_NOISE_LEN]);
-        assert_eq!(parse(&out), Ok(Message::Response { sender: 8, receiver: 9, noise: &[0xbb; RESPONSE_NOISE_LEN] }));
+        assert_eq!(
+            parse(&out),
+            Ok(Message::Response {
+                sender: 8,
+                receiver: 9,
+                noise: &[0xbb; RESPONSE_NOISE_LEN]
+            })
+        );
     }
 
     #[test]
     fn rejects_malformed() {
         let data_ok = {
-            let mut d = DataHeader { receiver: 1, counter: 2, fragment: Fragment::Whole }.encode().to_vec();
+            let mut d = DataHeader {
+                receiver: 1,
+                counter: 2,
+                fragment: Fragment::Whole,
+            }
+            .encode()
+            .to_vec();
             d.extend_from_slice(&[0; TAG_LEN]);
             d
         };
@@ -279,34 +321,62 @@ mod tests {
             (vec![1, 9, 0, 0], Error::UnknownType(9)),
             (
                 vec![1, 1, 0, 0, 0, 0, 0, 0],
-                Error::BadLength { kind: MessageType::HandshakeInit, len: 8, expected: INIT_LEN },
+                Error::BadLength {
+                    kind: MessageType::HandshakeInit,
+                    len: 8,
+                    expected: INIT_LEN,
+                },
             ),
             (
                 vec![1, 2, 0, 0],
-                Error::BadLength { kind: MessageType::HandshakeResponse, len: 4, expected: RESPONSE_LEN },
+                Error::BadLength {
+                    kind: MessageType::HandshakeResponse,
+                    len: 4,
+                    expected: RESPONSE_LEN,
+                },
             ),
-            (data_ok[..DATA_OVERHEAD - 1].to_vec(), Error::BadLength { kind: MessageType::Data, len: 31, expected: 32 }),
+            (
+                data_ok[..DATA_OVERHEAD - 1].to_vec(),
+                Error::BadLength {
+                    kind: MessageType::Data,
+                    len: 31,
+                    expected: 32,
+                },
+            ),
             (
                 [data_ok.clone(), vec![0; MAX_DATAGRAM]].concat(),
-                Error::BadLength { kind: MessageType::Data, len: MAX_DATAGRAM + 32, expected: MAX_DATAGRAM },
+                Error::BadLength {
+                    kind: MessageType::Data,
+                    len: MAX_DATAGRAM + 32,
+                    expected: MAX_DATAGRAM,
+                },
             ),
-            ({
-                let mut d = data_ok.clone();
-                d[2] = 0x22;
-                d
-            }, Error::BadFragment(0x22)),
-            ({
-                let mut d = data_ok.clone();
-                d[3] = 1;
-                d
-            }, Error::Reserved),
-            ({
-                let mut d = vec![0u8; INIT_LEN];
-                d[0] = 1;
-                d[1] = 1;
-                d[2] = 1;
-                d
-            }, Error::Reserved),
+            (
+                {
+                    let mut d = data_ok.clone();
+                    d[2] = 0x22;
+                    d
+                },
+                Error::BadFragment(0x22),
+            ),
+            (
+                {
+                    let mut d = data_ok.clone();
+                    d[3] = 1;
+                    d
+                },
+                Error::Reserved,
+            ),
+            (
+                {
+                    let mut d = vec![0u8; INIT_LEN];
+                    d[0] = 1;
+                    d[1] = 1;
+                    d[2] = 1;
+                    d
+                },
+                Error::Reserved,
+            ),
         ];
         for (d, e) in table {
             assert_eq!(parse(&d), Err(e.clone()), "{d:?}");
@@ -316,10 +386,10 @@ mod tests {
     #[test]
     fn size_budget() {
         assert_eq!(MAX_FRAGMENT_PAYLOAD, 1420);
-        assert!(MAX_FRAME >= 1518);
-        // 20-byte IPv4 + 8-byte UDP header: fits an MTU 1500 underlay.
-        assert!(MAX_DATAGRAM + 28 <= 1500);
-        assert!(MAX_DATAGRAM + 48 <= 1500);
+        const { assert!(MAX_FRAME >= 1518) };
+        // IPv4 (20) or IPv6 (40) + UDP (8) headers: fits an MTU 1500 underlay.
+        const { assert!(MAX_DATAGRAM + 28 <= 1500) };
+        const { assert!(MAX_DATAGRAM + 48 <= 1500) };
     }
 
     proptest::proptest! {

@@ -37,6 +37,8 @@ need zstd zstd
 need jq jq
 need ping iputils-ping
 need arping arping
+need sfdisk fdisk          # image-build/test-server: partition table
+need socat socat           # image-build/test-server/smoke.sh: QMP
 
 backports=()
 if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
