@@ -304,8 +304,8 @@ async fn follow(client: &Client, id: &str, show: bool) -> Result<MoveDetail> {
 
 fn print_status(s: &Status) {
     println!(
-        "{:<16} {:<16} {:<18} {:<8} {:<10} {}",
-        "SERVER", "IP", "MAC", "NIC", "DISK", "RUNS IN"
+        "{:<16} {:<16} {:<18} {:<8} {:<10} RUNS IN",
+        "SERVER", "IP", "MAC", "NIC", "DISK"
     );
     for v in &s.servers {
         let nic = v.profile.nics.first();
@@ -324,7 +324,7 @@ fn print_status(s: &Status) {
         );
     }
     println!();
-    println!("{:<16} {:<32} {:<6} {}", "CLOUD", "API", "ACCEL", "BRIDGE");
+    println!("{:<16} {:<32} {:<6} BRIDGE", "CLOUD", "API", "ACCEL");
     for c in &s.clouds {
         println!(
             "{:<16} {:<32} {:<6} {} ({})",

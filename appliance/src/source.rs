@@ -22,7 +22,7 @@ pub enum SourceError {
         server: String,
         /// Cause.
         #[source]
-        source: hv::Error,
+        source: Box<hv::Error>,
     },
 }
 
@@ -51,7 +51,7 @@ impl LocalQemu {
     fn hv_err(s: &ServerRecord) -> impl FnOnce(hv::Error) -> SourceError + '_ {
         move |source| SourceError::Hv {
             server: s.name.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 

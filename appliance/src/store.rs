@@ -25,11 +25,11 @@ pub enum StoreError {
         path: PathBuf,
         /// Cause.
         #[source]
-        source: redb::DatabaseError,
+        source: Box<redb::DatabaseError>,
     },
     /// A redb operation failed.
     #[error("store operation failed: {0}")]
-    Db(#[from] redb::Error),
+    Db(#[source] Box<redb::Error>),
     /// A stored record could not be decoded.
     #[error("record {key:?} in table {table} is unreadable: {source}")]
     Decode {
@@ -53,7 +53,7 @@ pub enum StoreError {
 }
 
 fn db<E: Into<redb::Error>>(e: E) -> StoreError {
-    StoreError::Db(e.into())
+    StoreError::Db(Box::new(e.into()))
 }
 
 /// A typed table: string keys, JSON values of `T`.
@@ -94,7 +94,7 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let db = Database::create(path).map_err(|source| StoreError::Open {
             path: path.to_path_buf(),
-            source,
+            source: Box::new(source),
         })?;
         let tx = db.begin_write().map_err(db_err)?;
         for def in [SERVERS.def, CLOUDS.def, MOVES.def, EVENTS.def, META.def] {

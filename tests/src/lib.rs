@@ -14,6 +14,7 @@
 //! ```
 
 pub mod netns;
+pub mod pcap;
 pub mod process;
 pub mod scenario;
 

@@ -739,3 +739,27 @@ pub fn run_skeleton(lab: &mut Lab) -> Result<Report> {
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outage_is_the_longest_failed_gap() {
+        let log = "10.0 ok\n10.2 ok\n10.4 fail\n11.0 fail\n11.4 ok\n11.6 fail\n11.8 ok\n";
+        assert_eq!(outage_from_poll_log(log), Some(1.2));
+        assert_eq!(outage_from_poll_log("1.0 ok\n1.2 ok\n"), Some(0.0));
+        assert_eq!(outage_from_poll_log("1.0 fail\n"), None);
+        assert_eq!(outage_from_poll_log("garbage\n"), None);
+    }
+
+    #[test]
+    fn facts_are_read_from_body_and_serial_line() {
+        let body = "hostname=web1\nmac=52:54:00:12:34:56\nroot_disk=sda\n";
+        assert_eq!(fact(body, "mac").as_deref(), Some("52:54:00:12:34:56"));
+        let line = "[ 3.1] ISTHMUS-FACTS hostname=web1 mac=aa:bb:cc:dd:ee:ff root_disk=sda serial=X";
+        assert_eq!(fact(line, "mac").as_deref(), Some("aa:bb:cc:dd:ee:ff"));
+        assert_eq!(fact(line, "nothing"), None);
+        assert!(contains(b"abcdef", b"cde") && !contains(b"abc", b"") && !contains(b"ab", b"abc"));
+    }
+}
