@@ -197,7 +197,7 @@ impl App {
             .host_str()
             .and_then(|h| h.trim_matches(['[', ']']).parse().ok())
             .ok_or_else(|| AppError::Invalid(format!("cloud URL {:?}: give the node's IP address", req.url)))?;
-        let pin: Fingerprint = req.fingerprint.parse()?;
+        let pin: Fingerprint = req.fingerprint.parse().map_err(crate::pki::PkiError::from)?;
         let mut psk = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut psk);
         let e = cloud::enroll(&req.url, pin, &req.token, &req.name, &self.ca, &self.lcg.public_key(), &psk).await?;

@@ -8,7 +8,7 @@ use proto::api::{self, DiskReceived, EnrollBegin, EnrollCsr, EnrollDone, EnrollF
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
-use crate::pki::{Ca, Fingerprint, PinnedVerifier};
+use crate::pki::{Ca, Fingerprint, PinnedServerCert, PkiError};
 
 /// Errors talking to a cloud node.
 #[derive(Debug, thiserror::Error)]
@@ -211,7 +211,7 @@ pub async fn enroll(
     let b64 = base64::engine::general_purpose::STANDARD;
     let c = CloudClient {
         base: url.trim_end_matches('/').to_string(),
-        http: client(PinnedVerifier::new(pin).client_config()?),
+        http: client(PinnedServerCert::new(pin).client_config().map_err(PkiError::Tls)?),
     };
     let begin = EnrollBegin {
         token: token.into(),

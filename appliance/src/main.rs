@@ -303,10 +303,7 @@ async fn follow(client: &Client, id: &str, show: bool) -> Result<MoveDetail> {
 }
 
 fn print_status(s: &Status) {
-    println!(
-        "{:<16} {:<16} {:<18} {:<8} {:<10} RUNS IN",
-        "SERVER", "IP", "MAC", "NIC", "DISK"
-    );
+    println!("{:<16} {:<16} {:<18} {:<8} {:<10} RUNS IN", "SERVER", "IP", "MAC", "NIC", "DISK");
     for v in &s.servers {
         let nic = v.profile.nics.first();
         println!(

@@ -12,14 +12,12 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use proto::identity::{Fingerprint, PinnedServerCert};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
 };
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use sha2::{Digest, Sha256};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Errors of the PKI.
 #[derive(Debug, thiserror::Error)]
@@ -51,8 +49,8 @@ pub enum PkiError {
     #[error("{0}: no usable PEM item found")]
     Pem(&'static str),
     /// A fingerprint string is malformed.
-    #[error("fingerprint {0:?} is not `sha256:` followed by 64 hex digits; copy it from the cloud node's `bootstrap fingerprint:` line")]
-    Fingerprint(String),
+    #[error(transparent)]
+    Fingerprint(#[from] proto::identity::FingerprintParseError),
 }
 
 fn cert_err(op: &'static str) -> impl FnOnce(rcgen::Error) -> PkiError {
@@ -225,97 +223,6 @@ pub fn key(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
         .ok_or(PkiError::Pem("private key"))
 }
 
-/// A SHA-256 certificate fingerprint, as the cloud node prints it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Fingerprint(pub [u8; 32]);
-
-impl std::str::FromStr for Fingerprint {
-    type Err = PkiError;
-    fn from_str(s: &str) -> Result<Self, PkiError> {
-        let hexs = s.trim().trim_start_matches("sha256:").replace(':', "");
-        let bytes = hex::decode(&hexs).map_err(|_| PkiError::Fingerprint(s.to_string()))?;
-        let arr: [u8; 32] = bytes.try_into().map_err(|_| PkiError::Fingerprint(s.to_string()))?;
-        Ok(Fingerprint(arr))
-    }
-}
-
-impl Fingerprint {
-    /// Fingerprint of a DER certificate.
-    pub fn of(der: &[u8]) -> Fingerprint {
-        Fingerprint(Sha256::digest(der).into())
-    }
-}
-
-/// Accepts exactly one server certificate, by fingerprint (enrolment only:
-/// the admin copied the fingerprint from the node's console, like an SSH
-/// host key). Signatures are still verified with the pinned certificate's key.
-#[derive(Debug)]
-pub struct PinnedVerifier {
-    pin: Fingerprint,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl PinnedVerifier {
-    /// A verifier for `pin`.
-    pub fn new(pin: Fingerprint) -> Self {
-        PinnedVerifier {
-            pin,
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
-        }
-    }
-
-    /// A rustls client config using this verifier, no client certificate.
-    pub fn client_config(self) -> Result<rustls::ClientConfig, PkiError> {
-        let provider = self.provider.clone();
-        Ok(rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(self))
-            .with_no_client_auth())
-    }
-}
-
-impl ServerCertVerifier for PinnedVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if Fingerprint::of(end_entity.as_ref()) == self.pin {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "the cloud node's certificate does not match the pinned bootstrap fingerprint".into(),
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,13 +253,5 @@ mod tests {
         assert!(x.subject().to_string().contains("cloud1"));
         assert!(x.issuer().to_string().contains("Isthmus appliance CA"));
         assert!(ca.sign_node_csr("garbage", "x").is_err());
-    }
-
-    #[test]
-    fn fingerprint_parsing() {
-        let f: Fingerprint = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
-        assert_eq!(f.0, [0xab; 32]);
-        assert!("sha256:abcd".parse::<Fingerprint>().is_err());
-        assert!("zz".parse::<Fingerprint>().is_err());
     }
 }

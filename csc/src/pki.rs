@@ -8,16 +8,16 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 
+pub use proto::identity::{Fingerprint, PinnedServerCert};
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
 };
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::ServerCertVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
-use sha2::{Digest, Sha256};
+use rustls::{RootCertStore, ServerConfig};
 
 /// Errors building the node's TLS identity.
 #[derive(Debug, thiserror::Error)]
@@ -176,7 +176,7 @@ pub fn parse_key(pem: &str) -> Result<KeyPair, Error> {
 /// SHA-256 fingerprint of a DER certificate: lowercase hex, no colons. This
 /// is what the node prints and the appliance pins.
 pub fn fingerprint(cert_der: &[u8]) -> String {
-    hex::encode(Sha256::digest(cert_der))
+    Fingerprint::of(cert_der).hex()
 }
 
 /// Creates the self-signed bootstrap certificate for `key`; returns its PEM.
@@ -323,70 +323,6 @@ pub fn verify_issued_cert(cert_pem: &str, ca_pem: &str, names: &[SubjectName]) -
     Ok(())
 }
 
-/// A rustls client-side verifier that accepts exactly one server certificate,
-/// named by its SHA-256 fingerprint, whatever its names and dates: how the
-/// appliance talks to a node in bootstrap mode (like an SSH host key). The
-/// handshake signature is still checked, so the server must hold the key.
-#[derive(Debug)]
-pub struct PinnedServerCert {
-    fingerprint: String,
-    provider: Arc<CryptoProvider>,
-}
-
-impl PinnedServerCert {
-    /// Pins `fingerprint`: hex (either case), optionally prefixed `sha256:`,
-    /// colons allowed.
-    pub fn new(fingerprint: &str) -> Self {
-        let fp = fingerprint.trim();
-        let fp = fp.strip_prefix("sha256:").unwrap_or(fp);
-        PinnedServerCert {
-            fingerprint: fp.replace(':', "").to_ascii_lowercase(),
-            provider: provider(),
-        }
-    }
-}
-
-impl ServerCertVerifier for PinnedServerCert {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if fingerprint(end_entity) == self.fingerprint {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,7 +368,7 @@ mod tests {
         let a = parse_cert_pem("a", &bootstrap_cert(&key, &names).unwrap()).unwrap();
         let other = generate_key().unwrap();
         let b = parse_cert_pem("b", &bootstrap_cert(&other, &names).unwrap()).unwrap();
-        let v = PinnedServerCert::new(&format!("sha256:{}", fingerprint(&a).to_uppercase()));
+        let v = PinnedServerCert::new(format!("sha256:{}", fingerprint(&a).to_uppercase()).parse().unwrap());
         let sn = ServerName::try_from("x.invalid").unwrap();
         assert!(v.verify_server_cert(&a, &[], &sn, &[], UnixTime::now()).is_ok());
         assert!(v.verify_server_cert(&b, &[], &sn, &[], UnixTime::now()).is_err());

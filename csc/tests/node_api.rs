@@ -100,7 +100,9 @@ fn pinned_client(fingerprint: &str) -> reqwest::Client {
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedServerCert::new(&format!("sha256:{fingerprint}"))))
+        .with_custom_certificate_verifier(Arc::new(PinnedServerCert::new(
+            format!("sha256:{fingerprint}").parse().expect("fingerprint"),
+        )))
         .with_no_client_auth();
     client(cfg)
 }

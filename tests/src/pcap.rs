@@ -82,7 +82,15 @@ mod tests {
         f.extend((frame.len() as u32).to_le_bytes());
         f.extend(&frame);
         let p = packets(&f);
-        assert_eq!(p, vec![Packet { proto: 17, sport: 51820, dport: 51821, len: frame.len() }]);
+        assert_eq!(
+            p,
+            vec![Packet {
+                proto: 17,
+                sport: 51820,
+                dport: 51821,
+                len: frame.len()
+            }]
+        );
         assert!(packets(&f[..f.len() - 3]).is_empty());
         assert!(packets(b"not a pcap file at all, just text").is_empty());
     }

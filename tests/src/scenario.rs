@@ -180,6 +180,21 @@ impl Lab {
         self.work.join("node")
     }
 
+    /// `--probe-kernel/--probe-initrd` for the image's kernel (KVM probe).
+    fn probe_args(&self) -> Vec<String> {
+        let kernel = self.image.dir.join("vmlinuz");
+        let initrd = self.image.dir.join("initrd.img");
+        if !kernel.exists() {
+            return vec![];
+        }
+        vec![
+            "--probe-kernel".into(),
+            kernel.display().to_string(),
+            "--probe-initrd".into(),
+            initrd.display().to_string(),
+        ]
+    }
+
     /// Starts the cloud node with a one-time token; returns (fingerprint, token file).
     pub fn start_node(&mut self) -> Result<(String, PathBuf)> {
         let t = Instant::now();
@@ -191,8 +206,6 @@ impl Lab {
         let state = self.node_dir();
         let listen = format!("{CLOUD_INET}:9443");
         let bridge = format!("{CLOUD_INET}:51821");
-        let kernel = self.image.dir.join("vmlinuz");
-        let initrd = self.image.dir.join("initrd.img");
         let mut args = vec![
             bin.to_str().unwrap_or_default().to_string(),
             "serve".into(),
@@ -205,14 +218,7 @@ impl Lab {
             "--token-file".into(),
             node_token.display().to_string(),
         ];
-        if kernel.exists() {
-            args.extend([
-                "--probe-kernel".into(),
-                kernel.display().to_string(),
-                "--probe-initrd".into(),
-                initrd.display().to_string(),
-            ]);
-        }
+        args.extend(self.probe_args());
         let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
         let env: Vec<(&str, &str)> = if self.opts.break_cloud_qemu {
             vec![("ISTHMUS_QEMU", "/bin/false")]
@@ -236,8 +242,6 @@ impl Lab {
         let t = Instant::now();
         let bin = crate::bin("isthmus")?;
         let dir = self.appliance_dir();
-        let kernel = self.image.dir.join("vmlinuz");
-        let initrd = self.image.dir.join("initrd.img");
         let mut args = vec![
             bin.display().to_string(),
             "--data-dir".into(),
@@ -250,14 +254,7 @@ impl Lab {
             "--bridge-listen".into(),
             format!("{APPLIANCE_INET}:51820"),
         ];
-        if kernel.exists() {
-            args.extend([
-                "--probe-kernel".into(),
-                kernel.display().to_string(),
-                "--probe-initrd".into(),
-                initrd.display().to_string(),
-            ]);
-        }
+        args.extend(self.probe_args());
         let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
         let mut p = Proc::spawn("appliance", &self.dc, &argv, &[], &self.work.join("appliance.log"))?;
         p.wait_log("ready: local API", Duration::from_secs(120))?;

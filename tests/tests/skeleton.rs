@@ -5,7 +5,11 @@ use std::time::Duration;
 
 use isthmus_lab::scenario::{self, contains, fact, Lab, Options, SERVER_HOSTNAME, SERVER_IP, SERVER_MAC};
 
-fn code(out: &std::process::Output) -> String {
+/// HTTP status code of a console request made with curl (`-w %{http_code}`).
+fn status(lab: &Lab, args: &[&str]) -> String {
+    let mut v = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+    v.extend_from_slice(args);
+    let out = lab.console_curl(&v).expect("curl runs");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -76,49 +80,24 @@ fn move_keeps_ip_mac_disk_name_and_leaks_no_plaintext() {
 
     // The console refuses anonymous access, and shows the move after login.
     let base = format!("https://{}:8443", scenario::APPLIANCE_INET);
-    let anon = lab
-        .console_curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("{base}/")])
-        .unwrap();
-    assert_eq!(code(&anon), "303", "anonymous GET / must redirect to the login");
-    let anon = lab
-        .console_curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("{base}/api/overview")])
-        .unwrap();
-    assert_eq!(code(&anon), "401", "anonymous API call must be refused");
+    assert_eq!(
+        status(&lab, &[&format!("{base}/")]),
+        "303",
+        "anonymous GET / must redirect to the login"
+    );
+    assert_eq!(
+        status(&lab, &[&format!("{base}/api/overview")]),
+        "401",
+        "anonymous API call must be refused"
+    );
     let jar = lab.work.join("cookies");
     let jar_s = jar.display().to_string();
-    let bad = lab
-        .console_curl(&[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-c",
-            &jar_s,
-            "-d",
-            "user=admin",
-            "-d",
-            "password=wrong-password",
-            &format!("{base}/login"),
-        ])
-        .unwrap();
-    assert_eq!(code(&bad), "401");
+    let login = format!("{base}/login");
+    let bad = status(&lab, &["-c", &jar_s, "-d", "user=admin", "-d", "password=wrong-password", &login]);
+    assert_eq!(bad, "401");
     let pw = format!("password={}", r.password);
-    let good = lab
-        .console_curl(&[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-c",
-            &jar_s,
-            "-d",
-            "user=admin",
-            "-d",
-            &pw,
-            &format!("{base}/login"),
-        ])
-        .unwrap();
-    assert_eq!(code(&good), "303", "login must redirect to /");
+    let good = status(&lab, &["-c", &jar_s, "-d", "user=admin", "-d", &pw, &login]);
+    assert_eq!(good, "303", "login must redirect to /");
     let page = lab
         .console_curl(&["-b", &jar_s, "-H", "Accept: application/json", &format!("{base}/")])
         .unwrap();
