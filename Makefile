@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build image demo test unit e2e smoke lint fmt clean-cache
+.PHONY: all deps build image demo test unit e2e smoke lint fmt fuzz clean-cache
 
 all: build
 
@@ -37,6 +37,18 @@ e2e: build image
 
 test: build image lint unit smoke e2e
 	@echo "make test: all green"
+
+# Runs every cargo-fuzz target for FUZZ_SECONDS each (needs the nightly toolchain).
+FUZZ_SECONDS ?= 60
+FUZZ_DIRS := appliance/fuzz csc/fuzz netbridge/fuzz
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz
+	@for d in $(FUZZ_DIRS); do \
+	  for t in $$(cd $$d && $(CARGO) +nightly fuzz list); do \
+	    echo "== $$d $$t ($(FUZZ_SECONDS) s)"; \
+	    (cd $$d/.. && $(CARGO) +nightly fuzz run --fuzz-dir fuzz $$t -- -max_total_time=$(FUZZ_SECONDS)) || exit 1; \
+	  done; \
+	done
 
 fmt:
 	$(CARGO) fmt --all
