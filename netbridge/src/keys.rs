@@ -1,5 +1,6 @@
 //! Static X25519 keys for the Noise IKpsk2 handshake.
 
+use base64::Engine;
 use snow::params::DHChoice;
 use snow::resolvers::{CryptoResolver, DefaultResolver};
 
@@ -39,6 +40,31 @@ impl StaticKeypair {
         let public = derive_public(&private);
         StaticKeypair { private, public }
     }
+}
+
+/// Why a key string was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// Not base64.
+    #[error("key is not valid base64 ({0}); expected 44 characters like WireGuard keys")]
+    Base64(String),
+    /// Decoded to the wrong length.
+    #[error("key decodes to {0} bytes, expected 32")]
+    Length(usize),
+}
+
+/// Encodes a 32-byte key (public, private or PSK) as standard base64, the
+/// form WireGuard tools use, for config files and the control API.
+pub fn encode(key: &[u8; 32]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(key)
+}
+
+/// Decodes a key written by [`encode`] (surrounding whitespace ignored).
+pub fn decode(s: &str) -> Result<[u8; 32], KeyError> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .map_err(|e| KeyError::Base64(e.to_string()))?;
+    bytes.as_slice().try_into().map_err(|_| KeyError::Length(bytes.len()))
 }
 
 /// X25519(private, 9): the public key that belongs to `private`.
@@ -81,6 +107,16 @@ mod tests {
         let private = hex32("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a");
         let public = hex32("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a");
         assert_eq!(StaticKeypair::from_private(private).public, public);
+    }
+
+    #[test]
+    fn base64_roundtrip_and_errors() {
+        let kp = StaticKeypair::from_private([7u8; 32]);
+        let s = encode(&kp.public);
+        assert_eq!(s.len(), 44);
+        assert_eq!(decode(&format!(" {s}\n")), Ok(kp.public));
+        assert!(matches!(decode("not base64!"), Err(KeyError::Base64(_))));
+        assert_eq!(decode("AAAA"), Err(KeyError::Length(3)));
     }
 
     #[test]

@@ -16,6 +16,10 @@
 //! fragmentation of frames above 1420 bytes into two datagrams ([`frag`])
 //! so full-size frames cross an underlay of MTU 1500.
 //!
+//! Ports undo the kernel's offloads before frames enter the tunnel: VLAN
+//! tags are put back, pending checksums completed, and TCP super-frames
+//! (GRO/TSO) cut into wire-sized segments ([`port::gso`]).
+//!
 //! The protocol core ([`tunnel::Tunnel`], [`filter::Switch`]) is a pure state
 //! machine with time passed in; the threads and sockets around it are a thin
 //! shell (one worker thread polling the UDP socket and the ports).
@@ -99,8 +103,10 @@ pub enum PortSpec {
     /// tunnel; only frames whose source is a carried MAC come out of it onto
     /// the LAN. With no carried MAC nothing crosses.
     ///
-    /// Turn off GRO/LRO on this interface (`ethtool -K lan0 gro off lro off`):
-    /// merged super-frames larger than [`wire::MAX_FRAME`] are dropped.
+    /// GRO/TSO super-frames of TCP are cut back into segments; other frames
+    /// larger than [`wire::MAX_FRAME`] (jumbo frames, UDP super-frames) are
+    /// dropped and counted. LRO, which cannot be undone exactly, should be
+    /// off on this interface (`ethtool -K lan0 lro off`; most NICs default so).
     Lan {
         /// Interface name, e.g. `lan0`.
         ifname: String,
@@ -226,6 +232,9 @@ pub struct Stats {
     pub port_tx_errors: u64,
     /// Frames whose TCP/UDP checksum we completed (checksum offload).
     pub checksums_completed: u64,
+    /// Super-frames (GRO/TSO, up to 64 KiB) read from a port and cut into
+    /// wire-sized TCP segments before switching.
+    pub superframes_segmented: u64,
     /// Datagrams that failed to send on the underlay.
     pub udp_tx_errors: u64,
     /// Fragments whose partner never came (timeout or table full).

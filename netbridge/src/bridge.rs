@@ -1,0 +1,586 @@
+//! The I/O shell: one worker thread that polls the UDP socket and the local
+//! ports, feeds the protocol core ([`Tunnel`]) and the switch ([`Switch`]),
+//! and sends what they return. Control requests arrive over a channel with a
+//! socketpair to wake the poll.
+//!
+//! Buffers are allocated once per bridge; the per-packet path does not
+//! allocate (one copy of each frame into the sealing buffer).
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixDatagram;
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use proto::MacAddr;
+
+use crate::filter::{Decision, Filtered, Place, PortId, Switch};
+use crate::noise::Identity;
+use crate::port::packet::HEADROOM;
+use crate::port::{csum, gso, Port, State};
+use crate::tunnel::{Outgoing, Received, Tunnel};
+use crate::udp::Udp;
+use crate::wire::MAX_DATAGRAM;
+use crate::{BridgeConfig, Error, PortSpec, Role, Stats};
+
+/// Datagrams or frames handled per socket before looking at the others.
+const BATCH: usize = 64;
+/// Longest sleep in poll: timers have one-second granularity.
+const POLL_INTERVAL_MS: u16 = 100;
+/// How often port interfaces are checked and gone ports retried.
+const PORT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Largest frame read from a port: a 64 KiB GRO/TSO super-frame plus
+/// headers. Larger ones (BIG TCP) are dropped and counted.
+const PORT_FRAME_MAX: usize = 65536 + 256;
+/// How long a control request waits for the worker.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Starts bridges.
+#[derive(Debug)]
+pub struct Bridge;
+
+enum Command {
+    Carry(MacAddr, mpsc::Sender<Result<(), Error>>),
+    Uncarry(MacAddr, mpsc::Sender<Result<(), Error>>),
+    AddPort(PortSpec, mpsc::Sender<Result<(), Error>>),
+    RemovePort(String, mpsc::Sender<Result<(), Error>>),
+    Shutdown,
+}
+
+#[derive(Default)]
+struct Published {
+    stats: Stats,
+    last_handshake: Option<Instant>,
+}
+
+struct Shared {
+    commands: mpsc::Sender<Command>,
+    wake: UnixDatagram,
+    published: Mutex<Published>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Control handle of a running bridge; cheap to clone, usable from any
+/// thread. Dropping it does not stop the bridge: call [`BridgeHandle::shutdown`].
+#[derive(Clone)]
+pub struct BridgeHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for BridgeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BridgeHandle").finish_non_exhaustive()
+    }
+}
+
+impl Bridge {
+    /// Opens the UDP socket and the ports in the calling thread's network
+    /// namespace, and starts the worker thread (which inherits it).
+    pub fn spawn(cfg: BridgeConfig) -> Result<BridgeHandle, Error> {
+        let identity = Identity::new(cfg.local.clone(), cfg.peer_public, cfg.psk)?;
+        let udp = Udp::bind(cfg.listen)?;
+        let mut local = Local::default();
+        for spec in cfg.ports {
+            local.add_port(spec)?;
+        }
+        let initiate_to = match cfg.role {
+            Role::Initiator { peer } => Some(peer),
+            Role::Responder => None,
+        };
+        let now = Instant::now();
+        let tunnel = Tunnel::new(identity, initiate_to, now, SystemTime::now());
+        let (tx, rx) = mpsc::channel();
+        let (wake_tx, wake_rx) = UnixDatagram::pair().map_err(Error::Thread)?;
+        wake_tx.set_nonblocking(true).map_err(Error::Thread)?;
+        wake_rx.set_nonblocking(true).map_err(Error::Thread)?;
+        let shared = Arc::new(Shared {
+            commands: tx,
+            wake: wake_tx,
+            published: Mutex::new(Published::default()),
+            worker: Mutex::new(None),
+        });
+        let listen = udp.local_addr().unwrap_or(cfg.listen);
+        let worker = Worker {
+            tunnel,
+            udp,
+            local,
+            commands: rx,
+            wake: wake_rx,
+            shared: Arc::clone(&shared),
+            udp_buf: vec![0u8; 2048].into_boxed_slice(),
+            port_buf: vec![0u8; HEADROOM + PORT_FRAME_MAX].into_boxed_slice(),
+            seg_buf: vec![0u8; PORT_FRAME_MAX].into_boxed_slice(),
+            udp_error_logged: false,
+        };
+        worker.publish(now);
+        let handle = std::thread::Builder::new()
+            .name(format!("netbridge {listen}"))
+            .spawn(move || worker.run())
+            .map_err(Error::Thread)?;
+        if let Ok(mut w) = shared.worker.lock() {
+            *w = Some(handle);
+        }
+        tracing::info!(%listen, role = ?cfg.role, "bridge started");
+        Ok(BridgeHandle { shared })
+    }
+}
+
+impl BridgeHandle {
+    fn send(&self, c: Command) -> Result<(), Error> {
+        self.shared.commands.send(c).map_err(|_| Error::Stopped)?;
+        // A full wake socket already has a wake-up queued.
+        let _ = self.shared.wake.send(&[1]);
+        Ok(())
+    }
+
+    fn request(&self, make: impl FnOnce(mpsc::Sender<Result<(), Error>>) -> Command) -> Result<(), Error> {
+        let (tx, rx) = mpsc::channel();
+        self.send(make(tx))?;
+        match rx.recv_timeout(REQUEST_TIMEOUT) {
+            Ok(r) => r,
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(Error::Unresponsive(REQUEST_TIMEOUT)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(Error::Stopped),
+        }
+    }
+
+    /// Start carrying frames of this MAC (appliance side: a moved server).
+    /// In effect for every frame the bridge reads after this returns.
+    pub fn carry_mac(&self, mac: MacAddr) {
+        if let Err(e) = self.request(|tx| Command::Carry(mac, tx)) {
+            tracing::warn!(%mac, error = %e, "carry_mac failed");
+        }
+    }
+
+    /// Stop carrying frames of this MAC (rollback). In effect for every
+    /// frame the bridge reads after this returns.
+    pub fn drop_mac(&self, mac: MacAddr) {
+        if let Err(e) = self.request(|tx| Command::Uncarry(mac, tx)) {
+            tracing::warn!(%mac, error = %e, "drop_mac failed");
+        }
+    }
+
+    /// Adds a port at run time (cloud side: a new guest's TAP). The socket is
+    /// opened by the worker, in the bridge's network namespace.
+    pub fn add_port(&self, spec: PortSpec) -> Result<(), Error> {
+        self.request(|tx| Command::AddPort(spec, tx))
+    }
+
+    /// Removes a port by interface name.
+    pub fn remove_port(&self, ifname: &str) -> Result<(), Error> {
+        let name = ifname.to_string();
+        self.request(|tx| Command::RemovePort(name, tx))
+    }
+
+    /// Current counters (updated by the worker after every batch).
+    pub fn stats(&self) -> Stats {
+        match self.shared.published.lock() {
+            Ok(p) => {
+                let mut s = p.stats.clone();
+                s.last_handshake_age = p.last_handshake.map(|t| Instant::now().saturating_duration_since(t));
+                s
+            }
+            Err(_) => Stats::default(),
+        }
+    }
+
+    /// Stops the worker and closes the socket and ports; waits for it.
+    /// Idempotent; other handles then get [`Error::Stopped`].
+    pub fn shutdown(&self) {
+        let _ = self.send(Command::Shutdown);
+        let worker = self.shared.worker.lock().ok().and_then(|mut w| w.take());
+        if let Some(w) = worker {
+            if w.thread().id() != std::thread::current().id() && w.join().is_err() {
+                tracing::error!("bridge worker panicked");
+            }
+        }
+    }
+}
+
+/// Counters kept by the shell (the core keeps its own).
+#[derive(Clone, Copy, Debug, Default)]
+struct ShellCounters {
+    too_large: u64,
+    lan_filtered: u64,
+    lan_carried_source: u64,
+    egress_filtered: u64,
+    unswitchable: u64,
+    port_tx_errors: u64,
+    checksums_completed: u64,
+    segmented: u64,
+    udp_tx_errors: u64,
+}
+
+impl ShellCounters {
+    fn filtered(&mut self, f: Filtered) {
+        match f {
+            Filtered::Runt | Filtered::NotCarried => self.lan_filtered += 1,
+            Filtered::CarriedSourceOnLan => self.lan_carried_source += 1,
+            Filtered::SourceNotCarried => self.egress_filtered += 1,
+            Filtered::Hairpin | Filtered::NoDestination => self.unswitchable += 1,
+        }
+    }
+}
+
+/// The local side: ports and the switch between them and the tunnel.
+#[derive(Default)]
+struct Local {
+    switch: Switch,
+    ports: Vec<Port>,
+    next_id: PortId,
+    decision: Decision,
+    counters: ShellCounters,
+    last_port_check: Option<Instant>,
+}
+
+impl Local {
+    fn add_port(&mut self, spec: PortSpec) -> Result<(), Error> {
+        if self.ports.iter().any(|p| p.ifname() == spec.ifname()) {
+            return Err(Error::PortExists(spec.ifname().to_string()));
+        }
+        let id = self.next_id;
+        let port = Port::open(id, spec)?;
+        self.next_id += 1;
+        self.switch.add_port(id, port.kind());
+        tracing::info!(ifname = port.ifname(), kind = ?port.kind(), "port added");
+        self.ports.push(port);
+        Ok(())
+    }
+
+    fn remove_port(&mut self, ifname: &str) -> Result<(), Error> {
+        let i = self
+            .ports
+            .iter()
+            .position(|p| p.ifname() == ifname)
+            .ok_or_else(|| Error::NoSuchPort(ifname.to_string()))?;
+        let port = self.ports.remove(i);
+        self.switch.remove_port(port.id);
+        tracing::info!(ifname, "port removed");
+        Ok(())
+    }
+
+    /// Sends `frame` out of the ports in `self.decision`.
+    fn send_to_ports(&mut self, frame: &[u8]) {
+        for &id in &self.decision.ports {
+            let Some(port) = self.ports.iter_mut().find(|p| p.id == id) else {
+                continue;
+            };
+            let Some(sock) = port.socket() else {
+                self.counters.port_tx_errors += 1;
+                continue;
+            };
+            match sock.send(frame) {
+                Ok(()) => port.tx_error_logged = false,
+                Err(e) => {
+                    self.counters.port_tx_errors += 1;
+                    if !port.tx_error_logged {
+                        // A TAP whose QEMU has not attached yet fails every
+                        // send (ENOBUFS/EIO/ENETDOWN): log once, count all.
+                        tracing::warn!(ifname = port.ifname(), error = %e, len = frame.len(), "cannot send frame on port; dropping (not logged again until a send succeeds)");
+                        port.tx_error_logged = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Delivers a frame that came out of the tunnel.
+    fn deliver_from_tunnel(&mut self, frame: &[u8], now: Instant) {
+        match self.switch.forward(Place::Tunnel, frame, now, &mut self.decision) {
+            Ok(()) => self.send_to_ports(frame),
+            Err(f) => self.counters.filtered(f),
+        }
+    }
+
+    /// Looks for vanished interfaces and reopens returned ones.
+    fn check_ports(&mut self, now: Instant) {
+        if self
+            .last_port_check
+            .is_some_and(|t| now.saturating_duration_since(t) < PORT_CHECK_INTERVAL)
+        {
+            return;
+        }
+        self.last_port_check = Some(now);
+        for p in &mut self.ports {
+            if p.interface_vanished() {
+                p.mark_gone(now);
+            }
+            p.retry(now);
+        }
+    }
+
+    fn ports_down(&self) -> u32 {
+        self.ports.iter().filter(|p| matches!(p.state, State::Gone { .. })).count() as u32
+    }
+}
+
+struct Worker {
+    tunnel: Tunnel,
+    udp: Udp,
+    local: Local,
+    commands: mpsc::Receiver<Command>,
+    wake: UnixDatagram,
+    shared: Arc<Shared>,
+    udp_buf: Box<[u8]>,
+    port_buf: Box<[u8]>,
+    /// Where super-frames are cut into segments.
+    seg_buf: Box<[u8]>,
+    udp_error_logged: bool,
+}
+
+/// Sends the datagrams of `out`.
+fn transmit(udp: &Udp, out: &Outgoing<'_>, counters: &mut ShellCounters, logged: &mut bool) {
+    for d in out.datagrams() {
+        debug_assert!(d.len() <= MAX_DATAGRAM);
+        match udp.send(d, out.to) {
+            Ok(()) => *logged = false,
+            Err(e) => {
+                counters.udp_tx_errors += 1;
+                if !*logged {
+                    tracing::warn!(to = %out.to, error = %e, "cannot send datagram on the underlay (not logged again until a send succeeds)");
+                    *logged = true;
+                }
+            }
+        }
+    }
+}
+
+/// Switches a frame that came in on local port `from`: to other ports
+/// and/or into the tunnel.
+fn switch_frame(local: &mut Local, tunnel: &mut Tunnel, udp: &Udp, udp_error_logged: &mut bool, from: PortId, frame: &[u8], now: Instant) {
+    if let Err(f) = local.switch.forward(Place::Port(from), frame, now, &mut local.decision) {
+        local.counters.filtered(f);
+        return;
+    }
+    local.send_to_ports(frame);
+    if local.decision.tunnel {
+        if let Ok(out) = tunnel.send_frame(frame, now) {
+            transmit(udp, &out, &mut local.counters, udp_error_logged);
+        }
+    }
+}
+
+impl Worker {
+    fn run(mut self) {
+        let mut ready_ports: Vec<usize> = Vec::new();
+        let mut polled_ports: Vec<usize> = Vec::new();
+        loop {
+            let (wake_ready, udp_ready) = {
+                let mut fds = Vec::with_capacity(2 + self.local.ports.len());
+                fds.push(PollFd::new(self.wake.as_fd(), PollFlags::POLLIN));
+                fds.push(PollFd::new(self.udp.as_fd(), PollFlags::POLLIN));
+                polled_ports.clear();
+                for (i, p) in self.local.ports.iter().enumerate() {
+                    if let Some(s) = p.socket() {
+                        fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+                        polled_ports.push(i);
+                    }
+                }
+                match poll(&mut fds, PollTimeout::from(POLL_INTERVAL_MS)) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "poll failed; bridge worker stops");
+                        return;
+                    }
+                }
+                let is_ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+                ready_ports.clear();
+                for (k, &i) in polled_ports.iter().enumerate() {
+                    if is_ready(&fds[2 + k]) {
+                        ready_ports.push(i);
+                    }
+                }
+                (is_ready(&fds[0]), is_ready(&fds[1]))
+            };
+            if wake_ready {
+                let mut b = [0u8; 64];
+                while self.wake.recv(&mut b).is_ok() {}
+            }
+            if !self.handle_commands() {
+                tracing::info!("bridge stopped");
+                return;
+            }
+            if udp_ready {
+                self.handle_udp();
+            }
+            for &i in &ready_ports {
+                self.handle_port(i);
+            }
+            let now = Instant::now();
+            for _ in 0..4 {
+                let Some(out) = self.tunnel.tick(now) else { break };
+                transmit(&self.udp, &out, &mut self.local.counters, &mut self.udp_error_logged);
+            }
+            self.local.check_ports(now);
+            self.publish(now);
+        }
+    }
+
+    /// Applies queued control requests; false on shutdown.
+    fn handle_commands(&mut self) -> bool {
+        loop {
+            match self.commands.try_recv() {
+                Ok(Command::Carry(m, reply)) => {
+                    tracing::info!(mac = %m, "carrying MAC");
+                    self.local.switch.carry(m);
+                    let _ = reply.send(Ok(()));
+                }
+                Ok(Command::Uncarry(m, reply)) => {
+                    tracing::info!(mac = %m, "no longer carrying MAC");
+                    self.local.switch.uncarry(m);
+                    let _ = reply.send(Ok(()));
+                }
+                // Counters are published before the reply, so a caller that
+                // reads stats() after the call sees its effect.
+                Ok(Command::AddPort(spec, reply)) => {
+                    let r = self.local.add_port(spec);
+                    self.publish(Instant::now());
+                    let _ = reply.send(r);
+                }
+                Ok(Command::RemovePort(name, reply)) => {
+                    let r = self.local.remove_port(&name);
+                    self.publish(Instant::now());
+                    let _ = reply.send(r);
+                }
+                Ok(Command::Shutdown) => return false,
+                Err(mpsc::TryRecvError::Empty) => return true,
+                // Every handle is gone: nobody can stop us any more, which is
+                // what "dropping the handle does not stop the bridge" means.
+                Err(mpsc::TryRecvError::Disconnected) => return true,
+            }
+        }
+    }
+
+    fn handle_udp(&mut self) {
+        for _ in 0..BATCH {
+            let (n, src): (usize, SocketAddr) = match self.udp.recv(&mut self.udp_buf) {
+                Ok(Some(r)) => r,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "UDP receive failed");
+                    return;
+                }
+            };
+            let now = Instant::now();
+            match self.tunnel.receive(src, &mut self.udp_buf[..n], now) {
+                Received::Frame(frame) => self.local.deliver_from_tunnel(frame, now),
+                Received::Reply(out) => transmit(&self.udp, &out, &mut self.local.counters, &mut self.udp_error_logged),
+                Received::Nothing | Received::Dropped(_) => {}
+            }
+        }
+    }
+
+    fn handle_port(&mut self, i: usize) {
+        let Worker {
+            tunnel,
+            udp,
+            local,
+            port_buf,
+            seg_buf,
+            udp_error_logged,
+            ..
+        } = self;
+        for _ in 0..BATCH {
+            let Some(port) = local.ports.get(i) else { return };
+            let Some(sock) = port.socket() else { return };
+            let id = port.id;
+            let info = match sock.recv(port_buf) {
+                Ok(Some(info)) => info,
+                Ok(None) => return,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    // The kernel dropped a frame whose offload it cannot describe.
+                    local.counters.too_large += 1;
+                    continue;
+                }
+                Err(e) => {
+                    Self::port_error(local, i, &e);
+                    return;
+                }
+            };
+            if info.outgoing {
+                continue;
+            }
+            let now = Instant::now();
+            if info.truncated {
+                local.counters.too_large += 1;
+                tracing::debug!(ifname = port.ifname(), "frame larger than the receive buffer; dropped");
+                continue;
+            }
+            let frame = &mut port_buf[info.start..info.start + info.len];
+            if let Some((kind, mss)) = info.gso {
+                // A GRO/TSO super-frame: cut it into wire-sized segments.
+                let mut send = |seg: &mut [u8]| switch_frame(local, tunnel, udp, udp_error_logged, id, seg, now);
+                match gso::segment(frame, kind, mss, seg_buf, &mut send) {
+                    Ok(_) => local.counters.segmented += 1,
+                    Err(e) => {
+                        local.counters.too_large += 1;
+                        tracing::debug!(error = %e, len = frame.len(), "super-frame dropped");
+                    }
+                }
+                continue;
+            }
+            if let Some((start, offset)) = info.csum {
+                if csum::complete_partial(frame, start, offset) {
+                    local.counters.checksums_completed += 1;
+                }
+            } else if info.csum_not_ready && csum::complete(frame) {
+                local.counters.checksums_completed += 1;
+            }
+            switch_frame(local, tunnel, udp, udp_error_logged, id, frame, now);
+        }
+    }
+
+    fn port_error(local: &mut Local, i: usize, e: &io::Error) {
+        let now = Instant::now();
+        let Some(port) = local.ports.get_mut(i) else { return };
+        if port.interface_vanished() {
+            port.mark_gone(now);
+        } else {
+            // ENETDOWN when the link goes down: the socket stays bound and
+            // resumes when the interface comes back up.
+            tracing::warn!(ifname = port.ifname(), error = %e, "port receive error; keeping the port");
+        }
+    }
+
+    fn publish(&self, now: Instant) {
+        let t = self.tunnel.stats();
+        let c = &self.local.counters;
+        let stats = Stats {
+            tx_frames: t.tx_frames,
+            rx_frames: t.rx_frames,
+            rx_dropped: t.rx_dropped(),
+            replay_rejects: t.rx_replay,
+            established: self.tunnel.is_established(now),
+            handshakes: t.handshakes_completed,
+            handshake_inits_sent: t.handshake_inits_sent,
+            handshake_wrong_peer: t.handshake_wrong_peer,
+            handshake_rejected: t.handshake_rejected + t.handshake_stale + t.handshake_unexpected,
+            handshake_rate_limited: t.handshake_rate_limited,
+            last_handshake_age: None,
+            peer_endpoint: self.tunnel.endpoint(),
+            rx_auth_failed: t.rx_auth_failed,
+            rx_malformed: t.rx_malformed,
+            rx_unknown_session: t.rx_unknown_index,
+            keepalives_sent: t.keepalives_sent,
+            keepalives_received: t.keepalives_received,
+            tx_dropped_no_session: t.tx_no_session + t.tx_no_endpoint + t.tx_exhausted,
+            tx_dropped_too_large: t.tx_too_large + c.too_large,
+            lan_filtered: c.lan_filtered,
+            lan_carried_source: c.lan_carried_source,
+            egress_filtered: c.egress_filtered,
+            unswitchable: c.unswitchable,
+            port_tx_errors: c.port_tx_errors,
+            checksums_completed: c.checksums_completed,
+            superframes_segmented: c.segmented,
+            udp_tx_errors: c.udp_tx_errors,
+            fragments_lost: t.frag.expired + t.frag.evicted,
+            ports_down: self.local.ports_down(),
+        };
+        if let Ok(mut p) = self.shared.published.lock() {
+            p.stats = stats;
+            p.last_handshake = self.tunnel.last_handshake();
+        }
+    }
+}
