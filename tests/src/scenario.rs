@@ -675,6 +675,9 @@ pub fn run_skeleton(lab: &mut Lab) -> Result<Report> {
         bail!("the move ended {step}: {}", moved["move"]["failure"]);
     }
     let t = Instant::now();
+    // Forget what the client learnt before the move, so the ARP entry read
+    // below comes from a fresh resolution through the bridge.
+    lab.ns.exec(&lab.cl, &["ip", "neigh", "flush", "dev", "vc"])?;
     let after = lab.wait_client(Duration::from_secs(60))?;
     std::thread::sleep(Duration::from_millis(1500));
     poller.stop();
