@@ -37,6 +37,9 @@ need zstd zstd
 need jq jq
 need ping iputils-ping
 need arping arping
+# Headless Chromium drives the web console in the end-to-end tests.
+need chromium chromium
+need chromedriver chromium-driver
 need sfdisk fdisk          # image-build/test-server: partition table
 need socat socat           # image-build/test-server/smoke.sh: QMP
 

@@ -13,6 +13,7 @@
 //!   appliance ─ inet0 198.51.100.1/30 ═══ "internet" ═══ inet1 198.51.100.2/30 ─ cloud node ─ TAPs ─ moved QEMU
 //! ```
 
+pub mod browser;
 pub mod netns;
 pub mod pcap;
 pub mod process;

@@ -111,6 +111,25 @@ fn move_keeps_ip_mac_disk_name_and_leaks_no_plaintext() {
     let html = lab.console_curl(&["-b", &jar_s, &format!("{base}/")]).unwrap();
     assert!(String::from_utf8_lossy(&html.stdout).contains("web1"));
 
+    // The same in a real browser: headless Chromium logs in through the form
+    // and sees web1 in cloud1 with the move done.
+    let browser = isthmus_lab::browser::Browser::start(&lab.dc, &lab.work).expect("chromium starts");
+    browser.goto(&format!("{base}/")).unwrap();
+    assert!(
+        browser.url().unwrap().ends_with("/login"),
+        "anonymous browser must land on the login page"
+    );
+    browser.type_into("#user", "admin").unwrap();
+    browser.type_into("#password", &r.password).unwrap();
+    browser.click("button[type=submit]").unwrap();
+    let page = browser.wait_for("cloud1", Duration::from_secs(30)).expect("overview after login");
+    assert!(
+        page.contains("web1") && page.contains("<svg"),
+        "overview lacks the server or the topology picture"
+    );
+    browser.screenshot(&lab.work.join("console.png")).unwrap();
+    drop(browser);
+
     // The cloud node's API refuses a client without a certificate from the appliance CA.
     let out = lab.node_curl_anonymous("/v1/node").unwrap();
     assert!(

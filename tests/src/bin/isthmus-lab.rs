@@ -65,7 +65,10 @@ fn hold_console(lab: &Lab, password: &str) -> Result<()> {
         .args(["TCP-LISTEN:8443,bind=127.0.0.1,reuseaddr,fork", &format!("SYSTEM:{inner}")])
         .spawn()?;
     println!("console forwarded: https://127.0.0.1:8443/  user admin, password {password}");
-    println!("(certificate issued by the appliance CA: {}/appliance/pki/ca.pem)", lab.work.display());
+    println!(
+        "(certificate issued by the appliance CA: {}/appliance/pki/ca.pem)",
+        lab.work.display()
+    );
     println!("press Enter to tear the lab down");
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line);
