@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build image demo test unit e2e smoke lint fmt fuzz clean-cache
+.PHONY: all deps build image demo test unit e2e smoke lint fmt fuzz clean-cache bench-netbridge bench-netbridge-deps
 
 all: build
 
@@ -49,6 +49,15 @@ fuzz:
 	    (cd $$d/.. && $(CARGO) +nightly fuzz run --fuzz-dir fuzz $$t -- -max_total_time=$(FUZZ_SECONDS)) || exit 1; \
 	  done; \
 	done
+
+# Isthmus beside plain veth, kernel VXLAN, OpenVPN tap and fastd in network
+# namespaces (never part of `make test`). BENCH_SECONDS=5 per iperf3 run.
+bench-netbridge-deps:
+	@bash netbridge/bench/deps.sh
+
+bench-netbridge: bench-netbridge-deps
+	$(CARGO) build --release -p netbridge --example isthmus-bridge
+	python3 netbridge/bench/bench.py target/release/examples/isthmus-bridge
 
 fmt:
 	$(CARGO) fmt --all

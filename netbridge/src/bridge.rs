@@ -577,6 +577,7 @@ impl Worker {
             udp_tx_errors: c.udp_tx_errors,
             fragments_lost: t.frag.expired + t.frag.evicted,
             ports_down: self.local.ports_down(),
+            ..Stats::default()
         };
         if let Ok(mut p) = self.shared.published.lock() {
             p.stats = stats;

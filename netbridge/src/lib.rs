@@ -46,6 +46,7 @@
 pub mod filter;
 pub mod frag;
 pub mod keys;
+pub mod metrics;
 pub mod noise;
 pub mod port;
 pub mod ratelimit;
@@ -58,6 +59,8 @@ pub mod wire;
 mod bridge;
 
 use std::net::SocketAddr;
+
+use proto::MacAddr;
 use std::time::Duration;
 
 pub use bridge::{Bridge, BridgeHandle};
@@ -241,4 +244,23 @@ pub struct Stats {
     pub fragments_lost: u64,
     /// Local ports whose interface is currently missing.
     pub ports_down: u32,
+    /// ALARM: carried MACs that were also seen as a source on the LAN (the
+    /// source server and its moved copy both alive, or a MAC conflict).
+    /// Frames of these MACs are not forwarded either way until
+    /// [`BridgeHandle::clear_duplicate_mac`] (or `drop_mac`).
+    pub duplicate_macs: Vec<MacAddr>,
+    /// Frames not forwarded because their MAC is in [`Stats::duplicate_macs`].
+    pub duplicate_mac_drops: u64,
+    /// Loops detected on the LAN side: our own probe, or a frame we put on
+    /// the LAN, came back in on the LAN port.
+    pub loops_detected: u64,
+    /// True while the LAN port is blocked because of a loop (it unblocks by
+    /// itself once no loop has been seen for a hold time).
+    pub loop_blocked: bool,
+    /// Frames dropped because the LAN port was blocked (loop).
+    pub loop_drops: u64,
+    /// Broadcast/multicast/unknown-unicast frames over the storm-control rate.
+    pub storm_drops: u64,
+    /// Gratuitous ARP and unsolicited neighbour advertisements sent on the LAN.
+    pub gratuitous_sent: u64,
 }
