@@ -237,9 +237,8 @@ impl Lab {
         Ok((fp, token))
     }
 
-    /// Starts the appliance and sets the admin password; returns it.
-    pub fn start_appliance(&mut self) -> Result<String> {
-        let t = Instant::now();
+    /// Starts `isthmus serve` (logging to `log` in the work dir) and waits until it is ready.
+    pub fn spawn_appliance(&mut self, log: &str) -> Result<()> {
         let bin = crate::bin("isthmus")?;
         let dir = self.appliance_dir();
         let mut args = vec![
@@ -256,9 +255,18 @@ impl Lab {
         ];
         args.extend(self.probe_args());
         let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-        let mut p = Proc::spawn("appliance", &self.dc, &argv, &[], &self.work.join("appliance.log"))?;
+        let mut p = Proc::spawn("appliance", &self.dc, &argv, &[], &self.work.join(log))?;
         p.wait_log("ready: local API", Duration::from_secs(120))?;
         self.appliance = Some(p);
+        Ok(())
+    }
+
+    /// Starts the appliance and sets the admin password; returns it.
+    pub fn start_appliance(&mut self) -> Result<String> {
+        let t = Instant::now();
+        self.spawn_appliance("appliance.log")?;
+        let bin = crate::bin("isthmus")?;
+        let dir = self.appliance_dir();
         let password = format!("lab-{}", hex(&rand16()?));
         let out = Command::new(&bin)
             .args(["--data-dir", &dir.display().to_string(), "admin", "set-password"])

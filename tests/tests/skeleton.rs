@@ -163,3 +163,64 @@ fn a_failing_cloud_start_rolls_back_to_the_source() {
     let status: serde_json::Value = serde_json::from_str(&lab.isthmus(&["status", "--json"]).unwrap()).unwrap();
     assert_eq!(status["servers"][0]["location"]["kind"], "dc");
 }
+
+/// Waits until the (only) move's recorded step is one of `steps`.
+fn wait_step(lab: &Lab, steps: &[&str], timeout: Duration) -> serde_json::Value {
+    let t = std::time::Instant::now();
+    loop {
+        if let Ok(s) = lab.isthmus(&["status", "--json"]) {
+            let v: serde_json::Value = serde_json::from_str(&s).expect("status JSON");
+            let step = v["moves"][0]["move"]["step"].as_str().unwrap_or_default().to_string();
+            if steps.contains(&step.as_str()) {
+                return v;
+            }
+            assert!(
+                t.elapsed() < timeout,
+                "move did not reach {steps:?} within {timeout:?}; it is at {step:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn an_appliance_killed_mid_move_resumes_after_restart() {
+    scenario::preflight().expect("preflight");
+    let mut lab = Lab::up(Options {
+        tag: "k",
+        ..Default::default()
+    })
+    .expect("lab up");
+    let (fp, token) = lab.start_node().expect("node");
+    lab.start_appliance().expect("appliance");
+    lab.enroll(&fp, &token).expect("enrol");
+    lab.add_and_boot_source().expect("source boots");
+    lab.isthmus(&["move", "web1", "--to", "cloud1", "--no-wait"]).expect("move starts");
+    // Verify waits for the cloud guest to boot: a wide window to crash in.
+    wait_step(&lab, &["verify"], Duration::from_secs(180));
+    lab.appliance.as_mut().expect("appliance runs").crash();
+    lab.spawn_appliance("appliance-2.log")
+        .expect("appliance restarts on the same data dir");
+    let v = wait_step(&lab, &["done", "rolled-back"], Duration::from_secs(240));
+    assert_eq!(v["moves"][0]["move"]["step"], "done", "{v:#}");
+    // The step that was cut off ran again after the restart.
+    let events = v["moves"][0]["events"].as_array().cloned().unwrap_or_default();
+    let verify_starts = events.iter().filter(|e| e["message"] == "verify: started").count();
+    assert_eq!(
+        verify_starts, 2,
+        "verify must have started once before the crash and once after: {events:#?}"
+    );
+    // Exactly one copy runs: the cloud one answers with the server's MAC, the source is down.
+    let body = lab
+        .wait_client(Duration::from_secs(60))
+        .expect("server answers after the resumed move");
+    assert_eq!(fact(&body, "mac").as_deref(), Some(SERVER_MAC));
+    assert!(lab.cloud_serial().contains("ISTHMUS-FACTS"), "cloud copy is not the one running");
+    let pidfile = lab.work.join("appliance/sources/web1/qemu.pid");
+    let pid = std::fs::read_to_string(&pidfile).unwrap_or_default();
+    assert!(
+        pid.trim().is_empty() || !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists(),
+        "the source QEMU (pid {pid}) still runs next to the moved copy"
+    );
+    assert_eq!(v["servers"][0]["location"]["name"], "cloud1");
+}
