@@ -678,6 +678,7 @@ mod tests {
                     bus: DiskBus::Ide,
                     unit: 0,
                     boot: true,
+                    media: Default::default(),
                 }],
                 nics: vec![],
                 smbios: Default::default(),

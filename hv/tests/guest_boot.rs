@@ -41,6 +41,7 @@ fn boot(case: Case) {
                     bus: case.bus,
                     unit: 0,
                     boot: true,
+                    media: Default::default(),
                 }],
                 nics: vec![NicSpec {
                     model: case.nic,

@@ -11,7 +11,17 @@ use proto::api::AccelKind;
 use proto::{DiskBus, DiskSpec, Firmware, HardwareProfile, Machine, NicModel, NicSpec};
 use support::{in_fresh_netns, unique_tap, QemuReaper, TapGuard};
 
-const BUSES: [DiskBus; 5] = [DiskBus::Ide, DiskBus::Sata, DiskBus::Scsi, DiskBus::VirtioScsi, DiskBus::VirtioBlk];
+const BUSES: [DiskBus; 9] = [
+    DiskBus::Ide,
+    DiskBus::Sata,
+    DiskBus::Scsi,
+    DiskBus::Lsisas1068,
+    DiskBus::Megasas,
+    DiskBus::Pvscsi,
+    DiskBus::VirtioScsi,
+    DiskBus::VirtioBlk,
+    DiskBus::Nvme,
+];
 const NICS: [NicModel; 6] = [
     NicModel::E1000,
     NicModel::E1000e,
@@ -51,7 +61,20 @@ fn every_bus_and_nic_starts_with_devices_where_the_profile_says() {
                             machine,
                             cpus: 1,
                             memory_mib: 64,
-                            disks: vec![DiskSpec { bus, unit: 0, boot: false }, DiskSpec { bus, unit: 1, boot: true }],
+                            disks: vec![
+                                DiskSpec {
+                                    bus,
+                                    unit: 0,
+                                    boot: false,
+                                    media: Default::default(),
+                                },
+                                DiskSpec {
+                                    bus,
+                                    unit: 1,
+                                    boot: true,
+                                    media: Default::default(),
+                                },
+                            ],
                             nics: vec![NicSpec {
                                 model: nic,
                                 mac: "52:54:00:aa:bb:01".parse().unwrap(),

@@ -34,7 +34,8 @@ pub enum Machine {
 }
 
 /// The bus a disk hangs off; it decides the guest's device name
-/// (IDE, SATA and SCSI give `/dev/sdX`, virtio-blk gives `/dev/vdX`).
+/// (IDE, SATA and the SCSI/SAS/RAID controllers give `/dev/sdX`, virtio-blk
+/// gives `/dev/vdX`, NVMe gives `/dev/nvme0nN`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DiskBus {
@@ -48,6 +49,17 @@ pub enum DiskBus {
     VirtioScsi,
     /// virtio-blk.
     VirtioBlk,
+    /// LSI Logic SAS 1068 (VMware `lsisas1068`; QEMU `mptsas1068`).
+    Lsisas1068,
+    /// LSI MegaRAID SAS (QEMU `megasas-gen2`).
+    Megasas,
+    /// VMware paravirtual SCSI (QEMU `pvscsi`).
+    Pvscsi,
+    /// NVMe: one controller, unit N is namespace N+1 (`/dev/nvme0n<N+1>`).
+    Nvme,
+    /// BusLogic BT-958 (VMware `buslogic`). QEMU cannot emulate it: mapping
+    /// such a disk is a fit error that suggests LSI Logic.
+    Buslogic,
 }
 
 impl DiskBus {
@@ -59,7 +71,38 @@ impl DiskBus {
             DiskBus::Scsi => 7,
             DiskBus::VirtioScsi => 255,
             DiskBus::VirtioBlk => 28,
+            // QEMU mptsas1068: 8 SAS ports.
+            DiskBus::Lsisas1068 => 8,
+            // QEMU megasas: MFI_MAX_LD logical drives; pvscsi: PVSCSI_MAX_DEVS.
+            DiskBus::Megasas => 64,
+            DiskBus::Pvscsi => 64,
+            DiskBus::Nvme => 32,
+            // BT-958: 16 targets (wide SCSI); only used to validate units.
+            DiskBus::Buslogic => 16,
         }
+    }
+
+    /// Whether the bus can carry a CD-ROM drive (ATAPI or SCSI MMC);
+    /// virtio-blk and NVMe cannot.
+    pub fn takes_cdrom(self) -> bool {
+        !matches!(self, DiskBus::VirtioBlk | DiskBus::Nvme)
+    }
+}
+
+/// What kind of drive a disk is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskMedia {
+    /// A hard disk (read-write).
+    #[default]
+    Disk,
+    /// A CD/DVD drive (read-only medium; QEMU `ide-cd` / `scsi-cd`).
+    Cdrom,
+}
+
+impl DiskMedia {
+    fn is_default(&self) -> bool {
+        *self == DiskMedia::Disk
     }
 }
 
@@ -140,6 +183,9 @@ pub struct DiskSpec {
     /// Boot from this disk first.
     #[serde(default)]
     pub boot: bool,
+    /// Hard disk (default) or CD-ROM drive.
+    #[serde(default, skip_serializing_if = "DiskMedia::is_default")]
+    pub media: DiskMedia,
 }
 
 /// One NIC as the guest sees it.
@@ -206,7 +252,7 @@ pub enum ProfileError {
     #[error("memory_mib = {0}: a server needs between 16 MiB and 4 TiB of memory")]
     Memory(u32),
     /// No disk at all.
-    #[error("the profile has no disk: add one [[disks]] entry with its bus (ide, sata, scsi, virtio-scsi, virtio-blk)")]
+    #[error("the profile has no disk: add one [[disks]] entry with its bus (ide, sata, scsi, lsisas1068, megasas, pvscsi, virtio-scsi, virtio-blk, nvme)")]
     NoDisk,
     /// Unit number beyond the controller.
     #[error("disk on {bus:?} has unit {unit}, but that bus has only units 0..{max}")]
@@ -221,6 +267,14 @@ pub enum ProfileError {
     /// Two disks on the same bus and unit.
     #[error("two disks on {bus:?} unit {unit}: give each disk its own unit")]
     DuplicateUnit {
+        /// The bus.
+        bus: DiskBus,
+        /// The unit.
+        unit: u8,
+    },
+    /// A CD-ROM on a bus that has no CD-ROM drives.
+    #[error("disk on {bus:?} unit {unit} is a CD-ROM, but {bus:?} carries only hard disks; put the CD-ROM on ide, sata or a SCSI bus")]
+    CdromBus {
         /// The bus.
         bus: DiskBus,
         /// The unit.
@@ -260,6 +314,9 @@ impl HardwareProfile {
                     unit: d.unit,
                     max: d.bus.max_units(),
                 });
+            }
+            if d.media == DiskMedia::Cdrom && !d.bus.takes_cdrom() {
+                return Err(ProfileError::CdromBus { bus: d.bus, unit: d.unit });
             }
             if !seen.insert((d.bus, d.unit)) {
                 return Err(ProfileError::DuplicateUnit { bus: d.bus, unit: d.unit });
@@ -305,6 +362,7 @@ mod tests {
                 bus: DiskBus::Ide,
                 unit: 0,
                 boot: true,
+                media: DiskMedia::Disk,
             }],
             nics: vec![NicSpec {
                 model: NicModel::E1000,
@@ -341,6 +399,7 @@ mod tests {
             bus: DiskBus::Ide,
             unit: 0,
             boot: false,
+            media: DiskMedia::Disk,
         });
         assert!(matches!(p.validate(), Err(ProfileError::DuplicateUnit { .. })));
         let mut p = sample();
@@ -355,6 +414,37 @@ mod tests {
         let mut p = sample();
         p.nics[0].mac = "01:00:5e:00:00:01".parse().unwrap();
         assert!(matches!(p.validate(), Err(ProfileError::MulticastMac(_))));
+    }
+
+    #[test]
+    fn new_buses_and_media_in_json() {
+        for (name, bus) in [
+            ("lsisas1068", DiskBus::Lsisas1068),
+            ("megasas", DiskBus::Megasas),
+            ("pvscsi", DiskBus::Pvscsi),
+            ("nvme", DiskBus::Nvme),
+            ("buslogic", DiskBus::Buslogic),
+            ("virtio-scsi", DiskBus::VirtioScsi),
+        ] {
+            let d: DiskSpec = serde_json::from_str(&format!(r#"{{"bus":"{name}","unit":1}}"#)).unwrap();
+            assert_eq!(d.bus, bus);
+            assert_eq!(d.media, DiskMedia::Disk, "media defaults to disk");
+            assert!(!serde_json::to_string(&d).unwrap().contains("media"), "default media not written");
+        }
+        let d: DiskSpec = serde_json::from_str(r#"{"bus":"sata","media":"cdrom"}"#).unwrap();
+        assert_eq!(d.media, DiskMedia::Cdrom);
+        assert!(serde_json::to_string(&d).unwrap().contains(r#""media":"cdrom""#));
+        assert!(serde_json::from_str::<DiskSpec>(r#"{"bus":"sata","media":"floppy"}"#).is_err());
+        let mut p = sample();
+        p.disks[0] = DiskSpec {
+            bus: DiskBus::Nvme,
+            unit: 0,
+            boot: true,
+            media: DiskMedia::Cdrom,
+        };
+        assert!(matches!(p.validate(), Err(ProfileError::CdromBus { .. })));
+        p.disks[0].media = DiskMedia::Disk;
+        p.validate().unwrap();
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use proto::api::AccelKind;
+use proto::profile::DiskMedia;
 use proto::{MacAddr, Machine, NicModel, PciSlot};
 
 /// One QEMU option (or option + value).
@@ -103,6 +104,8 @@ pub enum Drive {
         format: ImageFormat,
         /// Cache mode.
         cache: CacheMode,
+        /// `readonly=on` (CD-ROM media).
+        readonly: bool,
     },
     /// `-drive if=pflash,unit=..,format=raw,file=..[,readonly=on]`: UEFI
     /// code (read-only) and variable store.
@@ -149,17 +152,33 @@ pub enum Device {
         /// Controller id.
         id: String,
     },
-    /// `lsi53c895a,id=..`: LSI parallel SCSI (bus `<id>.0`).
-    Lsi53c895a {
+    /// A SCSI host adapter `<model>,id=..` (bus `<id>.0`).
+    ScsiHba {
+        /// Which adapter.
+        model: ScsiModel,
         /// Controller id.
         id: String,
     },
-    /// `virtio-scsi-pci,id=..` (bus `<id>.0`).
-    VirtioScsi {
+    /// `nvme,id=..,serial=..`: an NVMe controller whose namespaces are
+    /// [`Device::NvmeNs`].
+    Nvme {
         /// Controller id.
         id: String,
+        /// Controller serial number (QEMU requires one).
+        serial: String,
     },
-    /// `ide-hd,drive=..,bus=..[,unit=..]`: a disk on an IDE bus or AHCI port.
+    /// `nvme-ns,drive=..,bus=..,nsid=..`: one namespace (`/dev/nvme0n<nsid>`).
+    NvmeNs {
+        /// Drive id.
+        drive: String,
+        /// Controller id.
+        bus: String,
+        /// Namespace id, from 1.
+        nsid: u32,
+        /// Boot order.
+        bootindex: Option<u32>,
+    },
+    /// `ide-hd|ide-cd,drive=..,bus=..[,unit=..]`: a drive on an IDE bus or AHCI port.
     IdeHd {
         /// Drive id.
         drive: String,
@@ -169,8 +188,10 @@ pub enum Device {
         unit: Option<u8>,
         /// Boot order.
         bootindex: Option<u32>,
+        /// Hard disk (`ide-hd`) or CD-ROM (`ide-cd`).
+        media: DiskMedia,
     },
-    /// `scsi-hd,drive=..,bus=..,scsi-id=..,lun=0`.
+    /// `scsi-hd|scsi-cd,drive=..,bus=..,scsi-id=..,lun=0`.
     ScsiHd {
         /// Drive id.
         drive: String,
@@ -180,6 +201,8 @@ pub enum Device {
         scsi_id: u8,
         /// Boot order.
         bootindex: Option<u32>,
+        /// Hard disk (`scsi-hd`) or CD-ROM (`scsi-cd`).
+        media: DiskMedia,
     },
     /// `virtio-blk-pci,drive=..`.
     VirtioBlk {
@@ -195,6 +218,34 @@ pub enum Device {
         /// Root bus.
         bus: RootBus,
     },
+}
+
+/// SCSI host adapters QEMU emulates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScsiModel {
+    /// LSI Logic 53c895a (VMware `lsilogic`).
+    Lsi53c895a,
+    /// LSI SAS 1068 (VMware `lsisas1068`).
+    Mptsas1068,
+    /// LSI MegaRAID SAS 2108.
+    MegasasGen2,
+    /// VMware paravirtual SCSI.
+    Pvscsi,
+    /// virtio-scsi.
+    VirtioScsi,
+}
+
+impl ScsiModel {
+    /// QEMU's device name.
+    pub fn driver(self) -> &'static str {
+        match self {
+            ScsiModel::Lsi53c895a => "lsi53c895a",
+            ScsiModel::Mptsas1068 => "mptsas1068",
+            ScsiModel::MegasasGen2 => "megasas-gen2",
+            ScsiModel::Pvscsi => "pvscsi",
+            ScsiModel::VirtioScsi => "virtio-scsi-pci",
+        }
+    }
 }
 
 /// A NIC device.
@@ -287,15 +338,29 @@ impl Device {
     fn render(&self) -> String {
         match self {
             Device::Ahci { id } => Opts::new("ahci").kv("id", id).done(),
-            Device::Lsi53c895a { id } => Opts::new("lsi53c895a").kv("id", id).done(),
-            Device::VirtioScsi { id } => Opts::new("virtio-scsi-pci").kv("id", id).done(),
+            Device::ScsiHba { model, id } => Opts::new(model.driver()).kv("id", id).done(),
+            Device::Nvme { id, serial } => Opts::new("nvme").kv("id", id).kv("serial", serial).done(),
+            Device::NvmeNs {
+                drive,
+                bus,
+                nsid,
+                bootindex: b,
+            } => {
+                let o = Opts::new("nvme-ns").kv("drive", drive).kv("bus", bus).kv("nsid", nsid.to_string());
+                bootindex(o, *b).done()
+            }
             Device::IdeHd {
                 drive,
                 bus,
                 unit,
                 bootindex: b,
+                media,
             } => {
-                let o = Opts::new("ide-hd").kv("drive", drive).kv("bus", bus);
+                let head = match media {
+                    DiskMedia::Disk => "ide-hd",
+                    DiskMedia::Cdrom => "ide-cd",
+                };
+                let o = Opts::new(head).kv("drive", drive).kv("bus", bus);
                 bootindex(o.kv_opt("unit", unit.map(|u| u.to_string())), *b).done()
             }
             Device::ScsiHd {
@@ -303,8 +368,13 @@ impl Device {
                 bus,
                 scsi_id,
                 bootindex: b,
+                media,
             } => {
-                let o = Opts::new("scsi-hd")
+                let head = match media {
+                    DiskMedia::Disk => "scsi-hd",
+                    DiskMedia::Cdrom => "scsi-cd",
+                };
+                let o = Opts::new(head)
                     .kv("drive", drive)
                     .kv("bus", bus)
                     .kv("scsi-id", scsi_id.to_string())
@@ -330,19 +400,27 @@ impl Device {
 impl Drive {
     fn render(&self) -> String {
         match self {
-            Drive::Disk { id, file, format, cache } => Opts::new("if=none")
-                .kv("id", id)
-                .kv("file", file.to_string_lossy())
-                .kv("format", format.as_str())
-                .kv(
-                    "cache",
-                    match cache {
-                        CacheMode::None => "none",
-                        CacheMode::Writeback => "writeback",
-                    },
-                )
-                .kv("aio", "threads")
-                .done(),
+            Drive::Disk {
+                id,
+                file,
+                format,
+                cache,
+                readonly,
+            } => {
+                let o = Opts::new("if=none")
+                    .kv("id", id)
+                    .kv("file", file.to_string_lossy())
+                    .kv("format", format.as_str())
+                    .kv(
+                        "cache",
+                        match cache {
+                            CacheMode::None => "none",
+                            CacheMode::Writeback => "writeback",
+                        },
+                    )
+                    .kv("aio", "threads");
+                if *readonly { o.kv("readonly", "on") } else { o }.done()
+            }
             Drive::Pflash { unit, file, readonly } => {
                 let o = Opts::new("if=pflash")
                     .kv("unit", unit.to_string())
@@ -454,6 +532,7 @@ mod tests {
             file: "/srv/a,b.qcow2".into(),
             format: ImageFormat::Qcow2,
             cache: CacheMode::None,
+            readonly: false,
         };
         assert_eq!(
             render(&[Arg::Drive(d)]),

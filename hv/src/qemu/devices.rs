@@ -14,9 +14,10 @@
 use std::collections::BTreeSet;
 
 use proto::api::AccelKind;
+use proto::profile::DiskMedia;
 use proto::{DiskBus, Firmware, Machine, PciSlot};
 
-use super::args::{Arg, Device, Drive, NetdevTap, Nic, RootBus, SmbiosType1};
+use super::args::{Arg, Device, Drive, NetdevTap, Nic, RootBus, ScsiModel, SmbiosType1};
 use super::host::{HostFacts, OVMF_DIR};
 use super::image::DiskImage;
 use crate::run_dir::RunDir;
@@ -36,6 +37,29 @@ pub enum MapError {
     IdeOnQ35 {
         /// Guest name.
         name: String,
+        /// The disk's unit.
+        unit: u8,
+    },
+    /// A disk controller QEMU has no emulation for.
+    #[error("guest {name}: disk unit {unit} is on a {device} controller, which QEMU cannot emulate; change the source's controller to {suggest} before the move (its driver ships with Linux and Windows) or place the server elsewhere")]
+    Unemulated {
+        /// Guest name.
+        name: String,
+        /// The disk's unit.
+        unit: u8,
+        /// The controller, as a person knows it.
+        device: &'static str,
+        /// What to use instead, with its profile name.
+        suggest: &'static str,
+    },
+    /// A CD-ROM on a bus without CD-ROM drives (caught by profile
+    /// validation too; kept for specs built without it).
+    #[error("guest {name}: a CD-ROM at unit {unit} on {bus:?}, which carries only hard disks; put it on ide, sata or a SCSI bus")]
+    CdromBus {
+        /// Guest name.
+        name: String,
+        /// The bus.
+        bus: DiskBus,
         /// The disk's unit.
         unit: u8,
     },
@@ -213,27 +237,75 @@ fn bus_rank(b: DiskBus) -> u8 {
         DiskBus::Ide => 0,
         DiskBus::Sata => 1,
         DiskBus::Scsi => 2,
-        DiskBus::VirtioScsi => 3,
-        DiskBus::VirtioBlk => 4,
+        DiskBus::Lsisas1068 => 3,
+        DiskBus::Megasas => 4,
+        DiskBus::Pvscsi => 5,
+        DiskBus::Buslogic => 6,
+        DiskBus::VirtioScsi => 7,
+        DiskBus::VirtioBlk => 8,
+        DiskBus::Nvme => 9,
     }
 }
+
+/// The SCSI adapter (and its controller id) behind a SCSI-like bus.
+fn scsi_hba(b: DiskBus) -> Option<(ScsiModel, &'static str)> {
+    Some(match b {
+        DiskBus::Scsi => (ScsiModel::Lsi53c895a, "scsi0"),
+        DiskBus::Lsisas1068 => (ScsiModel::Mptsas1068, "sas0"),
+        DiskBus::Megasas => (ScsiModel::MegasasGen2, "megasas0"),
+        DiskBus::Pvscsi => (ScsiModel::Pvscsi, "pvscsi0"),
+        DiskBus::VirtioScsi => (ScsiModel::VirtioScsi, "vscsi0"),
+        DiskBus::Ide | DiskBus::Sata | DiskBus::VirtioBlk | DiskBus::Nvme | DiskBus::Buslogic => return None,
+    })
+}
+
+/// Controller id of the one NVMe controller; its namespaces hang off it.
+const NVME: &str = "nvme0";
 
 fn disk_devices(spec: &GuestSpec, images: &[DiskImage], args: &mut Vec<Arg>) -> Result<(), MapError> {
     let p = &spec.profile;
     const AHCI: &str = "ahci0";
-    const LSI: &str = "scsi0";
-    const VSCSI: &str = "vscsi0";
     let has = |b: DiskBus| p.disks.iter().any(|d| d.bus == b);
+    // Refuse what QEMU cannot run before emitting anything.
+    for d in &p.disks {
+        if d.bus == DiskBus::Buslogic {
+            return Err(MapError::Unemulated {
+                name: spec.name.clone(),
+                unit: d.unit,
+                device: "BusLogic BT-958 SCSI (buslogic)",
+                suggest: "LSI Logic (bus = \"scsi\", VMware `lsilogic`)",
+            });
+        }
+        if d.media == DiskMedia::Cdrom && !d.bus.takes_cdrom() {
+            return Err(MapError::CdromBus {
+                name: spec.name.clone(),
+                bus: d.bus,
+                unit: d.unit,
+            });
+        }
+    }
     // On q35 SATA disks sit on the chipset's own ICH9 AHCI (buses ide.0..5),
     // as on a real Q35 board; on pc we add one AHCI controller.
     if has(DiskBus::Sata) && p.machine == Machine::Pc {
         args.push(Arg::Device(Device::Ahci { id: AHCI.into() }));
     }
-    if has(DiskBus::Scsi) {
-        args.push(Arg::Device(Device::Lsi53c895a { id: LSI.into() }));
-    }
-    if has(DiskBus::VirtioScsi) {
-        args.push(Arg::Device(Device::VirtioScsi { id: VSCSI.into() }));
+    // Controllers in bus-rank order, so their auto-assigned PCI slots are
+    // the same for the same profile.
+    let mut buses: Vec<DiskBus> = p.disks.iter().map(|d| d.bus).collect();
+    buses.sort_by_key(|b| bus_rank(*b));
+    buses.dedup();
+    for b in buses {
+        if let Some((model, id)) = scsi_hba(b) {
+            args.push(Arg::Device(Device::ScsiHba { model, id: id.into() }));
+        }
+        if b == DiskBus::Nvme {
+            // QEMU requires a serial; the guest shows it in
+            // /sys/class/nvme/nvme0/serial and /dev/disk/by-id names.
+            args.push(Arg::Device(Device::Nvme {
+                id: NVME.into(),
+                serial: "ISTHMUS-NVME0".into(),
+            }));
+        }
     }
 
     // Boot order: disks flagged boot, in profile order; none flagged → the first.
@@ -259,8 +331,10 @@ fn disk_devices(spec: &GuestSpec, images: &[DiskImage], args: &mut Vec<Arg>) -> 
             file: img.path.clone(),
             format: img.format,
             cache: img.cache,
+            readonly: d.media == DiskMedia::Cdrom,
         }));
         let bootindex = bootindex(i);
+        let media = d.media;
         let dev = match (d.bus, p.machine) {
             // PIIX IDE: two buses, master (0) and slave (1) on each.
             (DiskBus::Ide, Machine::Pc) => Device::IdeHd {
@@ -268,6 +342,7 @@ fn disk_devices(spec: &GuestSpec, images: &[DiskImage], args: &mut Vec<Arg>) -> 
                 bus: format!("ide.{}", d.unit / 2),
                 unit: Some(d.unit % 2),
                 bootindex,
+                media,
             },
             (DiskBus::Ide, Machine::Q35) => {
                 return Err(MapError::IdeOnQ35 {
@@ -280,26 +355,35 @@ fn disk_devices(spec: &GuestSpec, images: &[DiskImage], args: &mut Vec<Arg>) -> 
                 bus: format!("{AHCI}.{}", d.unit),
                 unit: None,
                 bootindex,
+                media,
             },
             (DiskBus::Sata, Machine::Q35) => Device::IdeHd {
                 drive,
                 bus: format!("ide.{}", d.unit),
                 unit: None,
                 bootindex,
+                media,
             },
-            (DiskBus::Scsi, _) => Device::ScsiHd {
-                drive,
-                bus: format!("{LSI}.0"),
-                scsi_id: d.unit,
-                bootindex,
-            },
-            (DiskBus::VirtioScsi, _) => Device::ScsiHd {
-                drive,
-                bus: format!("{VSCSI}.0"),
-                scsi_id: d.unit,
-                bootindex,
-            },
+            (DiskBus::Scsi | DiskBus::Lsisas1068 | DiskBus::Megasas | DiskBus::Pvscsi | DiskBus::VirtioScsi | DiskBus::Buslogic, _) => {
+                let Some((_, hba)) = scsi_hba(d.bus) else {
+                    // Buslogic was refused above.
+                    continue;
+                };
+                Device::ScsiHd {
+                    drive,
+                    bus: format!("{hba}.0"),
+                    scsi_id: d.unit,
+                    bootindex,
+                    media,
+                }
+            }
             (DiskBus::VirtioBlk, _) => Device::VirtioBlk { drive, bootindex },
+            (DiskBus::Nvme, _) => Device::NvmeNs {
+                drive,
+                bus: NVME.into(),
+                nsid: u32::from(d.unit) + 1,
+                bootindex,
+            },
         };
         args.push(Arg::Device(dev));
     }
@@ -316,7 +400,17 @@ mod tests {
     use crate::qemu::args::{render, CacheMode, ImageFormat};
     use crate::qemu::host::Ovmf;
 
-    const BUSES: [DiskBus; 5] = [DiskBus::Ide, DiskBus::Sata, DiskBus::Scsi, DiskBus::VirtioScsi, DiskBus::VirtioBlk];
+    const BUSES: [DiskBus; 9] = [
+        DiskBus::Ide,
+        DiskBus::Sata,
+        DiskBus::Scsi,
+        DiskBus::Lsisas1068,
+        DiskBus::Megasas,
+        DiskBus::Pvscsi,
+        DiskBus::VirtioScsi,
+        DiskBus::VirtioBlk,
+        DiskBus::Nvme,
+    ];
     const NICS: [NicModel; 6] = [
         NicModel::E1000,
         NicModel::E1000e,
@@ -334,7 +428,7 @@ mod tests {
                 machine,
                 cpus: 2,
                 memory_mib: 512,
-                disks: vec![DiskSpec { bus, unit: 0, boot: false }, DiskSpec { bus, unit: 1, boot: true }],
+                disks: vec![disk(bus, 0, false), disk(bus, 1, true)],
                 nics: vec![NicSpec {
                     model: nic,
                     mac: "52:54:00:12:34:56".parse().unwrap(),
@@ -351,6 +445,15 @@ mod tests {
             taps: vec!["tap-web01-0".into()],
             run_dir: "/run/isthmus/web01".into(),
             accel: AccelKind::Tcg,
+        }
+    }
+
+    fn disk(bus: DiskBus, unit: u8, boot: bool) -> DiskSpec {
+        DiskSpec {
+            bus,
+            unit,
+            boot,
+            media: DiskMedia::Disk,
         }
     }
 
@@ -498,24 +601,31 @@ mod tests {
                     expect(a, "-device", &["ide-hd", "drive=disk1", "bus=ide.1", "bootindex=0"]),
                 )
             }
-            (DiskBus::Scsi, _) => {
-                expect(a, "-device", &["lsi53c895a", "id=scsi0"]);
+            (DiskBus::Scsi | DiskBus::Lsisas1068 | DiskBus::Megasas | DiskBus::Pvscsi | DiskBus::VirtioScsi, _) => {
+                let (driver, id) = match bus {
+                    DiskBus::Scsi => ("lsi53c895a", "scsi0"),
+                    DiskBus::Lsisas1068 => ("mptsas1068", "sas0"),
+                    DiskBus::Megasas => ("megasas-gen2", "megasas0"),
+                    DiskBus::Pvscsi => ("pvscsi", "pvscsi0"),
+                    _ => ("virtio-scsi-pci", "vscsi0"),
+                };
+                expect(a, "-device", &[driver, &format!("id={id}")]);
+                assert_eq!(a.iter().filter(|x| x.starts_with(driver)).count(), 1, "one {driver}");
+                let b = format!("bus={id}.0");
                 (
-                    expect(a, "-device", &["scsi-hd", "drive=disk0", "bus=scsi0.0", "scsi-id=0"]),
-                    expect(a, "-device", &["scsi-hd", "drive=disk1", "bus=scsi0.0", "scsi-id=1", "bootindex=0"]),
+                    expect(a, "-device", &["scsi-hd", "drive=disk0", &b, "scsi-id=0", "lun=0"]),
+                    expect(a, "-device", &["scsi-hd", "drive=disk1", &b, "scsi-id=1", "bootindex=0"]),
                 )
             }
-            (DiskBus::VirtioScsi, _) => {
-                expect(a, "-device", &["virtio-scsi-pci", "id=vscsi0"]);
+            (DiskBus::Nvme, _) => {
+                expect(a, "-device", &["nvme", "id=nvme0", "serial=ISTHMUS-NVME0"]);
+                assert_eq!(a.iter().filter(|x| x.starts_with("nvme,")).count(), 1, "one NVMe controller");
                 (
-                    expect(a, "-device", &["scsi-hd", "drive=disk0", "bus=vscsi0.0", "scsi-id=0"]),
-                    expect(
-                        a,
-                        "-device",
-                        &["scsi-hd", "drive=disk1", "bus=vscsi0.0", "scsi-id=1", "bootindex=0"],
-                    ),
+                    expect(a, "-device", &["nvme-ns", "drive=disk0", "bus=nvme0", "nsid=1"]),
+                    expect(a, "-device", &["nvme-ns", "drive=disk1", "bus=nvme0", "nsid=2", "bootindex=0"]),
                 )
             }
+            (DiskBus::Buslogic, _) => unreachable!("not in BUSES"),
             (DiskBus::VirtioBlk, _) => (
                 expect(a, "-device", &["virtio-blk-pci", "drive=disk0"]),
                 expect(a, "-device", &["virtio-blk-pci", "drive=disk1", "bootindex=0"]),
@@ -538,6 +648,63 @@ mod tests {
     }
 
     #[test]
+    fn buslogic_is_a_fit_error_that_suggests_lsilogic() {
+        let s = spec(Machine::Pc, Firmware::Bios, DiskBus::Buslogic, NicModel::E1000);
+        let e = map(&s, &host(false)).unwrap_err();
+        assert!(matches!(e, MapError::Unemulated { unit: 0, .. }), "{e}");
+        let m = e.to_string();
+        assert!(m.contains("BusLogic") && m.contains("buslogic") && m.contains("LSI Logic"), "{m}");
+    }
+
+    #[test]
+    fn cdroms_and_mixed_buses() {
+        let mut s = spec(Machine::Pc, Firmware::Bios, DiskBus::Ide, NicModel::E1000);
+        s.profile.disks = vec![
+            disk(DiskBus::Pvscsi, 0, true),
+            DiskSpec {
+                media: DiskMedia::Cdrom,
+                ..disk(DiskBus::Ide, 2, false)
+            },
+            DiskSpec {
+                media: DiskMedia::Cdrom,
+                ..disk(DiskBus::Lsisas1068, 3, false)
+            },
+            disk(DiskBus::Nvme, 0, false),
+            DiskSpec {
+                media: DiskMedia::Cdrom,
+                ..disk(DiskBus::Sata, 1, false)
+            },
+        ];
+        s.disks = (0..5).map(|i| PathBuf::from(format!("/srv/d{i}"))).collect();
+        let a = map(&s, &host(false)).unwrap();
+        expect(
+            &a,
+            "-device",
+            &["scsi-hd", "drive=disk0", "bus=pvscsi0.0", "scsi-id=0", "bootindex=0"],
+        );
+        expect(&a, "-device", &["ide-cd", "drive=disk1", "bus=ide.1", "unit=0"]);
+        expect(&a, "-drive", &["id=disk1", "readonly=on"]);
+        expect(&a, "-device", &["scsi-cd", "drive=disk2", "bus=sas0.0", "scsi-id=3"]);
+        expect(&a, "-device", &["nvme-ns", "drive=disk3", "bus=nvme0", "nsid=1"]);
+        expect(&a, "-device", &["ide-cd", "drive=disk4", "bus=ahci0.1"]);
+        assert!(
+            find(&a, "-drive", &["id=disk0", "readonly=on"]).is_none(),
+            "hard disks stay writable"
+        );
+        // Controllers in a fixed order: AHCI, LSI SAS, pvscsi, NVMe.
+        let pos = |d: &str| a.iter().position(|x| x.starts_with(d)).unwrap();
+        assert!(pos("ahci,") < pos("mptsas1068,") && pos("mptsas1068,") < pos("pvscsi,") && pos("pvscsi,") < pos("nvme,"));
+        // Boot order: only the flagged disk.
+        assert_eq!(a.iter().filter(|x| x.contains("bootindex")).count(), 1);
+
+        // A CD-ROM on NVMe is refused (profile validation catches it first).
+        s.profile.disks[3].media = DiskMedia::Cdrom;
+        assert!(matches!(s.validate(), Err(crate::spec::SpecError::Profile { .. })));
+        let e = build(&s, &images(&s), &host(false)).unwrap_err();
+        assert!(matches!(e, MapError::CdromBus { bus: DiskBus::Nvme, .. }), "{e}");
+    }
+
+    #[test]
     fn kvm_adds_cpu_host() {
         let mut s = spec(Machine::Pc, Firmware::Bios, DiskBus::Ide, NicModel::E1000);
         s.accel = AccelKind::Kvm;
@@ -549,13 +716,7 @@ mod tests {
     #[test]
     fn ide_units_spread_over_two_buses() {
         let mut s = spec(Machine::Pc, Firmware::Bios, DiskBus::Ide, NicModel::E1000);
-        s.profile.disks = (0..4)
-            .map(|unit| DiskSpec {
-                bus: DiskBus::Ide,
-                unit,
-                boot: unit == 0,
-            })
-            .collect();
+        s.profile.disks = (0..4).map(|unit| disk(DiskBus::Ide, unit, unit == 0)).collect();
         s.disks = (0..4).map(|i| PathBuf::from(format!("/srv/d{i}"))).collect();
         let a = map(&s, &host(false)).unwrap();
         expect(&a, "-device", &["ide-hd", "drive=disk0", "bus=ide.0", "unit=0", "bootindex=0"]);
