@@ -93,6 +93,15 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Read a VM descriptor (.vmx, .ovf, .ova, libvirt .xml, .csv) and print
+    /// the servers it describes. Needs no running appliance.
+    Import {
+        /// Descriptor file.
+        file: PathBuf,
+        /// JSON array for scripts (schema in the README, "Import schema").
+        #[arg(long)]
+        json: bool,
+    },
     /// Administration.
     Admin {
         #[command(subcommand)]
@@ -152,6 +161,19 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // Pure file readers: no daemon, no runtime.
+    if let Cmd::Import { file, json } = &cli.cmd {
+        let imp = appliance::inventory::import_file(file)?;
+        if *json {
+            println!("{}", serde_json::to_string_pretty(&imp.servers)?);
+            for n in &imp.notes {
+                eprintln!("note: {}: {}", n.at, n.message);
+            }
+        } else {
+            print!("{}", imp.to_table());
+        }
+        return Ok(());
+    }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(run(cli))
 }
@@ -256,6 +278,7 @@ async fn run(cli: Cli) -> Result<()> {
                 print_status(&s);
             }
         }
+        Cmd::Import { .. } => unreachable!("handled before the runtime starts"),
         Cmd::Admin {
             cmd: AdminCmd::SetPassword,
         } => {
