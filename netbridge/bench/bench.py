@@ -218,7 +218,7 @@ class Bed:
                                       "--peer-public-file", "%s/nb-%s.pub" % (workdir, other),
                                       "--psk-file", "%s/nb.psk" % workdir,
                                       "--stats-file", "%s/nb-%s.prom" % (workdir, side)]
-        env_log = ["env", "RUST_LOG=warn"]
+        env_log = ["env", "RUST_LOG=warn", "NETBRIDGE_UDP_OFFLOAD=" + os.environ.get("NETBRIDGE_UDP_OFFLOAD", "1")]
         pa = spawn(self.ga, env_log + [binary, "run", "--listen", "%s:%d" % (UND_A, PORT), "--peer", "%s:%d" % (UND_B, PORT),
                                        "--lan", "lan0", "--carry", MAC_B] + common("a", "b"), "isthmus-a.log")
         pb = spawn(self.gb, env_log + [binary, "run", "--listen", "%s:%d" % (UND_B, PORT), "--responder",

@@ -110,7 +110,7 @@ impl Bridge {
             commands: rx,
             wake: wake_rx,
             shared: Arc::clone(&shared),
-            udp_buf: vec![0u8; 2048].into_boxed_slice(),
+            udp_buf: vec![0u8; crate::udp::RECV_BUFFER].into_boxed_slice(),
             port_buf: vec![0u8; HEADROOM + PORT_FRAME_MAX].into_boxed_slice(),
             seg_buf: vec![0u8; PORT_FRAME_MAX].into_boxed_slice(),
             udp_error_logged: false,
@@ -331,17 +331,29 @@ struct Worker {
 }
 
 /// Sends the datagrams of `out`.
-fn transmit(udp: &Udp, out: &Outgoing<'_>, counters: &mut ShellCounters, logged: &mut bool) {
+/// Queues the datagrams of `out` (sent by [`flush`] or when the batch fills).
+fn transmit(udp: &mut Udp, out: &Outgoing<'_>, counters: &mut ShellCounters, logged: &mut bool) {
     for d in out.datagrams() {
         debug_assert!(d.len() <= MAX_DATAGRAM);
-        match udp.send(d, out.to) {
-            Ok(()) => *logged = false,
-            Err(e) => {
-                counters.udp_tx_errors += 1;
-                if !*logged {
-                    tracing::warn!(to = %out.to, error = %e, "cannot send datagram on the underlay (not logged again until a send succeeds)");
-                    *logged = true;
-                }
+        let r = udp.queue(d, out.to);
+        udp_result(r, counters, logged);
+    }
+}
+
+/// Sends the queued datagrams.
+fn flush(udp: &mut Udp, counters: &mut ShellCounters, logged: &mut bool) {
+    let r = udp.flush();
+    udp_result(r, counters, logged);
+}
+
+fn udp_result(r: Result<(), (usize, io::Error)>, counters: &mut ShellCounters, logged: &mut bool) {
+    match r {
+        Ok(()) => *logged = false,
+        Err((n, e)) => {
+            counters.udp_tx_errors += n as u64;
+            if !*logged {
+                tracing::warn!(error = %e, "cannot send datagrams on the underlay (not logged again until a send succeeds)");
+                *logged = true;
             }
         }
     }
@@ -349,7 +361,15 @@ fn transmit(udp: &Udp, out: &Outgoing<'_>, counters: &mut ShellCounters, logged:
 
 /// Switches a frame that came in on local port `from`: to other ports
 /// and/or into the tunnel.
-fn switch_frame(local: &mut Local, tunnel: &mut Tunnel, udp: &Udp, udp_error_logged: &mut bool, from: PortId, frame: &[u8], now: Instant) {
+fn switch_frame(
+    local: &mut Local,
+    tunnel: &mut Tunnel,
+    udp: &mut Udp,
+    udp_error_logged: &mut bool,
+    from: PortId,
+    frame: &[u8],
+    now: Instant,
+) {
     if let Err(f) = local.switch.forward(Place::Port(from), frame, now, &mut local.decision) {
         local.counters.filtered(f);
         return;
@@ -411,8 +431,9 @@ impl Worker {
             let now = Instant::now();
             for _ in 0..4 {
                 let Some(out) = self.tunnel.tick(now) else { break };
-                transmit(&self.udp, &out, &mut self.local.counters, &mut self.udp_error_logged);
+                transmit(&mut self.udp, &out, &mut self.local.counters, &mut self.udp_error_logged);
             }
+            flush(&mut self.udp, &mut self.local.counters, &mut self.udp_error_logged);
             self.local.check_ports(now);
             self.publish(now);
         }
@@ -454,25 +475,43 @@ impl Worker {
     }
 
     fn handle_udp(&mut self) {
+        let Worker {
+            tunnel,
+            udp,
+            local,
+            udp_buf,
+            udp_error_logged,
+            ..
+        } = self;
         for _ in 0..BATCH {
-            let (n, src): (usize, SocketAddr) = match self.udp.recv(&mut self.udp_buf) {
+            let (n, src, seg): (usize, SocketAddr, Option<usize>) = match udp.recv(udp_buf) {
                 Ok(Some(r)) => r,
-                Ok(None) => return,
+                Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "UDP receive failed");
-                    return;
+                    break;
                 }
             };
             let now = Instant::now();
-            match self.tunnel.receive(src, &mut self.udp_buf[..n], now) {
-                Received::Frame(frame) => self.local.deliver_from_tunnel(frame, now),
-                Received::Reply(out) => transmit(&self.udp, &out, &mut self.local.counters, &mut self.udp_error_logged),
-                Received::Nothing | Received::Dropped(_) => {}
+            // A GRO run: datagrams of `seg` bytes back to back (last may be shorter).
+            for d in udp_buf[..n].chunks_mut(seg.unwrap_or(n).max(1)) {
+                match tunnel.receive(src, d, now) {
+                    Received::Frame(frame) => local.deliver_from_tunnel(frame, now),
+                    Received::Reply(out) => transmit(udp, &out, &mut local.counters, udp_error_logged),
+                    Received::Nothing | Received::Dropped(_) => {}
+                }
             }
         }
+        flush(udp, &mut local.counters, udp_error_logged);
     }
 
     fn handle_port(&mut self, i: usize) {
+        self.read_port(i);
+        flush(&mut self.udp, &mut self.local.counters, &mut self.udp_error_logged);
+    }
+
+    /// Reads up to [`BATCH`] frames from port `i` and switches them.
+    fn read_port(&mut self, i: usize) {
         let Worker {
             tunnel,
             udp,
