@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build image demo test unit e2e smoke lint fmt fuzz clean-cache bench-netbridge bench-netbridge-deps
+.PHONY: all deps build image demo test unit e2e smoke lint fmt fuzz clean-cache bench-netbridge bench-netbridge-deps images smoke-images bench-images
 
 all: build
 
@@ -36,6 +36,7 @@ e2e: build image
 	$(CARGO) test -p isthmus-lab -- --test-threads=1
 
 test: build image lint unit smoke e2e
+	@bash image-build/appliance/smoke.sh --if-cached
 	@echo "make test: all green"
 
 # Runs every cargo-fuzz target for FUZZ_SECONDS each (needs the nightly toolchain).
@@ -58,6 +59,26 @@ bench-netbridge-deps:
 bench-netbridge: bench-netbridge-deps
 	$(CARGO) build --release -p netbridge --example isthmus-bridge
 	python3 netbridge/bench/bench.py target/release/examples/isthmus-bridge
+
+# The product images (image-build/README.md): appliance qcow2, cloud node
+# qcow2 and the appliance OVA, from the release binaries; cached under
+# /var/cache/isthmus/ by recipe hash (a warm run takes seconds).
+images: deps
+	$(CARGO) build --release -p appliance --bin isthmus -p csc --bin isthmus-node
+	@bash image-build/appliance/build.sh | tail -n 1
+	@bash image-build/cloud-node/build.sh | tail -n 1
+	@bash image-build/ova/build.sh | tail -n 1
+
+# Boots the appliance image under QEMU (TCG) in network namespaces: console
+# URL, HTTPS login with the one-time password, reboot keeps the store.
+# `make test` runs it only when the images of this tree are cached.
+smoke-images: images
+	bash image-build/appliance/smoke.sh
+
+# Sizes, cold/warm build times, boot-to-console-URL beside a stock Debian
+# kernel + initramfs boot (never part of `make test`); last line JSON.
+bench-images: images
+	bash image-build/bench.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -42,6 +42,14 @@ need chromium chromium
 need chromedriver chromium-driver
 need sfdisk fdisk          # image-build/test-server: partition table
 need socat socat           # image-build/test-server/smoke.sh: QMP
+# image-build/{appliance,cloud-node,ova}: product images and their smoke test
+need debugfs e2fsprogs
+need strip binutils
+need mkfs.vfat dosfstools  # seed disk (OVF environment, enrolment token)
+need mcopy mtools
+need xmllint libxml2-utils # OVF descriptor check
+need openssl openssl       # smoke test: console certificate
+need flock util-linux
 
 backports=()
 if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then

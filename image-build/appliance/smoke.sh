@@ -1,0 +1,233 @@
+#!/usr/bin/env bash
+# Smoke test of the appliance image, with real parts: boots appliance.qcow2
+# under QEMU (TCG) with two e1000 NICs - management and LAN - on TAPs in a
+# private network namespace, an OVF environment (isthmus.ip property) on a
+# vfat seed disk, and a client namespace on the management bridge. Checks:
+#   1. first boot: "console: https://<ip>:443/" and the one-time admin password
+#      on the serial console; HTTPS login (POST /login user+password -> 303),
+#      GET / (Accept: application/json) shows the appliance
+#   2. ACPI power button -> clean power-off (QEMU exits)
+#   3. second boot from the same disk: no new password (the store survived),
+#      the old password still logs in, the console certificate verifies
+#      against the CA certificate read offline from the data partition after
+#      the first power-off, and that CA certificate is unchanged afterwards
+# The password is read from the serial log into a 0600 file and never printed.
+# Usage: smoke.sh [--if-cached] [IMAGE_DIR]
+#   --if-cached: run only if the image of the current recipe is built, else say
+#   how to build it and exit 0 (what `make test` uses).
+# Env: BOOT_TIMEOUT (180 s), QEMU_MEM (512).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+BOOT_TIMEOUT=${BOOT_TIMEOUT:-180}
+QEMU_MEM=${QEMU_MEM:-512}
+GUEST_IP=10.78.0.2
+CLIENT_IP=10.78.0.100
+
+log() { printf 'smoke-images: %s\n' "$*" >&2; }
+die() {
+  log "FAIL: $*"
+  exit 1
+}
+
+IF_CACHED=
+if [[ ${1:-} == --if-cached ]]; then
+  IF_CACHED=1
+  shift
+fi
+if [[ $# -ge 1 ]]; then
+  IMG=$1
+elif [[ -n $IF_CACHED ]]; then
+  if ! IMG=$(ISTHMUS_CACHED_ONLY=1 bash "$HERE/build.sh" 2>/dev/null | tail -n 1) || [[ -z $IMG ]]; then
+    log "skipped: the appliance image of this tree is not built (build it with \`make images\`, then \`make smoke-images\`)"
+    exit 0
+  fi
+else
+  IMG=$(bash "$HERE/build.sh" | tail -n 1)
+fi
+
+[[ $(id -u) == 0 ]] || die "must run as root (network namespaces, TAP): sudo make smoke-images"
+for c in qemu-system-x86_64 qemu-img ip curl jq mkfs.vfat mcopy openssl socat debugfs sfdisk; do
+  command -v "$c" >/dev/null || die "missing $c (run tests/setup/deps.sh)"
+done
+[[ -c /dev/net/tun ]] || die "no /dev/net/tun"
+[[ -f $IMG/appliance.qcow2 ]] || die "no appliance.qcow2 in '$IMG' (build with make images)"
+log "image $IMG"
+
+PFX="isth-img-$$"
+NS_SW=$PFX-sw # bridges + the guest's TAPs
+NS_CL=$PFX-cl # the admin's browser
+TMP=$(mktemp -d "/tmp/$PFX.XXXXXX")
+chmod 700 "$TMP"
+QEMU_PID=
+ROUND=
+
+stop_qemu() { # by the PID we started, only
+  [[ -n $QEMU_PID ]] || return 0
+  if kill -0 "$QEMU_PID" 2>/dev/null; then
+    kill "$QEMU_PID" 2>/dev/null
+    for _ in $(seq 30); do kill -0 "$QEMU_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$QEMU_PID" 2>/dev/null
+  fi
+  wait "$QEMU_PID" 2>/dev/null
+  QEMU_PID=
+}
+cleanup() {
+  local rc=$?
+  set +e
+  stop_qemu
+  ip netns del "$NS_SW" 2>/dev/null
+  ip netns del "$NS_CL" 2>/dev/null
+  if ((rc != 0)) && [[ -n $ROUND && -f $TMP/serial-$ROUND.log ]]; then
+    log "serial console of round $ROUND (last 25 lines, password lines hidden):"
+    tr -d '\r' <"$TMP/serial-$ROUND.log" | grep -v 'password (user' | tail -n 25 | sed 's/^/  | /' >&2
+  fi
+  rm -rf "$TMP"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Network: [client ns: vcl 10.78.0.100] - [sw ns: br0 = vsw + tap0 (mgmt)], br1 = tap1 (LAN)
+ip netns add "$NS_SW"
+ip netns add "$NS_CL"
+ip -n "$NS_SW" link add br0 type bridge
+ip -n "$NS_SW" link add br1 type bridge
+ip -n "$NS_SW" link add vsw type veth peer name vcl netns "$NS_CL"
+ip -n "$NS_SW" link set vsw master br0
+for t in tap0 tap1; do ip -n "$NS_SW" tuntap add dev "$t" mode tap; done
+ip -n "$NS_SW" link set tap0 master br0
+ip -n "$NS_SW" link set tap1 master br1
+for l in br0 br1 vsw tap0 tap1 lo; do ip -n "$NS_SW" link set "$l" up; done
+ip -n "$NS_CL" addr add "$CLIENT_IP/24" dev vcl
+ip -n "$NS_CL" link set vcl up
+ip -n "$NS_CL" link set lo up
+
+# The appliance's disk: a qcow2 overlay over the cached image, kept across both boots.
+qemu-img create -q -f qcow2 -b "$IMG/appliance.qcow2" -F qcow2 "$TMP/disk.qcow2"
+# Seed: the OVF environment (what a hypervisor hands over from the OVA's properties).
+cat >"$TMP/ovf-env.xml" <<XML
+<?xml version="1.0" encoding="UTF-8"?>
+<Environment xmlns="http://schemas.dmtf.org/ovf/environment/1"
+    xmlns:oe="http://schemas.dmtf.org/ovf/environment/1" oe:id="isthmus">
+  <PropertySection>
+    <Property oe:key="isthmus.ip" oe:value="$GUEST_IP/24"/>
+    <Property oe:key="isthmus.gateway" oe:value=""/>
+    <Property oe:key="isthmus.hostname" oe:value="isthmus-smoke"/>
+  </PropertySection>
+</Environment>
+XML
+mkfs.vfat -C -n CIDATA "$TMP/seed.img" 1024 >/dev/null
+mcopy -i "$TMP/seed.img" "$TMP/ovf-env.xml" ::ovf-env.xml
+
+boot() { # boot <round>: starts QEMU, waits for the console URL; sets T_URL
+  ROUND=$1
+  local serial=$TMP/serial-$ROUND.log t0 i
+  log "round $ROUND: booting"
+  t0=$EPOCHREALTIME
+  ip netns exec "$NS_SW" qemu-system-x86_64 -accel tcg -m "$QEMU_MEM" -smp 1 \
+    -name "isthmus-appliance-smoke-$ROUND" -display none -monitor none -nodefaults -vga none \
+    -serial "file:$serial" -qmp "unix:$TMP/qmp.sock,server=on,wait=off" \
+    -drive "file=$TMP/disk.qcow2,format=qcow2,if=ide,index=0" \
+    -drive "file=$TMP/seed.img,format=raw,if=ide,index=1" \
+    -netdev tap,id=n0,ifname=tap0,script=no,downscript=no -device e1000,netdev=n0,mac=52:54:00:78:00:02 \
+    -netdev tap,id=n1,ifname=tap1,script=no,downscript=no -device e1000,netdev=n1,mac=52:54:00:78:01:02 \
+    </dev/null >"$TMP/qemu-$ROUND.out" 2>&1 &
+  QEMU_PID=$!
+  T_URL=
+  for ((i = 0; i < BOOT_TIMEOUT * 10; i++)); do
+    if grep -qa '^console: https://' "$serial" 2>/dev/null; then
+      T_URL=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
+      break
+    fi
+    grep -qa 'ISTHMUS-FAILED' "$serial" 2>/dev/null && die "round $ROUND: $(grep -a ISTHMUS-FAILED "$serial" | tr -d '\r')"
+    kill -0 "$QEMU_PID" 2>/dev/null || die "round $ROUND: QEMU exited early: $(cat "$TMP/qemu-$ROUND.out")"
+    sleep 0.1
+  done
+  [[ -n $T_URL ]] || die "round $ROUND: no console URL on the serial line within $BOOT_TIMEOUT s"
+  local url
+  url=$(grep -a '^console: https://' "$serial" | tr -d '\r' | tail -n 1)
+  [[ $url == "console: https://$GUEST_IP:443/" ]] || die "round $ROUND: unexpected console line '$url'"
+  log "round $ROUND: QEMU start -> console URL: $T_URL s ($url)"
+  grep -qa '^isthmus: seed on ' "$serial" || die "round $ROUND: the seed (OVF environment) was not found"
+  grep -qa '^ready: local API' "$serial" || sleep 1
+}
+
+curl_cl() { ip netns exec "$NS_CL" curl -sS -k --max-time 20 "$@"; }
+
+login() { # login <round>: POST /login with the saved password, GET / as JSON
+  local code
+  rm -f "$TMP/jar"
+  code=$(curl_cl -c "$TMP/jar" -b "$TMP/jar" -o "$TMP/login.out" -w '%{http_code}' \
+    --data-binary "@$TMP/login.form" "https://$GUEST_IP/login") || die "round $ROUND: POST /login failed"
+  [[ $code == 303 ]] || die "round $ROUND: POST /login answered $code, want 303: $(head -c 300 "$TMP/login.out")"
+  code=$(curl_cl -b "$TMP/jar" -H 'Accept: application/json' -o "$TMP/overview.json" -w '%{http_code}' \
+    "https://$GUEST_IP/") || die "round $ROUND: GET / failed"
+  [[ $code == 200 ]] || die "round $ROUND: GET / answered $code: $(head -c 300 "$TMP/overview.json")"
+  jq -e '.appliance | type == "object"' "$TMP/overview.json" >/dev/null ||
+    die "round $ROUND: GET / JSON has no appliance: $(head -c 300 "$TMP/overview.json")"
+  log "round $ROUND: login OK (303), overview: appliance $(jq -c .appliance "$TMP/overview.json" | head -c 200)"
+}
+
+# The appliance CA certificate as stored on the data partition of the (powered
+# off) disk: read offline with debugfs, no loop device or mount needed.
+ca_pem_from_disk() { # out-file
+  local start
+  qemu-img convert -O raw "$TMP/disk.qcow2" "$TMP/disk.raw"
+  start=$(sfdisk -J "$TMP/disk.raw" | jq '.partitiontable.partitions[1].start')
+  dd if="$TMP/disk.raw" of="$TMP/data.part" bs=512 skip="$start" conv=sparse status=none
+  rm -f "$TMP/disk.raw"
+  debugfs -R "cat /isthmus/pki/ca.pem" "$TMP/data.part" >"$1" 2>/dev/null
+  rm -f "$TMP/data.part"
+  grep -q 'BEGIN CERTIFICATE' "$1" || die "round $ROUND: no CA certificate on the data partition"
+}
+
+# Verifies the console's certificate against a CA certificate.
+console_cert_signed_by() { # ca.pem
+  ip netns exec "$NS_CL" openssl s_client -connect "$GUEST_IP:443" </dev/null 2>/dev/null |
+    openssl x509 >"$TMP/console.pem" 2>/dev/null || die "round $ROUND: cannot read the console certificate"
+  openssl verify -CAfile "$1" -partial_chain "$TMP/console.pem" >/dev/null 2>&1
+}
+
+powerdown() {
+  local i
+  printf '{"execute":"qmp_capabilities"}\n{"execute":"system_powerdown"}\n' |
+    socat -t 2 - "UNIX-CONNECT:$TMP/qmp.sock" >/dev/null || die "round $ROUND: QMP system_powerdown failed"
+  for ((i = 0; i < 300; i++)); do kill -0 "$QEMU_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$QEMU_PID" 2>/dev/null && die "round $ROUND: still running 30 s after the ACPI power button"
+  wait "$QEMU_PID" 2>/dev/null || true
+  QEMU_PID=
+  log "round $ROUND: powered off cleanly"
+}
+
+# Round 1: first boot.
+boot first
+T_FIRST=$T_URL
+pw=$(grep -a '^one-time admin password (user admin): ' "$TMP/serial-first.log" | tr -d '\r' | tail -n 1 | sed 's/.*: //')
+[[ -n $pw ]] || die "first boot: no one-time admin password on the serial console"
+(
+  umask 077
+  printf 'user=admin&password=%s' "$(jq -rn --arg p "$pw" '$p|@uri')" >"$TMP/login.form"
+)
+unset pw
+login
+powerdown
+ca_pem_from_disk "$TMP/ca-1.pem"
+log "round first: CA certificate on the data partition: sha256 $(sha256sum <"$TMP/ca-1.pem" | cut -c1-16)…"
+
+# Round 2: reboot from the same disk.
+boot second
+T_SECOND=$T_URL
+if grep -qa 'one-time admin password' "$TMP/serial-second.log"; then
+  die "second boot printed a new one-time password: the store did not survive the reboot"
+fi
+login
+console_cert_signed_by "$TMP/ca-1.pem" ||
+  die "second boot: the console certificate is not signed by the first boot's CA: the keys did not survive"
+log "round second: console certificate signed by the first boot's CA; store and keys survived the reboot"
+powerdown
+ca_pem_from_disk "$TMP/ca-2.pem"
+cmp -s "$TMP/ca-1.pem" "$TMP/ca-2.pem" || die "the CA certificate on the data partition changed between boots"
+ROUND=
+log "PASS: boot to console URL ${T_FIRST} s (first boot), ${T_SECOND} s (reboot)"
+printf '{"boot_to_url_first_s": %s, "boot_to_url_reboot_s": %s}\n' "$T_FIRST" "$T_SECOND"

@@ -1,0 +1,355 @@
+# shellcheck shell=bash
+# Shared steps of the two Isthmus product images (appliance, cloud node).
+# Sourced by image-build/{appliance,cloud-node}/build.sh, which set:
+#   NAME             image name (cache dir /var/cache/isthmus/NAME-<hash>/)
+#   ROLE             appliance | node (written to /etc/isthmus/role)
+#   PACKAGES         Debian packages extracted into the root (with dependencies)
+#   BINARIES         host paths of the Isthmus binaries to install in /usr/bin
+#   ROOT_MODULES     kernel modules the root keeps (with their dependencies)
+#   ROOT_MB DISK_MB  root partition size, whole disk size (rest = data partition)
+#   APT_PREFS        apt preferences for the stage (optional; e.g. QEMU from backports)
+# Techniques come from image-build/test-server/build.sh: mmdebstrap
+# --variant=extract, busybox applets, partx instead of losetup -P, a udevadm
+# stand-in for grub-install, fixed filesystem UUIDs derived from the recipe.
+
+# shellcheck disable=SC2034 # some variables are used by the sourcing script
+SUITE=bookworm
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+SECURITY_MIRROR=${SECURITY_MIRROR:-http://deb.debian.org/debian-security}
+CACHE_ROOT=${ISTHMUS_CACHE:-/var/cache/isthmus}
+COMMON=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+OVERLAY=$(cd "$COMMON/../../buildroot-overlay" && pwd)
+# Storage drivers the initramfs loads, in this order.
+INITRD_MODULES=(crc32c_generic crct10dif_generic crc64_rocksoft_generic sd_mod ext4
+  virtio_pci virtio_blk virtio_scsi ata_piix ahci vmw_pvscsi mptspi sym53c8xx)
+# Modules both images keep: storage, NICs, seed media, power button.
+BASE_MODULES=("${INITRD_MODULES[@]}" e1000 e1000e 8139too 8139cp vmxnet3 pcnet32 virtio_net
+  af_packet sr_mod cdrom isofs vfat nls_cp437 nls_ascii nls_utf8 button evdev)
+KERNEL_CMDLINE_EXTRA="console=tty0 console=ttyS0,115200 quiet panic=10"
+
+log() { printf '%s: %s\n' "$NAME" "$*" >&2; }
+die() {
+  log "error: $*"
+  exit 1
+}
+
+# Recipe hash: the role's directory, common/, the overlay (content and mode),
+# the package list, sizes, and the sha256 of every binary shipped.
+recipe_hash() { # dirs...
+  (
+    local d
+    for d in "$@"; do
+      (cd "$d" && find . -type f ! -name '*.md' ! -name 'smoke.sh' ! -name 'bench.sh' ! -name '.*' -printf "$d %m %p\n" |
+        LC_ALL=C sort)
+      (cd "$d" && find . -type f ! -name '*.md' ! -name 'smoke.sh' ! -name 'bench.sh' ! -name '.*' -print0 |
+        LC_ALL=C sort -z | xargs -0 -r sha256sum)
+    done
+    printf 'PREFS=%s\nSUITE=%s\nPACKAGES=%s\nROOT_MB=%s\nDISK_MB=%s\nMODULES=%s\nEPOCH=%s\n' \
+      "${APT_PREFS:-}" "$SUITE" "${PACKAGES[*]}" "$ROOT_MB" "$DISK_MB" "${ROOT_MODULES[*]}" "$SOURCE_DATE_EPOCH"
+    local b
+    for b in "${BINARIES[@]}"; do printf '%s %s\n' "$(basename "$b")" "$(sha256sum <"$b" | cut -c1-64)"; done
+  ) | sha256sum | cut -c1-16
+}
+
+# A version-4-shaped UUID derived from a string: same recipe, same UUID.
+derived_uuid() {
+  local u
+  u=$(printf '%s' "$1" | sha256sum | cut -c1-32)
+  echo "${u:0:8}-${u:8:4}-4${u:13:3}-a${u:17:3}-${u:20:12}"
+}
+
+# Sets up $WORK, the lock and the cleanup trap; returns 1 if already built
+# (then $FINAL holds it).
+begin_build() {
+  FINAL="$CACHE_ROOT/$NAME-$HASH"
+  [[ -f $FINAL/manifest.json ]] && return 1
+  mkdir -p "$CACHE_ROOT"
+  exec 9>"$CACHE_ROOT/.$NAME-$HASH.lock"
+  flock 9
+  [[ -f $FINAL/manifest.json ]] && return 1
+  rm -rf "$CACHE_ROOT/.build-$NAME-$HASH."*
+  WORK=$(mktemp -d "$CACHE_ROOT/.build-$NAME-$HASH.XXXXXX")
+  chmod 755 "$WORK" # apt's download sandbox user must reach it
+  LOOP=
+  MNT=
+  trap build_cleanup EXIT
+  trap 'exit 130' INT TERM
+  return 0
+}
+
+build_cleanup() {
+  local rc=$?
+  set +e
+  if [[ -n ${MNT:-} ]] && mountpoint -q "$MNT"; then umount "$MNT"; fi
+  if [[ -n ${LOOP:-} ]]; then
+    partx -d "$LOOP" 2>/dev/null
+    rm -f "${LOOP}p1" "${LOOP}p2" 2>/dev/null
+    losetup -d "$LOOP"
+  fi
+  rm -rf "$WORK"
+  if ((rc != 0)); then
+    log "build failed (exit $rc); the messages above say which step. Network errors from"
+    log "mmdebstrap: check that $MIRROR is reachable (or set MIRROR=...), then run again."
+  fi
+  exit "$rc"
+}
+
+# 1. Packages: extract (no maintainer scripts) the kernel, static busybox and PACKAGES.
+stage_packages() {
+  STAGE=$WORK/stage
+  local inc
+  inc=$(printf '%s,' linux-image-amd64 busybox-static "${PACKAGES[@]}")
+  log "mmdebstrap: ${inc%,} ($SUITE)"
+  local hook=()
+  if [[ -n ${APT_PREFS:-} ]]; then
+    printf '%s\n' "$APT_PREFS" >"$WORK/apt-preferences"
+    hook=(--setup-hook="mkdir -p \"\$1/etc/apt/preferences.d\" && cp $WORK/apt-preferences \"\$1/etc/apt/preferences.d/isthmus\"")
+  fi
+  mmdebstrap --quiet --variant=extract --include="${inc%,}" "${hook[@]}" \
+    --aptopt='Acquire::Retries "3"' \
+    "$SUITE" "$STAGE" "deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" \
+    "deb $SECURITY_MIRROR $SUITE-security main" "deb $MIRROR $SUITE-backports main"
+  BB=$STAGE/bin/busybox
+  [[ -x $BB ]] || die "no busybox in the stage"
+  local kvers
+  mapfile -t kvers < <(ls "$STAGE/lib/modules")
+  ((${#kvers[@]} == 1)) || die "expected one kernel, got: ${kvers[*]}"
+  KVER=${kvers[0]}
+  "$BB" depmod -b "$STAGE" "$KVER"
+  MODDIR=$STAGE/lib/modules/$KVER
+  log "kernel $KVER"
+}
+
+# Module files (relative to $MODDIR) of the given module names with all
+# dependencies; built-in modules are skipped.
+module_closure() {
+  local n line d
+  for n in "$@"; do
+    if grep -qE "(^|/)${n}\.ko$" "$MODDIR/modules.builtin"; then continue; fi
+    line=$(grep -E "(^|/)${n}\.ko(\.xz|\.zst|\.gz)?:" "$MODDIR/modules.dep") ||
+      die "module $n not in $KVER"
+    echo "${line%%:*}"
+    for d in ${line#*:}; do echo "$d"; done
+  done | sort -u
+}
+
+# busybox applet links (where the tree has nothing of that name yet), device
+# nodes, the given modules.
+add_busybox_and_modules() { # dir module-names...
+  local dir=$1 applet mods
+  shift
+  mkdir -p "$dir"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,run,tmp,root,etc,lib/modules/"$KVER"}
+  cp "$BB" "$dir/bin/busybox"
+  while read -r applet; do
+    [[ -e $dir/$applet || -L $dir/$applet ]] && continue
+    case $applet in
+      bin/*) ln -s busybox "$dir/$applet" ;;
+      sbin/*) ln -s ../bin/busybox "$dir/$applet" ;;
+      usr/*) ln -s ../../bin/busybox "$dir/$applet" ;;
+    esac
+  done < <("$BB" --list-full)
+  [[ -e $dir/dev/console ]] || mknod -m 600 "$dir/dev/console" c 5 1
+  [[ -e $dir/dev/null ]] || mknod -m 666 "$dir/dev/null" c 1 3
+  chmod 1777 "$dir/tmp"
+  chmod 700 "$dir/root"
+  module_closure "$@" >"$WORK/modules.list" # not in <(...): its errors must stop the build
+  mapfile -t mods <"$WORK/modules.list"
+  (cd "$MODDIR" && cp --parents "${mods[@]}" modules.builtin modules.builtin.modinfo modules.order "$dir/lib/modules/$KVER/")
+  "$BB" depmod -b "$dir" "$KVER"
+}
+
+# 2. Initramfs: busybox + storage drivers + /init.
+make_initramfs() {
+  local initrd=$WORK/initramfs
+  add_busybox_and_modules "$initrd" "${INITRD_MODULES[@]}"
+  install -m 755 "$COMMON/initramfs-init" "$initrd/init"
+  printf '%s\n' "${INITRD_MODULES[@]}" >"$initrd/etc/initramfs-modules"
+  find "$initrd" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+  (cd "$initrd" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) |
+    gzip -9n >"$WORK/initrd.img"
+}
+
+# 3. Root: the extracted packages without docs, kernel tree or firmware, busybox,
+# the kept modules, the overlay, the Isthmus binaries.
+make_root() {
+  ROOT=$WORK/root
+  cp -a "$STAGE" "$ROOT"
+  rm -rf "$ROOT"/usr/share/{doc,man,info,locale,lintian,linda,bug,bash-completion,zsh} \
+    "$ROOT"/lib/modules "$ROOT"/usr/lib/modules "${ROOT:?}"/boot "$ROOT"/var/cache/apt \
+    "$ROOT"/var/lib/apt/lists "$ROOT"/usr/lib/x86_64-linux-gnu/gconv "$ROOT"/usr/share/i18n \
+    "$ROOT"/lib/firmware "$ROOT"/usr/lib/firmware "$ROOT"/usr/share/initramfs-tools \
+    "$ROOT"/etc/kernel "$ROOT"/usr/lib/linux
+  mkdir -p "$ROOT/lib/modules"
+  add_busybox_and_modules "$ROOT" "${ROOT_MODULES[@]}"
+  cp -a "$OVERLAY/." "$ROOT/"
+  mkdir -p "$ROOT"/{data,boot/grub,etc/isthmus,var/log,var/lib,mnt}
+  echo "$ROLE" >"$ROOT/etc/isthmus/role"
+  local b
+  for b in "${BINARIES[@]}"; do
+    install -m 755 "$b" "$ROOT/usr/bin/$(basename "$b")"
+    strip --strip-all "$ROOT/usr/bin/$(basename "$b")"
+  done
+  # The root is read-only: what changes points to /run (tmpfs) or /data.
+  ln -sfn /run/resolv.conf "$ROOT/etc/resolv.conf"
+  ln -sfn /run/issue "$ROOT/etc/issue"
+  rm -rf "$ROOT/var/log" "$ROOT/var/tmp" "$ROOT/var/cache"
+  ln -sfn /data/log "$ROOT/var/log"
+  ln -sfn /data/cache "$ROOT/var/cache"
+  ln -sfn /tmp "$ROOT/var/tmp"
+  cat >"$ROOT/etc/fstab" <<FSTAB
+# The root stays read-only; /data holds the store, keys and logs.
+UUID=$ROOT_UUID  /      ext4  ro                0  1
+UUID=$DATA_UUID  /data  ext4  rw,nosuid,nodev   0  2
+FSTAB
+  cp "$STAGE/boot/vmlinuz-$KVER" "$ROOT/boot/vmlinuz-$KVER"
+  cp "$WORK/initrd.img" "$ROOT/boot/initrd.img-$KVER"
+  ln -s "vmlinuz-$KVER" "$ROOT/boot/vmlinuz"
+  ln -s "initrd.img-$KVER" "$ROOT/boot/initrd.img"
+  cat >"$ROOT/boot/grub/grub.cfg" <<GRUB
+set default=0
+set timeout=0
+set timeout_style=hidden
+insmod part_msdos
+insmod ext2
+search --no-floppy --fs-uuid --set=root $ROOT_UUID
+# linux16/initrd16: under TCG the decompressor runs ~5 s faster entered this
+# way than via GRUB's 32-bit linux (measured for the test server).
+menuentry "Isthmus $ROLE ($KVER)" {
+  linux16 /boot/vmlinuz-$KVER root=UUID=$ROOT_UUID ro $KERNEL_CMDLINE_EXTRA
+  initrd16 /boot/initrd.img-$KVER
+}
+GRUB
+  # Reproducible file times.
+  find "$ROOT" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+  local used
+  used=$(du -sm --apparent-size "$ROOT" | cut -f1)
+  log "root tree: ${used} MiB (partition ${ROOT_MB} MiB)"
+  ((used + 16 < ROOT_MB)) || die "root tree ($used MiB) does not fit ROOT_MB=$ROOT_MB: raise ROOT_MB in build.sh"
+}
+
+# Partition node for $LOOP partition $1 (no udev here: make it from sysfs).
+part_node() {
+  local n=$1 sysp maj min
+  sysp=/sys/block/${LOOP#/dev/}/${LOOP#/dev/}p$n/dev
+  for _ in $(seq 50); do [[ -e $sysp ]] && break; sleep 0.1; done
+  [[ -e $sysp ]] || die "no partition $n for $LOOP after partx -a"
+  if [[ ! -b ${LOOP}p$n ]]; then
+    IFS=: read -r maj min <"$sysp"
+    mknod "${LOOP}p$n" b "$maj" "$min"
+  fi
+  echo "${LOOP}p$n"
+}
+
+# 4. Disk: msdos label; p1 root (ext4, read-only at run time), p2 data (ext4); GRUB in the MBR.
+make_disk() {
+  RAW=$WORK/disk.raw
+  truncate -s "${DISK_MB}M" "$RAW"
+  printf 'label: dos\nlabel-id: 0x%s\nstart=2048, size=%sMiB, type=83, bootable\ntype=83\n' \
+    "${HASH:0:8}" "$ROOT_MB" | sfdisk -q "$RAW"
+  LOOP=$(losetup -f --show "$RAW")
+  partx -a "$LOOP" 2>/dev/null || partx -u "$LOOP" || die "partx cannot read the partitions of $LOOP"
+  local p1 p2
+  p1=$(part_node 1)
+  p2=$(part_node 2)
+  # E2FSPROGS_FAKE_TIME + fixed UUID and hash seed: reproducible superblocks.
+  E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -F -b 4096 -L isthmus-root -U "$ROOT_UUID" \
+    -O '^metadata_csum_seed,^orphan_file,^has_journal' -m 0 \
+    -E "lazy_itable_init=0,hash_seed=$ROOT_UUID" -d "$ROOT" "$p1"
+  E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -F -b 4096 -L isthmus-data -U "$DATA_UUID" \
+    -O '^metadata_csum_seed,^orphan_file' -E "lazy_itable_init=0,lazy_journal_init=0,hash_seed=$DATA_UUID" "$p2"
+  MNT=$WORK/mnt
+  mkdir -p "$MNT"
+  mount "$p1" "$MNT"
+  echo "(hd0) $LOOP" >"$MNT/boot/grub/device.map"
+  if ! command -v udevadm >/dev/null 2>&1; then
+    mkdir -p "$WORK/bin"
+    cat >"$WORK/bin/udevadm" <<'SHIM'
+#!/bin/sh
+for a; do dev=$a; done
+n=$(basename "$(readlink -f "$dev")")
+p=$(readlink -f "/sys/class/block/$n") || exit 1
+echo "${p#/sys}"
+SHIM
+    chmod +x "$WORK/bin/udevadm"
+    export PATH="$WORK/bin:$PATH"
+  fi
+  grub-install --target=i386-pc --boot-directory="$MNT/boot" --modules="part_msdos ext2 search_fs_uuid" \
+    --locales= --fonts= --themes= "$LOOP" 2>&1 | grep -v '^Installation finished' >&2 || true
+  [[ -f $MNT/boot/grub/i386-pc/core.img ]] || die "grub-install failed"
+  rm -f "$MNT/boot/grub/device.map"
+  find "$MNT/boot/grub" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+  umount "$MNT"
+  MNT=
+  partx -d "$LOOP"
+  rm -f "$p1" "$p2"
+  losetup -d "$LOOP"
+  LOOP=
+  # The root was written with mount: clear its last-mount/write times.
+  debugfs -w -R "ssv mtime $SOURCE_DATE_EPOCH" "$RAW" >/dev/null 2>&1 || true
+}
+
+# 5. Result: compressed qcow2 (zstd: cheap to read from GRUB under TCG), manifest.
+finish_image() {
+  local out=$WORK/out size
+  mkdir -p "$out"
+  qemu-img convert -c -O qcow2 -o compression_type=zstd "$RAW" "$out/$NAME.qcow2"
+  cp "$STAGE/boot/vmlinuz-$KVER" "$out/vmlinuz"
+  cp "$WORK/initrd.img" "$out/initrd.img"
+  size=$(stat -c %s "$out/$NAME.qcow2")
+  local raw_sha qcow_sha
+  raw_sha=$(sha256sum <"$RAW" | cut -c1-64)
+  qcow_sha=$(sha256sum <"$out/$NAME.qcow2" | cut -c1-64)
+  cat >"$out/manifest.json" <<JSON
+{
+  "name": "$NAME",
+  "role": "$ROLE",
+  "hash": "$HASH",
+  "source_date_epoch": $SOURCE_DATE_EPOCH,
+  "build_seconds": $((SECONDS - START)),
+  "size_bytes": $size,
+  "virtual_size_bytes": $((DISK_MB * 1024 * 1024)),
+  "raw_sha256": "$raw_sha",
+  "qcow2_sha256": "$qcow_sha",
+  "kernel": "$KVER",
+  "root_uuid": "$ROOT_UUID",
+  "data_uuid": "$DATA_UUID",
+  "kernel_cmdline": "root=UUID=$ROOT_UUID ro $KERNEL_CMDLINE_EXTRA"
+}
+JSON
+  mv -T "$out" "$FINAL"
+  log "built in $((SECONDS - START)) s: $FINAL ($NAME.qcow2 $((size / 1048576)) MiB)"
+}
+
+# The whole build; prints the cache directory on fd 3.
+build_product_image() { # recipe-dirs...
+  local b
+  for b in "${BINARIES[@]}"; do
+    if [[ ! -x $b ]]; then
+      [[ -z ${ISTHMUS_CACHED_ONLY:-} ]] || exit 3
+      die "missing $b: build it first (make images runs cargo build --release)"
+    fi
+  done
+  # A fixed default (2025-01-01): file times must not depend on when we build.
+  export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1735689600}
+  HASH=$(recipe_hash "$@")
+  if [[ -n ${ISTHMUS_CACHED_ONLY:-} ]]; then
+    # Only answer whether this recipe is built (exit 3 if not).
+    [[ -f $CACHE_ROOT/$NAME-$HASH/manifest.json ]] || exit 3
+    echo "$CACHE_ROOT/$NAME-$HASH" >&3
+    exit 0
+  fi
+  if ! begin_build; then
+    echo "$FINAL" >&3
+    return 0
+  fi
+  START=$SECONDS
+  ROOT_UUID=$(derived_uuid "isthmus-$NAME-root-$HASH")
+  DATA_UUID=$(derived_uuid "isthmus-$NAME-data-$HASH")
+  log "building $FINAL"
+  stage_packages
+  make_initramfs
+  make_root
+  make_disk
+  finish_image
+  echo "$FINAL" >&3
+}
