@@ -20,10 +20,12 @@ use nix::unistd::Pid;
 use proto::api::GuestState;
 use proto::Firmware;
 
+use crate::disk_key::{DiskKey, KeyMatchError};
 use crate::qemu::host::{host_facts, QEMU_BINARY};
 use crate::qemu::qmp::{Qmp, QmpError};
+use crate::qemu::Plan;
 use crate::run_dir::RunDir;
-use crate::{qemu_args, Error, GuestSpec};
+use crate::{Error, GuestSpec};
 
 /// How long QEMU may take to initialise before `-daemonize` returns.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -138,6 +140,27 @@ pub enum GuestError {
         /// The last lines of the log.
         tail: String,
     },
+    /// QEMU could not open an encrypted disk with the key given (wrong key,
+    /// or a damaged LUKS header). QEMU was stopped; the disk is untouched.
+    #[error("guest {name}: QEMU could not open encrypted disk {disk} ({path}): {detail}; check that the appliance sent this disk's key")]
+    Unlock {
+        /// Guest name.
+        name: String,
+        /// Disk index.
+        disk: usize,
+        /// Image file.
+        path: PathBuf,
+        /// What QEMU said.
+        detail: String,
+    },
+    /// QEMU refused to create the devices after the disks were opened.
+    #[error("guest {name}: QEMU refused to start the machine after opening its disks: {detail}")]
+    Preconfig {
+        /// Guest name.
+        name: String,
+        /// What QEMU said.
+        detail: String,
+    },
     /// QEMU exited while we waited for a serial line.
     #[error("guest {name}: QEMU exited before a line containing {pattern:?} appeared in {path}; last lines:\n{tail}")]
     ExitedWaiting {
@@ -163,9 +186,22 @@ pub struct Guest {
 
 impl Guest {
     /// Starts QEMU detached (`-daemonize`: own session, outlives our process)
-    /// and connects to its QMP socket.
+    /// and connects to its QMP socket. For a guest with encrypted disks use
+    /// [`Guest::launch_with_keys`].
     pub fn launch(spec: &GuestSpec) -> Result<Guest, Error> {
-        let argv = qemu_args(spec)?;
+        Guest::launch_with_keys(spec, &[])
+    }
+
+    /// Like [`Guest::launch`], with one key slot per disk (`None` for a plain
+    /// disk; an empty slice when no disk is encrypted). A LUKS qcow2 disk is
+    /// opened over QMP while QEMU waits in `-preconfig`: its key goes over
+    /// the monitor socket as a `secret` object, which is deleted again as
+    /// soon as the disk is open (QEMU keeps only the LUKS master key, in
+    /// memory). A wrong key stops QEMU and returns [`GuestError::Unlock`].
+    pub fn launch_with_keys(spec: &GuestSpec, keys: &[Option<DiskKey>]) -> Result<Guest, Error> {
+        let plan = crate::qemu::plan(spec)?;
+        check_keys(spec, &plan, keys)?;
+        let argv = &plan.argv;
         let run = RunDir::new(&spec.run_dir);
         prepare_run_dir(run.root())?;
         if let Some(pid) = live_pid(&run) {
@@ -176,7 +212,7 @@ impl Guest {
             }
             .into());
         }
-        for stale in [run.qmp_socket(), run.pidfile()] {
+        for stale in [run.qmp_socket(), run.pidfile(), run.serial_socket(), run.vnc_socket()] {
             match std::fs::remove_file(&stale) {
                 Ok(()) => tracing::debug!(path = %stale.display(), "removed stale file"),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -199,7 +235,7 @@ impl Guest {
 
         let started = Instant::now();
         tracing::info!(guest = %spec.name, accel = %spec.accel, args = ?argv, "starting QEMU");
-        run_daemonizing(&spec.name, &argv)?;
+        run_daemonizing(&spec.name, argv)?;
         let pid = read_pidfile(&run.pidfile())?.ok_or_else(|| GuestError::Pidfile {
             path: run.pidfile(),
             detail: "QEMU started but wrote no pid file".into(),
@@ -216,6 +252,12 @@ impl Guest {
                 // A QEMU we cannot control must not linger.
                 let _ = guest.kill();
                 return Err(e.into());
+            }
+        }
+        if !plan.blockdevs.is_empty() {
+            if let Err(e) = guest.open_encrypted_disks(&plan, keys) {
+                let _ = guest.kill();
+                return Err(e);
             }
         }
         tracing::info!(guest = %guest.name, pid, ms = started.elapsed().as_millis() as u64, "QEMU started");
@@ -243,6 +285,49 @@ impl Guest {
             pid,
             qmp: Mutex::new(Some(qmp)),
         }))
+    }
+
+    /// Opens each LUKS disk with its key, then lets QEMU create the devices.
+    fn open_encrypted_disks(&self, plan: &Plan, keys: &[Option<DiskKey>]) -> Result<(), Error> {
+        for b in &plan.blockdevs {
+            // check_keys made sure each encrypted disk has a key.
+            let Some(Some(key)) = keys.get(b.disk) else {
+                return Err(KeyMatchError::Missing {
+                    name: self.name.clone(),
+                    disk: b.disk,
+                    path: b.path.clone(),
+                }
+                .into());
+            };
+            self.with_qmp(|q| q.add_secret(&b.secret_id, &key.passphrase()))?;
+            let opened = self.with_qmp(|q| q.execute("blockdev-add", Some(b.arguments.clone())));
+            // The passphrase is not needed once the LUKS header is open.
+            let deleted = self.with_qmp(|q| q.execute("object-del", Some(serde_json::json!({ "id": b.secret_id }))));
+            match opened {
+                Ok(_) => {}
+                Err(QmpError::Command { desc, .. }) => {
+                    return Err(GuestError::Unlock {
+                        name: self.name.clone(),
+                        disk: b.disk,
+                        path: b.path.clone(),
+                        detail: desc,
+                    }
+                    .into())
+                }
+                Err(e) => return Err(e.into()),
+            }
+            deleted?;
+            tracing::info!(guest = %self.name, disk = b.disk, path = %b.path.display(), "encrypted disk opened");
+        }
+        match self.with_qmp(|q| q.execute("x-exit-preconfig", None)) {
+            Ok(_) => Ok(()),
+            Err(QmpError::Command { desc, .. }) => Err(GuestError::Preconfig {
+                name: self.name.clone(),
+                detail: desc,
+            }
+            .into()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The guest's name.
@@ -339,6 +424,16 @@ impl Guest {
         Ok(())
     }
 
+    /// Connects to the guest's serial console socket (one client at a time).
+    pub fn serial_console(&self, patience: Duration) -> Result<crate::SerialConsole, Error> {
+        Ok(crate::SerialConsole::connect(&self.run.serial_socket(), patience)?)
+    }
+
+    /// Path of the VNC socket (the VGA console, RFB protocol).
+    pub fn vnc_socket(&self) -> PathBuf {
+        self.run.vnc_socket()
+    }
+
     /// Path of the serial console log.
     pub fn serial_log(&self) -> PathBuf {
         self.run.serial_log()
@@ -404,10 +499,14 @@ impl Guest {
         r
     }
 
+    /// Waits until QEMU is gone, including its other threads: the main
+    /// thread turns zombie first, and until the last thread exits the
+    /// process still holds its files (the TAP, the disk images), so a new
+    /// QEMU on the same TAP would get EBUSY.
     fn wait_exit(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            if !self.is_running() {
+            if !self.is_running() && threads_gone(self.pid) {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -416,6 +515,40 @@ impl Guest {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Each LUKS disk needs a key and each key an encrypted disk.
+fn check_keys(spec: &GuestSpec, plan: &Plan, keys: &[Option<DiskKey>]) -> Result<(), KeyMatchError> {
+    let name = || spec.name.clone();
+    let encrypted = |i: usize| plan.blockdevs.iter().any(|b| b.disk == i);
+    if !keys.is_empty() && keys.len() != spec.disks.len() {
+        return Err(KeyMatchError::Count {
+            name: name(),
+            keys: keys.len(),
+            disks: spec.disks.len(),
+        });
+    }
+    for (i, path) in spec.disks.iter().enumerate() {
+        let has_key = keys.get(i).is_some_and(Option::is_some);
+        match (encrypted(i), has_key) {
+            (true, false) => {
+                return Err(KeyMatchError::Missing {
+                    name: name(),
+                    disk: i,
+                    path: path.clone(),
+                })
+            }
+            (false, true) => {
+                return Err(KeyMatchError::NotEncrypted {
+                    name: name(),
+                    disk: i,
+                    path: path.clone(),
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Creates the run directory (and parents) and makes it private (0700).
@@ -531,6 +664,19 @@ fn read_pidfile(path: &Path) -> Result<Option<u32>, GuestError> {
 fn live_pid(run: &RunDir) -> Option<u32> {
     let pid = read_pidfile(&run.pidfile()).ok().flatten()?;
     is_our_qemu(pid, run).then_some(pid)
+}
+
+/// True when no thread of `pid` is alive (all gone, or zombies).
+fn threads_gone(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat")).map_or(true, |stat| {
+            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+            matches!(state, None | Some("Z") | Some("X"))
+        })
+    })
 }
 
 /// Arguments of a process, from /proc.

@@ -5,12 +5,18 @@
 //!   ([`qemu::devices`] builds typed [`qemu::args::Arg`] values, rendered once).
 //! - [`Guest::launch`] / [`Guest::attach`]: start QEMU detached, or re-attach
 //!   to a running one after our own process restarted.
+//! - [`Guest::launch_with_keys`]: the same with LUKS-encrypted qcow2 disks,
+//!   whose keys ([`DiskKey`]) reach QEMU only as QMP secret objects;
+//!   [`create_encrypted_image`] makes such disks.
 //! - [`Guest::powerdown`]: ACPI power button, wait, then hard stop.
+//! - [`SerialConsole`]: the guest's ttyS0 over its unix socket.
 //! - [`probe_accel`]: does KVM boot a real Linux guest here? Otherwise TCG.
 //! - [`create_tap`] / [`delete_tap`]: persistent TAP devices the guest's NICs
 //!   use (QEMU opens them by name, netbridge attaches to them).
 
 pub mod accel;
+pub mod console;
+pub mod disk_key;
 pub mod guest;
 pub mod qemu;
 pub mod run_dir;
@@ -18,7 +24,10 @@ pub mod spec;
 pub mod tap;
 
 pub use accel::{probe_accel, probe_accel_with, AccelProbe, ProbeOptions};
+pub use console::SerialConsole;
+pub use disk_key::DiskKey;
 pub use guest::Guest;
+pub use qemu::luks::{create_encrypted_image, ImageSource};
 pub use qemu::qemu_args;
 pub use spec::GuestSpec;
 pub use tap::{create_tap, delete_tap};
@@ -45,6 +54,15 @@ pub enum Error {
     /// Starting, watching or stopping the QEMU process failed.
     #[error(transparent)]
     Guest(#[from] guest::GuestError),
+    /// Disk keys do not match the disks.
+    #[error(transparent)]
+    DiskKey(#[from] disk_key::KeyMatchError),
+    /// An encrypted image could not be made.
+    #[error(transparent)]
+    Luks(#[from] qemu::luks::LuksError),
+    /// The serial console failed.
+    #[error(transparent)]
+    Console(#[from] console::ConsoleError),
     /// Creating or deleting a TAP device failed.
     #[error(transparent)]
     Tap(#[from] tap::TapError),

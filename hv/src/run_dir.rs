@@ -25,6 +25,14 @@ impl RunDir {
     pub fn serial_log(&self) -> PathBuf {
         self.0.join("serial.log")
     }
+    /// Serial console socket (ttyS0 as a byte stream).
+    pub fn serial_socket(&self) -> PathBuf {
+        self.0.join("serial.sock")
+    }
+    /// VNC socket (the VGA console).
+    pub fn vnc_socket(&self) -> PathBuf {
+        self.0.join("vnc.sock")
+    }
     /// QEMU's pid file.
     pub fn pidfile(&self) -> PathBuf {
         self.0.join("qemu.pid")

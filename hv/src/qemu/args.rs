@@ -47,6 +47,21 @@ pub enum Arg {
     NoReboot,
     /// `-serial file:<path>`.
     SerialFile(PathBuf),
+    /// `-chardev socket,id=serial0,path=<socket>,server=on,wait=off,logfile=<log>,logappend=on`
+    /// `-serial chardev:serial0`: the guest's ttyS0 as a unix stream socket
+    /// (a console client connects; output is also kept in the log file).
+    SerialSocket {
+        /// Listening unix socket.
+        socket: PathBuf,
+        /// Log of everything the guest wrote.
+        log: PathBuf,
+    },
+    /// `-vnc unix:<path>`: the VGA console as VNC on a unix socket, never on
+    /// a network port.
+    VncUnix(PathBuf),
+    /// `-preconfig`: QEMU waits for QMP `x-exit-preconfig` before it creates
+    /// devices, so encrypted disks can be opened over QMP first.
+    Preconfig,
     /// `-qmp unix:<path>,server=on,wait=off`.
     QmpUnix(PathBuf),
     /// `-pidfile <path>`.
@@ -491,6 +506,24 @@ impl Arg {
             // The `file:` chardev shorthand takes the rest of the string as the
             // path verbatim (chardev/char.c, qemu_chr_parse_compat): no escaping.
             Arg::SerialFile(p) => push("-serial", Some(format!("file:{}", p.to_string_lossy()))),
+            Arg::SerialSocket { socket, log } => {
+                push(
+                    "-chardev",
+                    Some(
+                        Opts::new("socket")
+                            .kv("id", "serial0")
+                            .kv("path", socket.to_string_lossy())
+                            .kv("server", "on")
+                            .kv("wait", "off")
+                            .kv("logfile", log.to_string_lossy())
+                            .kv("logappend", "on")
+                            .done(),
+                    ),
+                );
+                push("-serial", Some("chardev:serial0".into()));
+            }
+            Arg::VncUnix(p) => push("-vnc", Some(format!("unix:{}", path_value(p)))),
+            Arg::Preconfig => push("-preconfig", None),
             // `unix:` parses suboptions after the path, so the path is escaped.
             Arg::QmpUnix(p) => push("-qmp", Some(format!("unix:{},server=on,wait=off", path_value(p)))),
             Arg::Pidfile(p) => push("-pidfile", Some(p.to_string_lossy().into_owned())),

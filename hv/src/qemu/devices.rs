@@ -17,9 +17,9 @@ use proto::api::AccelKind;
 use proto::profile::DiskMedia;
 use proto::{DiskBus, Firmware, Machine, PciSlot};
 
-use super::args::{Arg, Device, Drive, NetdevTap, Nic, RootBus, ScsiModel, SmbiosType1};
+use super::args::{Arg, CacheMode, Device, Drive, NetdevTap, Nic, RootBus, ScsiModel, SmbiosType1};
 use super::host::{HostFacts, OVMF_DIR};
-use super::image::DiskImage;
+use super::image::{DiskImage, Encryption};
 use crate::run_dir::RunDir;
 use crate::GuestSpec;
 
@@ -132,9 +132,16 @@ pub fn build(spec: &GuestSpec, disks: &[DiskImage], host: &HostFacts) -> Result<
     nics(spec, &mut args)?;
     disk_devices(spec, disks, &mut args)?;
 
+    if disks.iter().any(|d| d.encryption == Encryption::Luks) {
+        args.push(Arg::Preconfig);
+    }
     args.extend([
         Arg::DisplayNone,
-        Arg::SerialFile(run.serial_log()),
+        Arg::VncUnix(run.vnc_socket()),
+        Arg::SerialSocket {
+            socket: run.serial_socket(),
+            log: run.serial_log(),
+        },
         Arg::QmpUnix(run.qmp_socket()),
         Arg::Pidfile(run.pidfile()),
         Arg::Daemonize,
@@ -326,13 +333,17 @@ fn disk_devices(spec: &GuestSpec, images: &[DiskImage], args: &mut Vec<Arg>) -> 
     for i in order {
         let (d, img) = (&p.disks[i], &images[i]);
         let drive = format!("disk{i}");
-        args.push(Arg::Drive(Drive::Disk {
-            id: drive.clone(),
-            file: img.path.clone(),
-            format: img.format,
-            cache: img.cache,
-            readonly: d.media == DiskMedia::Cdrom,
-        }));
+        // An encrypted disk is opened over QMP before devices exist
+        // ([`qmp_blockdevs`]); its device refers to that node by the same id.
+        if img.encryption == Encryption::None {
+            args.push(Arg::Drive(Drive::Disk {
+                id: drive.clone(),
+                file: img.path.clone(),
+                format: img.format,
+                cache: img.cache,
+                readonly: d.media == DiskMedia::Cdrom,
+            }));
+        }
         let bootindex = bootindex(i);
         let media = d.media;
         let dev = match (d.bus, p.machine) {
@@ -390,6 +401,63 @@ fn disk_devices(spec: &GuestSpec, images: &[DiskImage], args: &mut Vec<Arg>) -> 
     Ok(())
 }
 
+/// A disk that QEMU opens over QMP during `-preconfig`, after its key was
+/// handed over as a `secret` object: a LUKS qcow2 cannot be named on the
+/// command line, because QEMU opens `-drive`s before the monitor accepts
+/// commands and the secret must exist by then.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QmpBlockdev {
+    /// Index in the profile's disks (and in the keys).
+    pub disk: usize,
+    /// Node name, the `drive=` of its device (`disk<N>`).
+    pub node: String,
+    /// Id of the secret object that must exist during `blockdev-add`.
+    pub secret_id: String,
+    /// The image file.
+    pub path: std::path::PathBuf,
+    /// Arguments of QMP `blockdev-add`.
+    pub arguments: serde_json::Value,
+}
+
+/// The QMP-opened disks of a spec (its LUKS images), in disk order.
+pub fn qmp_blockdevs(spec: &GuestSpec, images: &[DiskImage]) -> Vec<QmpBlockdev> {
+    spec.profile
+        .disks
+        .iter()
+        .zip(images)
+        .enumerate()
+        .filter(|(_, (_, img))| img.encryption == Encryption::Luks)
+        .map(|(i, (d, img))| {
+            let node = format!("disk{i}");
+            let secret_id = format!("key-disk{i}");
+            let read_only = d.media == DiskMedia::Cdrom;
+            // QEMU docs, BlockdevOptionsQcow2 / QCryptoBlockOptionsLUKS; the
+            // cache and aio settings are those `-drive cache=..,aio=threads` give.
+            let arguments = serde_json::json!({
+                "node-name": node,
+                "driver": "qcow2",
+                "read-only": read_only,
+                "cache": { "direct": img.cache == CacheMode::None, "no-flush": false },
+                "encrypt": { "format": "luks", "key-secret": secret_id },
+                "file": {
+                    "driver": "file",
+                    "filename": img.path.to_string_lossy(),
+                    "aio": "threads",
+                    "read-only": read_only,
+                    "cache": { "direct": img.cache == CacheMode::None, "no-flush": false },
+                },
+            });
+            QmpBlockdev {
+                disk: i,
+                node,
+                secret_id,
+                path: img.path.clone(),
+                arguments,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};
@@ -397,7 +465,7 @@ mod tests {
     use proto::{DiskSpec, HardwareProfile, NicModel, NicSpec, Smbios};
 
     use super::*;
-    use crate::qemu::args::{render, CacheMode, ImageFormat};
+    use crate::qemu::args::{render, ImageFormat};
     use crate::qemu::host::Ovmf;
 
     const BUSES: [DiskBus; 9] = [
@@ -465,6 +533,7 @@ mod tests {
                 path: p.clone(),
                 format: if i == 0 { ImageFormat::Qcow2 } else { ImageFormat::Raw },
                 cache: if i == 0 { CacheMode::None } else { CacheMode::Writeback },
+                encryption: Encryption::None,
             })
             .collect()
     }
@@ -541,7 +610,21 @@ mod tests {
         assert!(a[i + 1].contains("serial=SRV,,0001"), "comma not doubled: {}", a[i + 1]);
         assert!(a[i + 1].contains("uuid=4c4c4544-0042-3510-8052-b4c04f4e3232"));
         expect(a, "-display", &["none"]);
-        expect(a, "-serial", &["file:/run/isthmus/web01/serial.log"]);
+        expect(
+            a,
+            "-chardev",
+            &[
+                "socket",
+                "id=serial0",
+                "path=/run/isthmus/web01/serial.sock",
+                "server=on",
+                "wait=off",
+                "logfile=/run/isthmus/web01/serial.log",
+            ],
+        );
+        expect(a, "-serial", &["chardev:serial0"]);
+        expect(a, "-vnc", &["unix:/run/isthmus/web01/vnc.sock"]);
+        assert!(!a.iter().any(|x| x == "-preconfig"), "plain disks need no preconfig");
         expect(a, "-qmp", &["unix:/run/isthmus/web01/qmp.sock", "server=on", "wait=off"]);
         expect(a, "-pidfile", &["/run/isthmus/web01/qemu.pid"]);
         expect(a, "-sandbox", &["on"]);
@@ -702,6 +785,32 @@ mod tests {
         assert!(matches!(s.validate(), Err(crate::spec::SpecError::Profile { .. })));
         let e = build(&s, &images(&s), &host(false)).unwrap_err();
         assert!(matches!(e, MapError::CdromBus { bus: DiskBus::Nvme, .. }), "{e}");
+    }
+
+    /// A LUKS disk has no `-drive` (QEMU would open it before the key
+    /// exists): QEMU waits in preconfig and the disk is a QMP blockdev whose
+    /// node the device names; the key itself appears nowhere.
+    #[test]
+    fn luks_disks_are_opened_over_qmp() {
+        let s = spec(Machine::Pc, Firmware::Bios, DiskBus::Sata, NicModel::E1000);
+        let mut imgs = images(&s);
+        imgs[1].encryption = Encryption::Luks;
+        s.validate().unwrap();
+        let a = render(&build(&s, &imgs, &host(false)).unwrap());
+        expect(&a, "-drive", &["id=disk0", "file=/srv/d0.qcow2"]);
+        assert!(find(&a, "-drive", &["id=disk1"]).is_none(), "{a:?}");
+        expect(&a, "-device", &["ide-hd", "drive=disk1", "bus=ahci0.1", "bootindex=0"]);
+        assert!(a.iter().any(|x| x == "-preconfig"));
+        assert!(!a.iter().any(|x| x.contains("secret")), "{a:?}");
+        let b = qmp_blockdevs(&s, &imgs);
+        assert_eq!(b.len(), 1);
+        assert_eq!((b[0].disk, b[0].node.as_str(), b[0].secret_id.as_str()), (1, "disk1", "key-disk1"));
+        let v = &b[0].arguments;
+        assert_eq!(v["node-name"], "disk1");
+        assert_eq!(v["encrypt"]["format"], "luks");
+        assert_eq!(v["encrypt"]["key-secret"], "key-disk1");
+        assert_eq!(v["file"]["filename"], "/srv/d1.img");
+        assert_eq!(v["file"]["cache"]["direct"], false, "d1 is on a writeback file system");
     }
 
     #[test]

@@ -12,6 +12,20 @@ use super::args::{CacheMode, ImageFormat};
 /// qcow2 header magic (qcow2 spec, "Header": `QFI\xfb`).
 const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
 
+/// qcow2 header field `crypt_method` (offset 32, u32 big-endian):
+/// 0 none, 1 legacy AES-CBC, 2 LUKS (qcow2 spec, "Header").
+const QCOW2_CRYPT_METHOD_OFFSET: usize = 32;
+
+/// How a disk image is encrypted at rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encryption {
+    /// Plain image.
+    None,
+    /// qcow2 with a LUKS payload (`encrypt.format=luks`): opened with a
+    /// key handed to QEMU over QMP.
+    Luks,
+}
+
 /// A disk image as found on the host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskImage {
@@ -21,6 +35,8 @@ pub struct DiskImage {
     pub format: ImageFormat,
     /// Cache mode its file system supports.
     pub cache: CacheMode,
+    /// Encryption at rest, from the qcow2 header.
+    pub encryption: Encryption,
 }
 
 /// A disk image that could not be inspected.
@@ -38,6 +54,18 @@ pub enum ImageError {
     /// A directory, device node or other non-file.
     #[error("disk image {0} is not a regular file; give the path of a qcow2 or raw image file")]
     NotAFile(PathBuf),
+    /// qcow2's legacy AES-CBC encryption, which QEMU refuses to run and
+    /// which is weak.
+    #[error("disk image {0} uses qcow2's legacy AES encryption (crypt_method 1), which QEMU no longer runs; re-encrypt it as LUKS (hv::create_encrypted_image)")]
+    LegacyAes(PathBuf),
+    /// A qcow2 encryption method this code does not know.
+    #[error("disk image {path} has unknown qcow2 crypt_method {method}; it is not an image QEMU 10 writes")]
+    UnknownEncryption {
+        /// The file.
+        path: PathBuf,
+        /// The header value.
+        method: u32,
+    },
 }
 
 impl DiskImage {
@@ -51,13 +79,31 @@ impl DiskImage {
         if !f.metadata().map_err(read_err)?.is_file() {
             return Err(ImageError::NotAFile(path.to_path_buf()));
         }
-        let mut magic = [0u8; 4];
-        let format = match f.read_exact(&mut magic) {
-            Ok(()) if magic == QCOW2_MAGIC => ImageFormat::Qcow2,
-            Ok(()) => ImageFormat::Raw,
-            // Shorter than 4 bytes: not qcow2; QEMU will take it as raw.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => ImageFormat::Raw,
-            Err(e) => return Err(read_err(e)),
+        let mut header = Vec::with_capacity(QCOW2_CRYPT_METHOD_OFFSET + 4);
+        (&mut f)
+            .take(QCOW2_CRYPT_METHOD_OFFSET as u64 + 4)
+            .read_to_end(&mut header)
+            .map_err(read_err)?;
+        // Shorter than 4 bytes: not qcow2; QEMU will take it as raw.
+        let format = if header.starts_with(&QCOW2_MAGIC) {
+            ImageFormat::Qcow2
+        } else {
+            ImageFormat::Raw
+        };
+        let encryption = match (format, header.get(QCOW2_CRYPT_METHOD_OFFSET..)) {
+            (ImageFormat::Qcow2, Some(m)) if m.len() == 4 => match u32::from_be_bytes([m[0], m[1], m[2], m[3]]) {
+                0 => Encryption::None,
+                1 => return Err(ImageError::LegacyAes(path.to_path_buf())),
+                2 => Encryption::Luks,
+                method => {
+                    return Err(ImageError::UnknownEncryption {
+                        path: path.to_path_buf(),
+                        method,
+                    })
+                }
+            },
+            // A truncated qcow2 header: QEMU will say what is wrong.
+            _ => Encryption::None,
         };
         // tmpfs and some FUSE file systems refuse O_DIRECT; QEMU would then
         // fail to open the disk with cache=none.
@@ -69,6 +115,7 @@ impl DiskImage {
             path: path.to_path_buf(),
             format,
             cache,
+            encryption,
         })
     }
 }
@@ -86,6 +133,20 @@ mod tests {
         let r = dir.path().join("disk.qcow2");
         std::fs::write(&r, [0u8; 512]).unwrap();
         assert_eq!(DiskImage::inspect(&r).unwrap().format, ImageFormat::Raw);
+        let mut luks = b"QFI\xfb\0\0\0\x03".to_vec();
+        luks.resize(32, 0);
+        luks.extend_from_slice(&2u32.to_be_bytes());
+        std::fs::write(&q, &luks).unwrap();
+        assert_eq!(DiskImage::inspect(&q).unwrap().encryption, Encryption::Luks);
+        luks[35] = 1;
+        std::fs::write(&q, &luks).unwrap();
+        assert!(matches!(DiskImage::inspect(&q), Err(ImageError::LegacyAes(_))));
+        luks[35] = 9;
+        std::fs::write(&q, &luks).unwrap();
+        assert!(matches!(
+            DiskImage::inspect(&q),
+            Err(ImageError::UnknownEncryption { method: 9, .. })
+        ));
         let tiny = dir.path().join("tiny");
         std::fs::write(&tiny, b"Q").unwrap();
         assert_eq!(DiskImage::inspect(&tiny).unwrap().format, ImageFormat::Raw);

@@ -5,6 +5,7 @@ pub mod args;
 pub mod devices;
 pub mod host;
 pub mod image;
+pub mod luks;
 pub mod qmp;
 
 use crate::{Error, GuestSpec};
@@ -13,6 +14,21 @@ use crate::{Error, GuestSpec};
 /// it, inspects the disk images (format, O_DIRECT) and the host's QEMU, then
 /// maps the profile with [`devices::build`].
 pub fn qemu_args(spec: &GuestSpec) -> Result<Vec<String>, Error> {
+    Ok(plan(spec)?.argv)
+}
+
+/// What starting a guest takes: QEMU's command line and the disks to open
+/// over QMP before devices are created (the LUKS ones).
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// `argv` without the binary.
+    pub argv: Vec<String>,
+    /// Encrypted disks, opened with their keys during `-preconfig`.
+    pub blockdevs: Vec<devices::QmpBlockdev>,
+}
+
+/// Validates the spec, inspects its disk images and the host, and maps it.
+pub fn plan(spec: &GuestSpec) -> Result<Plan, Error> {
     spec.validate()?;
     let disks = spec
         .disks
@@ -20,5 +36,8 @@ pub fn qemu_args(spec: &GuestSpec) -> Result<Vec<String>, Error> {
         .map(|p| image::DiskImage::inspect(p))
         .collect::<Result<Vec<_>, _>>()?;
     let facts = host::host_facts()?;
-    Ok(args::render(&devices::build(spec, &disks, facts)?))
+    Ok(Plan {
+        argv: args::render(&devices::build(spec, &disks, facts)?),
+        blockdevs: devices::qmp_blockdevs(spec, &disks),
+    })
 }

@@ -228,7 +228,48 @@ impl Qmp {
         }
         let mut bytes = msg.to_string().into_bytes();
         bytes.push(b'\n');
-        self.stream.write_all(&bytes).map_err(|source| self.io_error(source, command))?;
+        self.send_and_wait(&bytes, id, command)
+    }
+
+    /// `object-add` of a `secret` object holding `secret` (base64 on the
+    /// wire). The message is assembled in a buffer that is wiped afterwards,
+    /// and neither it nor the secret is logged. `id` must be a plain QOM id
+    /// (`[A-Za-z0-9_-]`).
+    pub fn add_secret(&mut self, id: &str, secret: &[u8]) -> Result<(), QmpError> {
+        use base64::Engine as _;
+        const COMMAND: &str = "object-add";
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return Err(QmpError::Command {
+                command: COMMAND.into(),
+                class: "InvalidId".into(),
+                desc: format!("secret id {id:?} must be [A-Za-z0-9_-]+"),
+            });
+        }
+        let qid = self.next_id;
+        self.next_id += 1;
+        let mut b64 = zeroize::Zeroizing::new(vec![0u8; secret.len().div_ceil(3) * 4]);
+        let n = base64::engine::general_purpose::STANDARD
+            .encode_slice(secret, &mut b64[..])
+            .map_err(|e| QmpError::Command {
+                command: COMMAND.into(),
+                class: "Encoding".into(),
+                desc: e.to_string(),
+            })?;
+        let mut msg = zeroize::Zeroizing::new(Vec::with_capacity(160 + n));
+        msg.extend_from_slice(br#"{"execute":"object-add","id":"#);
+        msg.extend_from_slice(qid.to_string().as_bytes());
+        msg.extend_from_slice(br#","arguments":{"qom-type":"secret","format":"base64","id":""#);
+        msg.extend_from_slice(id.as_bytes());
+        msg.extend_from_slice(br#"","data":""#);
+        msg.extend_from_slice(&b64[..n]);
+        msg.extend_from_slice(b"\"}}\n");
+        self.send_and_wait(&msg, qid, COMMAND).map(drop)
+    }
+
+    /// Writes one command line and waits for the answer with id `id`,
+    /// recording events that arrive meanwhile.
+    fn send_and_wait(&mut self, bytes: &[u8], id: u64, command: &str) -> Result<Value, QmpError> {
+        self.stream.write_all(bytes).map_err(|source| self.io_error(source, command))?;
         let deadline = Instant::now() + self.timeout;
         loop {
             let line = self.read_line(deadline, command)?;
