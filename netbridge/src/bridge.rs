@@ -7,7 +7,7 @@
 //! allocate (one copy of each frame into the sealing buffer).
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
 use std::sync::{mpsc, Arc, Mutex};
@@ -17,14 +17,15 @@ use std::time::{Duration, Instant, SystemTime};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use proto::MacAddr;
 
-use crate::filter::{Decision, Filtered, Place, PortId, Switch};
+use crate::filter::{Decision, Filtered, Place, PortId, PortKind, Switch};
+use crate::guard::{LanGuard, Verdict};
 use crate::noise::Identity;
 use crate::port::packet::HEADROOM;
 use crate::port::{csum, gso, Port, State};
 use crate::tunnel::{Outgoing, Received, Tunnel};
 use crate::udp::Udp;
 use crate::wire::MAX_DATAGRAM;
-use crate::{BridgeConfig, Error, PortSpec, Role, Stats};
+use crate::{announce, BridgeConfig, Error, PortSpec, Role, Stats};
 
 /// Datagrams or frames handled per socket before looking at the others.
 const BATCH: usize = 64;
@@ -43,7 +44,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Bridge;
 
 enum Command {
-    Carry(MacAddr, mpsc::Sender<Result<(), Error>>),
+    Carry(MacAddr, Vec<IpAddr>, mpsc::Sender<Result<(), Error>>),
+    ClearDuplicate(MacAddr, mpsc::Sender<Result<(), Error>>),
     Uncarry(MacAddr, mpsc::Sender<Result<(), Error>>),
     AddPort(PortSpec, mpsc::Sender<Result<(), Error>>),
     RemovePort(String, mpsc::Sender<Result<(), Error>>),
@@ -82,7 +84,7 @@ impl Bridge {
     pub fn spawn(cfg: BridgeConfig) -> Result<BridgeHandle, Error> {
         let identity = Identity::new(cfg.local.clone(), cfg.peer_public, cfg.psk)?;
         let udp = Udp::bind(cfg.listen)?;
-        let mut local = Local::default();
+        let mut local = Local::new(Instant::now());
         for spec in cfg.ports {
             local.add_port(spec)?;
         }
@@ -149,9 +151,25 @@ impl BridgeHandle {
     /// Start carrying frames of this MAC (appliance side: a moved server).
     /// In effect for every frame the bridge reads after this returns.
     pub fn carry_mac(&self, mac: MacAddr) {
-        if let Err(e) = self.request(|tx| Command::Carry(mac, tx)) {
+        self.carry_mac_with_ips(mac, &[]);
+    }
+
+    /// Like [`BridgeHandle::carry_mac`], and announces the MAC on the LAN
+    /// ports at once: a gratuitous ARP for each IPv4 address and an
+    /// unsolicited neighbour advertisement for each IPv6 address, so the
+    /// LAN's switches and neighbours relearn where the server is.
+    pub fn carry_mac_with_ips(&self, mac: MacAddr, ips: &[IpAddr]) {
+        let ips = ips.to_vec();
+        if let Err(e) = self.request(|tx| Command::Carry(mac, ips, tx)) {
             tracing::warn!(%mac, error = %e, "carry_mac failed");
         }
+    }
+
+    /// Clears the duplicate-MAC alarm of `mac` (see [`Stats::duplicate_macs`])
+    /// once the operator made sure only one copy of the server runs; its
+    /// frames cross again. `drop_mac` clears the alarm too.
+    pub fn clear_duplicate_mac(&self, mac: MacAddr) -> Result<(), Error> {
+        self.request(|tx| Command::ClearDuplicate(mac, tx))
     }
 
     /// Stop carrying frames of this MAC (rollback). In effect for every
@@ -225,9 +243,10 @@ impl ShellCounters {
 }
 
 /// The local side: ports and the switch between them and the tunnel.
-#[derive(Default)]
 struct Local {
     switch: Switch,
+    guard: LanGuard,
+    gratuitous_sent: u64,
     ports: Vec<Port>,
     next_id: PortId,
     decision: Decision,
@@ -236,6 +255,49 @@ struct Local {
 }
 
 impl Local {
+    fn new(now: Instant) -> Self {
+        let mut r = [0u8; 14];
+        // Best effort: a fixed nonce still works with one LCG per LAN.
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut r);
+        let mut probe_src = [0u8; 6];
+        probe_src.copy_from_slice(&r[8..14]);
+        // Locally administered, unicast.
+        probe_src[0] = (probe_src[0] | 0x02) & 0xfe;
+        let mut nonce = [0u8; 8];
+        nonce.copy_from_slice(&r[..8]);
+        Local {
+            switch: Switch::default(),
+            guard: LanGuard::new(nonce, MacAddr(probe_src), now),
+            gratuitous_sent: 0,
+            ports: Vec::new(),
+            next_id: 0,
+            decision: Decision::default(),
+            counters: ShellCounters::default(),
+            last_port_check: None,
+        }
+    }
+
+    fn has_lan_port(&self) -> bool {
+        self.ports.iter().any(|p| p.kind() == PortKind::Lan)
+    }
+
+    /// Sends a frame we made (probe, announcement) on every open LAN port.
+    fn send_on_lan(&mut self, frame: &[u8], now: Instant) -> u64 {
+        let mut sent = 0;
+        for p in &self.ports {
+            if p.kind() != PortKind::Lan {
+                continue;
+            }
+            if let Some(sock) = p.socket() {
+                if sock.send(frame).is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        self.guard.put_on_lan(frame, now);
+        sent
+    }
+
     fn add_port(&mut self, spec: PortSpec) -> Result<(), Error> {
         if self.ports.iter().any(|p| p.ifname() == spec.ifname()) {
             return Err(Error::PortExists(spec.ifname().to_string()));
@@ -262,7 +324,7 @@ impl Local {
     }
 
     /// Sends `frame` out of the ports in `self.decision`.
-    fn send_to_ports(&mut self, frame: &[u8]) {
+    fn send_to_ports(&mut self, frame: &[u8], now: Instant) {
         for &id in &self.decision.ports {
             let Some(port) = self.ports.iter_mut().find(|p| p.id == id) else {
                 continue;
@@ -272,7 +334,12 @@ impl Local {
                 continue;
             };
             match sock.send(frame) {
-                Ok(()) => port.tx_error_logged = false,
+                Ok(()) => {
+                    port.tx_error_logged = false;
+                    if port.kind() == PortKind::Lan {
+                        self.guard.put_on_lan(frame, now);
+                    }
+                }
                 Err(e) => {
                     self.counters.port_tx_errors += 1;
                     if !port.tx_error_logged {
@@ -288,8 +355,12 @@ impl Local {
 
     /// Delivers a frame that came out of the tunnel.
     fn deliver_from_tunnel(&mut self, frame: &[u8], now: Instant) {
+        let to_lan = self.has_lan_port();
+        if self.guard.from_tunnel(frame, to_lan, now) != Verdict::Pass {
+            return;
+        }
         match self.switch.forward(Place::Tunnel, frame, now, &mut self.decision) {
-            Ok(()) => self.send_to_ports(frame),
+            Ok(()) => self.send_to_ports(frame, now),
             Err(f) => self.counters.filtered(f),
         }
     }
@@ -361,20 +432,37 @@ fn udp_result(r: Result<(), (usize, io::Error)>, counters: &mut ShellCounters, l
 
 /// Switches a frame that came in on local port `from`: to other ports
 /// and/or into the tunnel.
+#[allow(clippy::too_many_arguments)]
 fn switch_frame(
     local: &mut Local,
     tunnel: &mut Tunnel,
     udp: &mut Udp,
     udp_error_logged: &mut bool,
     from: PortId,
+    lan: bool,
     frame: &[u8],
     now: Instant,
 ) {
+    let verdict = if lan {
+        let carried = |at: usize| {
+            frame
+                .get(at..at + 6)
+                .and_then(|b| <[u8; 6]>::try_from(b).ok())
+                .is_some_and(|m| local.switch.is_carried(&MacAddr(m)))
+        };
+        let (src_carried, dst_carried) = (carried(6), carried(0));
+        local.guard.lan_ingress(frame, src_carried, dst_carried, now)
+    } else {
+        local.guard.into_tunnel(frame, now)
+    };
+    if verdict != Verdict::Pass {
+        return;
+    }
     if let Err(f) = local.switch.forward(Place::Port(from), frame, now, &mut local.decision) {
         local.counters.filtered(f);
         return;
     }
-    local.send_to_ports(frame);
+    local.send_to_ports(frame, now);
     if local.decision.tunnel {
         if let Ok(out) = tunnel.send_frame(frame, now) {
             transmit(udp, &out, &mut local.counters, udp_error_logged);
@@ -429,6 +517,7 @@ impl Worker {
                 self.handle_port(i);
             }
             let now = Instant::now();
+            self.send_probe(now);
             for _ in 0..4 {
                 let Some(out) = self.tunnel.tick(now) else { break };
                 transmit(&mut self.udp, &out, &mut self.local.counters, &mut self.udp_error_logged);
@@ -443,14 +532,31 @@ impl Worker {
     fn handle_commands(&mut self) -> bool {
         loop {
             match self.commands.try_recv() {
-                Ok(Command::Carry(m, reply)) => {
-                    tracing::info!(mac = %m, "carrying MAC");
+                Ok(Command::Carry(m, ips, reply)) => {
+                    tracing::info!(mac = %m, ?ips, "carrying MAC");
                     self.local.switch.carry(m);
+                    let now = Instant::now();
+                    for ip in ips {
+                        let sent = match ip {
+                            IpAddr::V4(v4) => self.local.send_on_lan(&announce::gratuitous_arp(m, v4), now),
+                            IpAddr::V6(v6) => self.local.send_on_lan(&announce::unsolicited_na(m, v6), now),
+                        };
+                        self.local.gratuitous_sent += sent;
+                    }
+                    self.publish(now);
                     let _ = reply.send(Ok(()));
                 }
                 Ok(Command::Uncarry(m, reply)) => {
                     tracing::info!(mac = %m, "no longer carrying MAC");
                     self.local.switch.uncarry(m);
+                    self.local.guard.clear_duplicate(m);
+                    let _ = reply.send(Ok(()));
+                }
+                Ok(Command::ClearDuplicate(m, reply)) => {
+                    if self.local.guard.clear_duplicate(m) {
+                        tracing::warn!(mac = %m, "duplicate-MAC alarm cleared by the operator");
+                    }
+                    self.publish(Instant::now());
                     let _ = reply.send(Ok(()));
                 }
                 // Counters are published before the reply, so a caller that
@@ -525,6 +631,7 @@ impl Worker {
             let Some(port) = local.ports.get(i) else { return };
             let Some(sock) = port.socket() else { return };
             let id = port.id;
+            let lan = port.kind() == PortKind::Lan;
             let info = match sock.recv(port_buf) {
                 Ok(Some(info)) => info,
                 Ok(None) => return,
@@ -550,7 +657,7 @@ impl Worker {
             let frame = &mut port_buf[info.start..info.start + info.len];
             if let Some((kind, mss)) = info.gso {
                 // A GRO/TSO super-frame: cut it into wire-sized segments.
-                let mut send = |seg: &mut [u8]| switch_frame(local, tunnel, udp, udp_error_logged, id, seg, now);
+                let mut send = |seg: &mut [u8]| switch_frame(local, tunnel, udp, udp_error_logged, id, lan, seg, now);
                 match gso::segment(frame, kind, mss, seg_buf, &mut send) {
                     Ok(_) => local.counters.segmented += 1,
                     Err(e) => {
@@ -567,7 +674,22 @@ impl Worker {
             } else if info.csum_not_ready && csum::complete(frame) {
                 local.counters.checksums_completed += 1;
             }
-            switch_frame(local, tunnel, udp, udp_error_logged, id, frame, now);
+            switch_frame(local, tunnel, udp, udp_error_logged, id, lan, frame, now);
+        }
+    }
+
+    /// Sends the loop probe when due, on the LAN ports and into the tunnel
+    /// (only a bridge with a LAN port probes: the LCG).
+    fn send_probe(&mut self, now: Instant) {
+        if !self.local.has_lan_port() {
+            return;
+        }
+        let Some(probe) = self.local.guard.probe_due(now) else { return };
+        self.local.send_on_lan(&probe, now);
+        if self.tunnel.is_established(now) {
+            if let Ok(out) = self.tunnel.send_frame(&probe, now) {
+                transmit(&mut self.udp, &out, &mut self.local.counters, &mut self.udp_error_logged);
+            }
         }
     }
 
@@ -586,6 +708,7 @@ impl Worker {
     fn publish(&self, now: Instant) {
         let t = self.tunnel.stats();
         let c = &self.local.counters;
+        let g = self.local.guard.stats();
         let stats = Stats {
             tx_frames: t.tx_frames,
             rx_frames: t.rx_frames,
@@ -616,7 +739,13 @@ impl Worker {
             udp_tx_errors: c.udp_tx_errors,
             fragments_lost: t.frag.expired + t.frag.evicted,
             ports_down: self.local.ports_down(),
-            ..Stats::default()
+            duplicate_macs: self.local.guard.duplicates(),
+            duplicate_mac_drops: g.duplicate_drops,
+            loops_detected: g.loops_detected,
+            loop_blocked: self.local.guard.loop_blocked(now),
+            loop_drops: g.loop_drops,
+            storm_drops: g.storm_drops,
+            gratuitous_sent: self.local.gratuitous_sent,
         };
         if let Ok(mut p) = self.shared.published.lock() {
             p.stats = stats;

@@ -43,8 +43,10 @@
 //! # Ok(()) }
 //! ```
 
+pub mod announce;
 pub mod filter;
 pub mod frag;
+pub mod guard;
 pub mod keys;
 pub mod metrics;
 pub mod noise;
