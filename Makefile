@@ -78,7 +78,7 @@ smoke-images: images
 # Sizes, cold/warm build times, boot-to-console-URL beside a stock Debian
 # kernel + initramfs boot (never part of `make test`); last line JSON.
 bench-images: images
-	bash image-build/bench.sh
+	bash image-build/appliance/bench.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -11,8 +11,12 @@
 #      the old password still logs in, the console certificate verifies
 #      against the CA certificate read offline from the data partition after
 #      the first power-off, and that CA certificate is unchanged afterwards
+#   4. cloud node image (when built): boots with a seed disk holding its
+#      network settings and the one-time enrolment token (never on the kernel
+#      command line), prints its bootstrap fingerprint on the serial console,
+#      and its API on :8443 presents exactly that certificate
 # The password is read from the serial log into a 0600 file and never printed.
-# Usage: smoke.sh [--if-cached] [IMAGE_DIR]
+# Usage: smoke.sh [--if-cached] [APPLIANCE_IMAGE_DIR [CLOUD_NODE_IMAGE_DIR]]
 #   --if-cached: run only if the image of the current recipe is built, else say
 #   how to build it and exit 0 (what `make test` uses).
 # Env: BOOT_TIMEOUT (180 s), QEMU_MEM (512).
@@ -22,6 +26,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-180}
 QEMU_MEM=${QEMU_MEM:-512}
 GUEST_IP=10.78.0.2
+NODE_IP=10.78.0.3
 CLIENT_IP=10.78.0.100
 
 log() { printf 'smoke-images: %s\n' "$*" >&2; }
@@ -35,8 +40,10 @@ if [[ ${1:-} == --if-cached ]]; then
   IF_CACHED=1
   shift
 fi
+NODE_IMG=
 if [[ $# -ge 1 ]]; then
   IMG=$1
+  NODE_IMG=${2:-}
 elif [[ -n $IF_CACHED ]]; then
   if ! IMG=$(ISTHMUS_CACHED_ONLY=1 bash "$HERE/build.sh" 2>/dev/null | tail -n 1) || [[ -z $IMG ]]; then
     log "skipped: the appliance image of this tree is not built (build it with \`make images\`, then \`make smoke-images\`)"
@@ -44,6 +51,9 @@ elif [[ -n $IF_CACHED ]]; then
   fi
 else
   IMG=$(bash "$HERE/build.sh" | tail -n 1)
+fi
+if [[ -z $NODE_IMG ]]; then
+  NODE_IMG=$(ISTHMUS_CACHED_ONLY=1 bash "$HERE/../cloud-node/build.sh" 2>/dev/null | tail -n 1) || NODE_IMG=
 fi
 
 [[ $(id -u) == 0 ]] || die "must run as root (network namespaces, TAP): sudo make smoke-images"
@@ -65,11 +75,11 @@ ROUND=
 stop_qemu() { # by the PID we started, only
   [[ -n $QEMU_PID ]] || return 0
   if kill -0 "$QEMU_PID" 2>/dev/null; then
-    kill "$QEMU_PID" 2>/dev/null
+    kill "$QEMU_PID" 2>/dev/null || true
     for _ in $(seq 30); do kill -0 "$QEMU_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$QEMU_PID" 2>/dev/null
+    kill -9 "$QEMU_PID" 2>/dev/null || true
   fi
-  wait "$QEMU_PID" 2>/dev/null
+  wait "$QEMU_PID" 2>/dev/null || true
   QEMU_PID=
 }
 cleanup() {
@@ -228,6 +238,56 @@ log "round second: console certificate signed by the first boot's CA; store and 
 powerdown
 ca_pem_from_disk "$TMP/ca-2.pem"
 cmp -s "$TMP/ca-1.pem" "$TMP/ca-2.pem" || die "the CA certificate on the data partition changed between boots"
+
+# Round 3: the cloud node image with its seed (network settings + token).
+T_NODE=null
+if [[ -n $NODE_IMG && -f $NODE_IMG/cloud-node.qcow2 ]]; then
+  ROUND=node
+  log "round node: booting $NODE_IMG"
+  mkdir -m 700 "$TMP/nodeseed"
+  (
+    umask 077
+    head -c 32 /dev/urandom | base64 >"$TMP/nodeseed/token"
+    printf 'ip=%s/24\nhostname=cloud1\n' "$NODE_IP" >"$TMP/nodeseed/isthmus.conf"
+  )
+  mkfs.vfat -C -n CIDATA "$TMP/nodeseed.img" 1024 >/dev/null
+  mcopy -i "$TMP/nodeseed.img" "$TMP/nodeseed/token" "$TMP/nodeseed/isthmus.conf" ::
+  ip -n "$NS_SW" tuntap add dev tap2 mode tap
+  ip -n "$NS_SW" link set tap2 master br0
+  ip -n "$NS_SW" link set tap2 up
+  t0=$EPOCHREALTIME
+  ip netns exec "$NS_SW" qemu-system-x86_64 -accel tcg -m 1024 -smp 1 \
+    -name isthmus-node-smoke -display none -monitor none -nodefaults -vga none \
+    -serial "file:$TMP/serial-node.log" -snapshot \
+    -drive "file=$NODE_IMG/cloud-node.qcow2,format=qcow2,if=ide,index=0" \
+    -drive "file=$TMP/nodeseed.img,format=raw,if=ide,index=1" \
+    -netdev tap,id=n0,ifname=tap2,script=no,downscript=no -device e1000,netdev=n0,mac=52:54:00:78:00:03 \
+    </dev/null >"$TMP/qemu-node.out" 2>&1 &
+  QEMU_PID=$!
+  fp=
+  for ((i = 0; i < BOOT_TIMEOUT * 10; i++)); do
+    fp=$(grep -a '^bootstrap fingerprint: sha256:' "$TMP/serial-node.log" 2>/dev/null | tr -d '\r' | tail -n 1 | sed 's/.*sha256://') || fp=
+    [[ -n $fp ]] && break
+    kill -0 "$QEMU_PID" 2>/dev/null || die "round node: QEMU exited early: $(cat "$TMP/qemu-node.out")"
+    sleep 0.1
+  done
+  [[ -n $fp ]] || die "round node: no bootstrap fingerprint on the serial line within $BOOT_TIMEOUT s"
+  T_NODE=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
+  log "round node: QEMU start -> bootstrap fingerprint: $T_NODE s"
+  grep -qa 'seed on .*token' "$TMP/serial-node.log" || die "round node: the token on the seed disk was not found"
+  got=
+  for ((i = 0; i < 100; i++)); do
+    got=$(ip netns exec "$NS_CL" openssl s_client -connect "$NODE_IP:8443" </dev/null 2>/dev/null |
+      openssl x509 -outform DER 2>/dev/null | sha256sum | cut -c1-64) || got=
+    [[ $got == "$fp" ]] && break
+    sleep 0.3
+  done
+  [[ $got == "$fp" ]] || die "round node: the API on $NODE_IP:8443 presents $got, the console said $fp"
+  log "round node: API at https://$NODE_IP:8443 presents the printed bootstrap certificate"
+  stop_qemu
+else
+  log "round node: skipped (no cloud node image built: make images)"
+fi
 ROUND=
-log "PASS: boot to console URL ${T_FIRST} s (first boot), ${T_SECOND} s (reboot)"
-printf '{"boot_to_url_first_s": %s, "boot_to_url_reboot_s": %s}\n' "$T_FIRST" "$T_SECOND"
+log "PASS: boot to console URL ${T_FIRST} s (first boot), ${T_SECOND} s (reboot); cloud node to fingerprint ${T_NODE} s"
+printf '{"boot_to_url_first_s": %s, "boot_to_url_reboot_s": %s, "node_boot_to_fingerprint_s": %s}\n' "$T_FIRST" "$T_SECOND" "$T_NODE"

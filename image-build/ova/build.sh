@@ -130,9 +130,11 @@ ISTHMUS=${ISTHMUS:-$REPO/target/release/isthmus}
 if [[ -x $ISTHMUS ]] && "$ISTHMUS" import --help >/dev/null 2>&1; then
   "$ISTHMUS" import --json "$WORK/$NAME.ova" >"$WORK/import.json" 2>"$WORK/import.err" ||
     die "isthmus import rejects the OVA: $(cat "$WORK/import.err")"
-  jq -e 'length == 1 and (.[0] | tostring | test("isthmus-appliance"))' "$WORK/import.json" >/dev/null ||
-    die "isthmus import read something unexpected: $(head -c 400 "$WORK/import.json")"
-  log "isthmus import reads it: $(jq -c '.[0] | {name, cpus: .profile.cpus?, memory: .profile.memory_mib?, nics: (.profile.nics? | length)}' "$WORK/import.json" 2>/dev/null || true)"
+  jq -e --argjson cap "$CAPACITY" 'length == 1 and (.[0] | .name == "isthmus-appliance" and .cpus == 2
+      and .memory_mib == 2048 and ([.nics[] | .model + "@" + .network] == ["e1000@Management", "e1000@LAN"])
+      and .disks[0].capacity_bytes == $cap)' "$WORK/import.json" >/dev/null ||
+    die "isthmus import reads something else than the descriptor says: $(head -c 600 "$WORK/import.json")"
+  log "isthmus import agrees: $(jq -c '.[0] | {name, cpus, memory_mib, nics: [.nics[] | .model + "@" + .network], disk: .disks[0].capacity_bytes}' "$WORK/import.json")"
   cp "$WORK/import.json" "$OUT/import.json"
 else
   log "importer check skipped: $ISTHMUS has no \`import\` command"
