@@ -237,11 +237,16 @@ mod tests {
             let mut r = BufReader::new(s);
             let mut line = String::new();
             while r.read_line(&mut line).unwrap() > 0 {
-                w.write_all(line.replace('\n', "\r\n").as_bytes()).unwrap();
                 let out = std::process::Command::new("sh").arg("-c").arg(&line).output().unwrap();
                 let text = String::from_utf8_lossy(&out.stdout).replace('\n', "\r\n");
-                w.write_all(text.as_bytes()).unwrap();
-                w.write_all(b"web1# \x1b[6n").unwrap();
+                let echo = line.replace('\n', "\r\n");
+                // The client may hang up after its last marker: stop then.
+                if [echo.as_bytes(), text.as_bytes(), b"web1# \x1b[6n"]
+                    .iter()
+                    .any(|b| w.write_all(b).is_err())
+                {
+                    break;
+                }
                 line.clear();
             }
         });

@@ -24,7 +24,8 @@ CACHE_ROOT=${ISTHMUS_CACHE:-/var/cache/isthmus}
 
 # Storage drivers the initramfs loads, in this order (dependencies come from modules.dep).
 INITRD_MODULES=(crc32c_generic crct10dif_generic crc64_rocksoft_generic sd_mod ext4
-  virtio_pci virtio_blk virtio_scsi ata_piix ahci sym53c8xx)
+  virtio_pci virtio_blk virtio_scsi ata_piix ahci sym53c8xx
+  mptsas megaraid_sas vmw_pvscsi nvme sr_mod)
 # Everything the root filesystem keeps under /lib/modules.
 ROOT_MODULES=("${INITRD_MODULES[@]}" e1000 e1000e 8139too 8139cp vmxnet3 pcnet32 virtio_net
   button evdev)
@@ -153,6 +154,10 @@ printf '%s\n' "${INITRD_MODULES[@]}" >"$INITRD/etc/initramfs-modules"
 ROOT=$WORK/root
 populate_tree "$ROOT" "${ROOT_MODULES[@]}"
 cp -a "$HERE/rootfs/." "$ROOT/"
+# The guest's I/O benchmark (hv's `make bench-hv`): static, no libraries.
+command -v gcc >/dev/null || die "gcc missing (tests/setup/deps.sh installs it)"
+gcc -O2 -static -Wall -o "$ROOT/usr/bin/isthmus-iobench" "$HERE/tools/iobench.c"
+strip "$ROOT/usr/bin/isthmus-iobench"
 mkdir -p "$ROOT/boot/grub" "$ROOT/etc/isthmus" "$ROOT/var/log" "$ROOT/var/run" "$ROOT/mnt"
 echo "$HOSTNAME_" >"$ROOT/etc/hostname"
 printf '127.0.0.1\tlocalhost\n%s\t%s\n' "${IP%/*}" "$HOSTNAME_" >"$ROOT/etc/hosts"

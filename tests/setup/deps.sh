@@ -50,6 +50,9 @@ need mcopy mtools
 need xmllint libxml2-utils # OVF descriptor check
 need openssl openssl       # smoke test: console certificate
 need flock util-linux
+# hv: UEFI guests (firmware = "efi") boot OVMF; gcc builds the guest's I/O benchmark.
+need /usr/share/OVMF/OVMF_CODE.fd ovmf
+need gcc gcc
 
 backports=()
 if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
