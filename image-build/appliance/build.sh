@@ -19,8 +19,8 @@ ROLE=appliance
 # shellcheck source=SCRIPTDIR/../common/lib.sh
 . "$HERE/../common/lib.sh"
 
-[[ $(id -u) == 0 ]] || die "must run as root (loop devices, mounts): sudo make images"
-for c in mmdebstrap sfdisk partx losetup mkfs.ext4 grub-install qemu-img cpio strip debugfs; do
+[[ $(id -u) == 0 ]] || die "must run as root (device nodes in the image tree): sudo make images"
+for c in mmdebstrap sfdisk mkfs.ext4 grub-mkimage qemu-img cpio strip jq python3; do
   command -v "$c" >/dev/null || die "missing $c: run tests/setup/deps.sh"
 done
 

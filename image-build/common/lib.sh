@@ -8,9 +8,11 @@
 #   ROOT_MODULES     kernel modules the root keeps (with their dependencies)
 #   ROOT_MB DISK_MB  root partition size, whole disk size (rest = data partition)
 #   APT_PREFS        apt preferences for the stage (optional; e.g. QEMU from backports)
-# Techniques come from image-build/test-server/build.sh: mmdebstrap
-# --variant=extract, busybox applets, partx instead of losetup -P, a udevadm
-# stand-in for grub-install, fixed filesystem UUIDs derived from the recipe.
+# Techniques come from image-build/test-server/build.sh (mmdebstrap
+# --variant=extract, busybox applets, fixed filesystem UUIDs derived from the
+# recipe); unlike it, the disk is written without loop devices or mounts
+# (mkfs.ext4 -E offset, GRUB embedded by install_grub_mbr_gap) so that two
+# builds give the same bytes and parallel builds cannot race for /dev/loopN.
 
 # shellcheck disable=SC2034 # some variables are used by the sourcing script
 SUITE=bookworm
@@ -70,8 +72,6 @@ begin_build() {
   rm -rf "$CACHE_ROOT/.build-$NAME-$HASH."*
   WORK=$(mktemp -d "$CACHE_ROOT/.build-$NAME-$HASH.XXXXXX")
   chmod 755 "$WORK" # apt's download sandbox user must reach it
-  LOOP=
-  MNT=
   trap build_cleanup EXIT
   trap 'exit 130' INT TERM
   return 0
@@ -80,12 +80,6 @@ begin_build() {
 build_cleanup() {
   local rc=$?
   set +e
-  if [[ -n ${MNT:-} ]] && mountpoint -q "$MNT"; then umount "$MNT"; fi
-  if [[ -n ${LOOP:-} ]]; then
-    partx -d "$LOOP" 2>/dev/null
-    rm -f "${LOOP}p1" "${LOOP}p2" 2>/dev/null
-    losetup -d "$LOOP"
-  fi
   rm -rf "$WORK"
   if ((rc != 0)); then
     log "build failed (exit $rc); the messages above say which step. Network errors from"
@@ -165,7 +159,7 @@ make_initramfs() {
   install -m 755 "$COMMON/initramfs-init" "$initrd/init"
   printf '%s\n' "${INITRD_MODULES[@]}" >"$initrd/etc/initramfs-modules"
   find "$initrd" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
-  (cd "$initrd" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) |
+  (cd "$initrd" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet --reproducible -R 0:0) |
     gzip -9n >"$WORK/initrd.img"
 }
 
@@ -205,6 +199,9 @@ FSTAB
   cp "$WORK/initrd.img" "$ROOT/boot/initrd.img-$KVER"
   ln -s "vmlinuz-$KVER" "$ROOT/boot/vmlinuz"
   ln -s "initrd.img-$KVER" "$ROOT/boot/initrd.img"
+  # GRUB modules the core image loads from /boot/grub (linux16, search, ...).
+  mkdir -p "$ROOT/boot/grub/i386-pc"
+  cp /usr/lib/grub/i386-pc/*.mod /usr/lib/grub/i386-pc/*.lst "$ROOT/boot/grub/i386-pc/"
   cat >"$ROOT/boot/grub/grub.cfg" <<GRUB
 set default=0
 set timeout=0
@@ -227,65 +224,73 @@ GRUB
   ((used + 16 < ROOT_MB)) || die "root tree ($used MiB) does not fit ROOT_MB=$ROOT_MB: raise ROOT_MB in build.sh"
 }
 
-# Partition node for $LOOP partition $1 (no udev here: make it from sysfs).
-part_node() {
-  local n=$1 sysp maj min
-  sysp=/sys/block/${LOOP#/dev/}/${LOOP#/dev/}p$n/dev
-  for _ in $(seq 50); do [[ -e $sysp ]] && break; sleep 0.1; done
-  [[ -e $sysp ]] || die "no partition $n for $LOOP after partx -a"
-  if [[ ! -b ${LOOP}p$n ]]; then
-    IFS=: read -r maj min <"$sysp"
-    mknod "${LOOP}p$n" b "$maj" "$min"
-  fi
-  echo "${LOOP}p$n"
-}
-
-# 4. Disk: msdos label; p1 root (ext4, read-only at run time), p2 data (ext4); GRUB in the MBR.
+# 4. Disk: msdos label; p1 root (ext4, read-only at run time), p2 data (ext4); GRUB in the MBR gap.
 make_disk() {
   RAW=$WORK/disk.raw
   truncate -s "${DISK_MB}M" "$RAW"
   printf 'label: dos\nlabel-id: 0x%s\nstart=2048, size=%sMiB, type=83, bootable\ntype=83\n' \
     "${HASH:0:8}" "$ROOT_MB" | sfdisk -q "$RAW"
-  LOOP=$(losetup -f --show "$RAW")
-  partx -a "$LOOP" 2>/dev/null || partx -u "$LOOP" || die "partx cannot read the partitions of $LOOP"
-  local p1 p2
-  p1=$(part_node 1)
-  p2=$(part_node 2)
+  # Each filesystem is written straight into its partition (mkfs -E offset):
+  # no loop device, no mount.
+  local parts r_off r_blocks d_off d_blocks
+  parts=$(sfdisk -J "$RAW")
+  r_off=$(($(jq '.partitiontable.partitions[0].start' <<<"$parts") * 512))
+  r_blocks=$(($(jq '.partitiontable.partitions[0].size' <<<"$parts") / 8))
+  d_off=$(($(jq '.partitiontable.partitions[1].start' <<<"$parts") * 512))
+  d_blocks=$(($(jq '.partitiontable.partitions[1].size' <<<"$parts") / 8))
   # E2FSPROGS_FAKE_TIME + fixed UUID and hash seed: reproducible superblocks.
   E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -F -b 4096 -L isthmus-root -U "$ROOT_UUID" \
     -O '^metadata_csum_seed,^orphan_file,^has_journal' -m 0 \
-    -E "lazy_itable_init=0,hash_seed=$ROOT_UUID" -d "$ROOT" "$p1"
+    -E "offset=$r_off,lazy_itable_init=0,hash_seed=$ROOT_UUID" -d "$ROOT" "$RAW" "$r_blocks"
+  # mkfs -d copies each file's ctime and atime (times of this build): set them all.
+  {
+    echo 'sif / ctime @'"$SOURCE_DATE_EPOCH"
+    (cd "$ROOT" && find . -mindepth 1 | LC_ALL=C sort | sed 's|^\.||') |
+      while IFS= read -r f; do printf 'sif "%s" ctime @%s\nsif "%s" ctime_extra 0\nsif "%s" atime @%s\nsif "%s" atime_extra 0\n' \
+        "$f" "$SOURCE_DATE_EPOCH" "$f" "$f" "$SOURCE_DATE_EPOCH" "$f"; done
+  } >"$WORK/ctime.debugfs"
+  echo "ssv wtime @$SOURCE_DATE_EPOCH" >>"$WORK/ctime.debugfs"
+  E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH debugfs -w -f "$WORK/ctime.debugfs" "$RAW?offset=$r_off" >/dev/null 2>"$WORK/debugfs.err" ||
+    die "debugfs could not set file times: $(tail -n 3 "$WORK/debugfs.err")"
   E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -F -b 4096 -L isthmus-data -U "$DATA_UUID" \
-    -O '^metadata_csum_seed,^orphan_file' -E "lazy_itable_init=0,lazy_journal_init=0,hash_seed=$DATA_UUID" "$p2"
-  MNT=$WORK/mnt
-  mkdir -p "$MNT"
-  mount "$p1" "$MNT"
-  echo "(hd0) $LOOP" >"$MNT/boot/grub/device.map"
-  if ! command -v udevadm >/dev/null 2>&1; then
-    mkdir -p "$WORK/bin"
-    cat >"$WORK/bin/udevadm" <<'SHIM'
-#!/bin/sh
-for a; do dev=$a; done
-n=$(basename "$(readlink -f "$dev")")
-p=$(readlink -f "/sys/class/block/$n") || exit 1
-echo "${p#/sys}"
-SHIM
-    chmod +x "$WORK/bin/udevadm"
-    export PATH="$WORK/bin:$PATH"
-  fi
-  grub-install --target=i386-pc --boot-directory="$MNT/boot" --modules="part_msdos ext2 search_fs_uuid" \
-    --locales= --fonts= --themes= "$LOOP" 2>&1 | grep -v '^Installation finished' >&2 || true
-  [[ -f $MNT/boot/grub/i386-pc/core.img ]] || die "grub-install failed"
-  rm -f "$MNT/boot/grub/device.map"
-  find "$MNT/boot/grub" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
-  umount "$MNT"
-  MNT=
-  partx -d "$LOOP"
-  rm -f "$p1" "$p2"
-  losetup -d "$LOOP"
-  LOOP=
-  # The root was written with mount: clear its last-mount/write times.
-  debugfs -w -R "ssv mtime $SOURCE_DATE_EPOCH" "$RAW" >/dev/null 2>&1 || true
+    -O '^metadata_csum_seed,^orphan_file' \
+    -E "offset=$d_off,lazy_itable_init=0,lazy_journal_init=0,hash_seed=$DATA_UUID" "$RAW" "$d_blocks"
+  install_grub_mbr_gap "$RAW"
+}
+
+# GRUB for SeaBIOS without mounting anything (a kernel mount would stamp times
+# and place blocks differently on every build): a core image with a fixed
+# prefix embedded in the gap after the MBR (sectors 1..2047), boot.img in the
+# MBR with the partition table kept. What grub-bios-setup does when it embeds
+# (grub util/setup.c): boot.img's BPB area and partition table come from the
+# existing MBR, its kernel sector (0x5c) points at sector 1, the drive check
+# (0x66) is a NOP pair for hard disks, and diskboot's blocklist (last 12 bytes
+# of core.img's first sector) lists the remaining sectors from sector 2.
+install_grub_mbr_gap() { # raw-disk
+  grub-mkimage -O i386-pc -p '(hd0,msdos1)/boot/grub' -o "$WORK/core.img" biosdisk part_msdos ext2
+  python3 - "$1" /usr/lib/grub/i386-pc/boot.img "$WORK/core.img" <<'PY'
+import struct, sys
+disk, boot_p, core_p = sys.argv[1:4]
+boot = open(boot_p, "rb").read()
+core = bytearray(open(core_p, "rb").read())
+sectors = (len(core) + 511) // 512
+if 1 + sectors > 2048:
+    sys.exit(f"core.img ({len(core)} bytes) does not fit the 1 MiB gap before the first partition")
+core += b"\0" * (sectors * 512 - len(core))
+with open(disk, "r+b") as f:
+    mbr = bytearray(f.read(512))
+    BPB_START, BPB_END, KERNEL_SECTOR, DRIVE_CHECK, PART_START = 0x3, 0x5A, 0x5C, 0x66, 0x1B8
+    mbr[0:BPB_START] = boot[0:BPB_START]
+    mbr[BPB_END:PART_START] = boot[BPB_END:PART_START]
+    struct.pack_into("<Q", mbr, KERNEL_SECTOR, 1)
+    mbr[DRIVE_CHECK:DRIVE_CHECK + 2] = b"\x90\x90"
+    start, length = struct.unpack_from("<QH", core, 0x200 - 12)
+    struct.pack_into("<QH", core, 0x200 - 12, 2, sectors - 1)
+    f.seek(0)
+    f.write(mbr)
+    f.seek(512)
+    f.write(core)
+PY
 }
 
 # 5. Result: compressed qcow2 (zstd: cheap to read from GRUB under TCG), manifest.
