@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build image demo test unit e2e smoke lint fmt fuzz clean-cache bench-netbridge bench-netbridge-deps images smoke-images bench-images
+.PHONY: all deps build image demo test unit e2e smoke lint fmt fuzz clean-cache bench-netbridge bench-netbridge-deps images smoke-images bench-images bench-hv
 
 all: build
 
@@ -59,6 +59,12 @@ bench-netbridge-deps:
 bench-netbridge: bench-netbridge-deps
 	$(CARGO) build --release -p netbridge --example isthmus-bridge
 	python3 netbridge/bench/bench.py target/release/examples/isthmus-bridge
+
+# The CSL guest: plain vs LUKS qcow2 data disk in the same run (I/O measured
+# inside the guest by isthmus-iobench, not fio), boot time, QMP snapshot
+# save/load, QEMU RSS (never part of `make test`); last line JSON. Root only.
+bench-hv: deps
+	$(CARGO) run -q -p hv --example bench_hv
 
 # The product images (image-build/README.md): appliance qcow2, cloud node
 # qcow2 and the appliance OVA, from the release binaries; cached under

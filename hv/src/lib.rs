@@ -10,6 +10,7 @@
 //!   [`create_encrypted_image`] makes such disks.
 //! - [`Guest::powerdown`]: ACPI power button, wait, then hard stop.
 //! - [`SerialConsole`]: the guest's ttyS0 over its unix socket.
+//! - [`lifecycle`]: pause/resume, reset, snapshots, block/process/TAP counters.
 //! - [`probe_accel`]: does KVM boot a real Linux guest here? Otherwise TCG.
 //! - [`create_tap`] / [`delete_tap`]: persistent TAP devices the guest's NICs
 //!   use (QEMU opens them by name, netbridge attaches to them).
@@ -18,6 +19,7 @@ pub mod accel;
 pub mod console;
 pub mod disk_key;
 pub mod guest;
+pub mod lifecycle;
 pub mod qemu;
 pub mod run_dir;
 pub mod spec;
@@ -27,6 +29,7 @@ pub use accel::{probe_accel, probe_accel_with, AccelProbe, ProbeOptions};
 pub use console::SerialConsole;
 pub use disk_key::DiskKey;
 pub use guest::Guest;
+pub use lifecycle::{tap_stats, SnapshotInfo};
 pub use qemu::luks::{create_encrypted_image, ImageSource};
 pub use qemu::qemu_args;
 pub use spec::GuestSpec;
@@ -60,6 +63,9 @@ pub enum Error {
     /// An encrypted image could not be made.
     #[error(transparent)]
     Luks(#[from] qemu::luks::LuksError),
+    /// A lifecycle or monitoring operation failed.
+    #[error(transparent)]
+    Lifecycle(#[from] lifecycle::LifecycleError),
     /// The serial console failed.
     #[error(transparent)]
     Console(#[from] console::ConsoleError),

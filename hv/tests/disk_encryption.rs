@@ -26,8 +26,11 @@ fn key(hex_str: &str) -> DiskKey {
 }
 
 fn spec(name: &str, disks: Vec<std::path::PathBuf>, tap: &str, run_dir: &Path) -> GuestSpec {
-    let disk = |unit, boot| DiskSpec {
-        bus: DiskBus::Sata,
+    // The data disk is on virtio-blk (vda): two disks that both become sdX
+    // can swap names between boots (sd binds asynchronously), and this
+    // image's fstab names /dev/sda1.
+    let disk = |bus, unit, boot| DiskSpec {
+        bus,
         unit,
         boot,
         media: Default::default(),
@@ -39,7 +42,7 @@ fn spec(name: &str, disks: Vec<std::path::PathBuf>, tap: &str, run_dir: &Path) -
             machine: Machine::Pc,
             cpus: 1,
             memory_mib: 256,
-            disks: vec![disk(0, true), disk(1, false)],
+            disks: vec![disk(DiskBus::Sata, 0, true), disk(DiskBus::VirtioBlk, 0, false)],
             nics: vec![NicSpec {
                 model: NicModel::E1000,
                 mac: "52:54:00:12:34:56".parse().unwrap(),
@@ -125,7 +128,7 @@ fn boots_from_luks_disk_and_the_provider_never_sees_plaintext_or_key() {
         assert!(facts.contains("root_disk=sda"), "{facts}");
 
         // Write a known pattern from inside the guest: to a file on the root
-        // file system and straight onto the second disk. The pattern is built
+        // file system and straight onto the second disk (vda). The pattern is built
         // in the guest so the typed command never holds it literally.
         let mut con = g.serial_console(Duration::from_secs(5)).unwrap();
         let pattern = b"ISTHMUS-PLAIN-TEXT-7d3f";
@@ -133,8 +136,8 @@ fn boots_from_luks_disk_and_the_provider_never_sees_plaintext_or_key() {
             .run(
                 "P=$(printf 'ISTHMUS-%s-%s-7d3f' PLAIN TEXT); mount -o remount,rw / ; \
                  i=0; while [ $i -lt 2000 ]; do echo \"$P $i\"; i=$((i+1)); done > /root/pattern.txt; \
-                 dd if=/root/pattern.txt of=/dev/sdb bs=64k conv=fsync 2>/dev/null; sync; \
-                 grep -c \"$P\" /root/pattern.txt; dd if=/dev/sdb bs=64k count=1 2>/dev/null | grep -c \"$P 1\"",
+                 dd if=/root/pattern.txt of=/dev/vda bs=64k conv=fsync 2>/dev/null; sync; \
+                 grep -c \"$P\" /root/pattern.txt; dd if=/dev/vda bs=64k count=1 2>/dev/null | grep -c \"$P 1\"",
                 Duration::from_secs(120),
             )
             .unwrap();

@@ -1,0 +1,212 @@
+//! `make bench-hv`: the same test-server guest, in the same run, with its
+//! data disk as plain qcow2 and as LUKS qcow2 (key over QMP): 4 KiB random
+//! read/write IOPS and 1 MiB sequential MiB/s measured inside the guest by
+//! `isthmus-iobench` (O_DIRECT, queue depth 1; fio does not fit the busybox
+//! image, so these are *not* fio figures), boot time to ISTHMUS-READY, QMP
+//! snapshot save/load times and QEMU's RSS. Prints a table, then one JSON
+//! object as the last line. Root only (network namespace, TAP).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hv::{create_encrypted_image, DiskKey, Guest, GuestSpec, ImageSource};
+use proto::api::AccelKind;
+use proto::{DiskBus, DiskSpec, Firmware, HardwareProfile, Machine, NicModel, NicSpec, Smbios};
+
+const SECS: &str = "5";
+const DATA_BYTES: u64 = 128 << 20;
+const MODES: [&str; 4] = ["seqwrite", "seqread", "randwrite", "randread"];
+
+struct Run {
+    boot_s: f64,
+    io: Vec<(String, f64, f64)>, // mode, iops, MiB/s
+    rss_mib: f64,
+    save_ms: f64,
+    load_ms: f64,
+}
+
+fn image_dir() -> anyhow::Result<PathBuf> {
+    if let Some(d) = std::env::var_os("ISTHMUS_TEST_SERVER_DIR") {
+        return Ok(d.into());
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new("bash")
+        .arg(root.join("image-build/test-server/build.sh"))
+        .current_dir(&root)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "test-server build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").trim().into())
+}
+
+fn qemu_img(args: &[&str]) -> anyhow::Result<()> {
+    let st = Command::new("qemu-img").args(args).status()?;
+    anyhow::ensure!(st.success(), "qemu-img {args:?} failed");
+    Ok(())
+}
+
+fn run(label: &str, base: &Path, dir: &Path, luks: bool, accel: AccelKind) -> anyhow::Result<Run> {
+    let root = dir.join(format!("{label}-root.qcow2"));
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        &base.to_string_lossy(),
+        "-F",
+        "qcow2",
+        &root.to_string_lossy(),
+    ])?;
+    let data = dir.join(format!("{label}-data.qcow2"));
+    let key = if luks {
+        let k = DiskKey::generate()?;
+        create_encrypted_image(&data, &ImageSource::Blank { size_bytes: DATA_BYTES }, &k)?;
+        Some(k)
+    } else {
+        qemu_img(&["create", "-q", "-f", "qcow2", &data.to_string_lossy(), &DATA_BYTES.to_string()])?;
+        None
+    };
+    let tap = format!("hvb{}{}", std::process::id() % 100_000, u8::from(luks));
+    hv::create_tap(&tap)?;
+    // Data disk on virtio-blk (vda): a second SATA disk could take the name
+    // sda from the root disk (sd binds asynchronously; fstab names sda1).
+    let disk = |bus, unit, boot| DiskSpec {
+        bus,
+        unit,
+        boot,
+        media: Default::default(),
+    };
+    let spec = GuestSpec {
+        name: format!("bench-{label}"),
+        profile: HardwareProfile {
+            firmware: Firmware::Bios,
+            machine: Machine::Pc,
+            cpus: 1,
+            memory_mib: 256,
+            disks: vec![disk(DiskBus::Sata, 0, true), disk(DiskBus::VirtioBlk, 0, false)],
+            nics: vec![NicSpec {
+                model: NicModel::E1000,
+                mac: "52:54:00:12:34:56".parse()?,
+                pci_slot: Some("03.0".parse()?),
+            }],
+            smbios: Smbios::default(),
+        },
+        disks: vec![root, data],
+        taps: vec![tap.clone()],
+        run_dir: dir.join(format!("{label}-run")),
+        accel,
+    };
+    let t0 = Instant::now();
+    let g = Guest::launch_with_keys(&spec, &[None, key])?;
+    let result = (|| -> anyhow::Result<Run> {
+        g.wait_for_serial("ISTHMUS-READY", Duration::from_secs(180))?;
+        let boot_s = t0.elapsed().as_secs_f64();
+        let mut con = g.serial_console(Duration::from_secs(5))?;
+        con.send(b"\n")?;
+        let mut io = Vec::new();
+        for mode in MODES {
+            let r = con.run(&format!("isthmus-iobench /dev/vda {mode} {SECS}"), Duration::from_secs(120))?;
+            anyhow::ensure!(r.status == 0, "iobench {mode}: {}", r.output);
+            let line = r
+                .output
+                .lines()
+                .find(|l| l.starts_with("ISTHMUS-IO"))
+                .unwrap_or_default()
+                .to_string();
+            let get = |k: &str| -> f64 {
+                line.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(k))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0.0)
+            };
+            io.push((mode.to_string(), get("iops="), get("mibps=")));
+        }
+        let rss_mib = g.process_stats()?.rss_kib as f64 / 1024.0;
+        let t = Instant::now();
+        g.snapshot_save("bench")?;
+        let save_ms = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        g.snapshot_load("bench")?;
+        let load_ms = t.elapsed().as_secs_f64() * 1e3;
+        Ok(Run {
+            boot_s,
+            io,
+            rss_mib,
+            save_ms,
+            load_ms,
+        })
+    })();
+    let _ = g.kill();
+    let _ = hv::delete_tap(&tap);
+    result
+}
+
+fn main() -> anyhow::Result<()> {
+    let image = image_dir()?;
+    let base = image.join("disk.qcow2");
+    let dir = tempfile::tempdir()?;
+    let probe = hv::probe_accel(&image.join("vmlinuz"), Some(&image.join("initrd.img")));
+    eprintln!("accelerator: {} ({})", probe.accel, probe.reason);
+    let accel_kind = probe.accel;
+    let accel = probe.accel.to_string();
+    // Both runs in a private network namespace (the TAP lives and dies there).
+    let base2 = base.clone();
+    let path = dir.path().to_path_buf();
+    let (plain, luks) = std::thread::spawn(move || -> anyhow::Result<(Run, Run)> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+        Ok((
+            run("plain", &base2, &path, false, accel_kind)?,
+            run("luks", &base2, &path, true, accel_kind)?,
+        ))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
+
+    let fig = |r: &Run, mode: &str, iops: bool| {
+        r.io.iter()
+            .find(|(m, _, _)| m == mode)
+            .map(|(_, i, m)| if iops { *i } else { *m })
+            .unwrap_or(0.0)
+    };
+    println!("hv bench: same guest, same run; data disk 128 MiB on virtio-blk; isthmus-iobench in the guest (O_DIRECT, QD1; not fio); accel {accel}");
+    println!("{:<28} {:>12} {:>12} {:>8}", "figure", "plain qcow2", "LUKS qcow2", "ratio");
+    let rows = [
+        ("4k randread IOPS", "randread", true),
+        ("4k randwrite IOPS", "randwrite", true),
+        ("1M seqread MiB/s", "seqread", false),
+        ("1M seqwrite MiB/s", "seqwrite", false),
+    ];
+    for (name, mode, iops) in rows {
+        let (p, l) = (fig(&plain, mode, iops), fig(&luks, mode, iops));
+        println!("{name:<28} {p:>12.1} {l:>12.1} {:>8.2}", if p > 0.0 { l / p } else { 0.0 });
+    }
+    println!("{:<28} {:>12.2} {:>12.2}", "boot to ISTHMUS-READY s", plain.boot_s, luks.boot_s);
+    println!("{:<28} {:>12.0} {:>12.0}", "snapshot-save ms", plain.save_ms, luks.save_ms);
+    println!("{:<28} {:>12.0} {:>12.0}", "snapshot-load ms", plain.load_ms, luks.load_ms);
+    println!("{:<28} {:>12.0} {:>12.0}", "QEMU RSS MiB", plain.rss_mib, luks.rss_mib);
+    let json = serde_json::json!({
+        "accel": accel,
+        "io_tool": "isthmus-iobench (O_DIRECT, QD1), not fio",
+        "randread_iops_plain": fig(&plain, "randread", true).round(),
+        "randread_iops_luks": fig(&luks, "randread", true).round(),
+        "randwrite_iops_plain": fig(&plain, "randwrite", true).round(),
+        "randwrite_iops_luks": fig(&luks, "randwrite", true).round(),
+        "seq_read_mibps_plain": fig(&plain, "seqread", false),
+        "seq_read_mibps_luks": fig(&luks, "seqread", false),
+        "seq_write_mibps_plain": fig(&plain, "seqwrite", false),
+        "seq_write_mibps_luks": fig(&luks, "seqwrite", false),
+        "boot_s": (plain.boot_s * 100.0).round() / 100.0,
+        "boot_s_luks": (luks.boot_s * 100.0).round() / 100.0,
+        "snapshot_save_ms": plain.save_ms.round(),
+        "snapshot_load_ms": plain.load_ms.round(),
+        "qemu_rss_mib": plain.rss_mib.round(),
+        "qemu_rss_mib_luks": luks.rss_mib.round(),
+    });
+    println!("{json}");
+    Ok(())
+}
