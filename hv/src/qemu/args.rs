@@ -47,9 +47,11 @@ pub enum Arg {
     NoReboot,
     /// `-serial file:<path>`.
     SerialFile(PathBuf),
-    /// `-chardev socket,id=serial0,path=<socket>,server=on,wait=off,logfile=<log>,logappend=on`
+    /// `-chardev socket,id=serial0,path=<socket>,server=on,wait=off,logfile=<log>,logappend=off`
     /// `-serial chardev:serial0`: the guest's ttyS0 as a unix stream socket
-    /// (a console client connects; output is also kept in the log file).
+    /// (a console client connects; output is also kept in the log file,
+    /// truncated at each start like `-serial file:` was, so a wait for a
+    /// serial line never matches a previous boot's).
     SerialSocket {
         /// Listening unix socket.
         socket: PathBuf,
@@ -516,7 +518,7 @@ impl Arg {
                             .kv("server", "on")
                             .kv("wait", "off")
                             .kv("logfile", log.to_string_lossy())
-                            .kv("logappend", "on")
+                            .kv("logappend", "off")
                             .done(),
                     ),
                 );

@@ -620,6 +620,7 @@ mod tests {
                 "server=on",
                 "wait=off",
                 "logfile=/run/isthmus/web01/serial.log",
+                "logappend=off",
             ],
         );
         expect(a, "-serial", &["chardev:serial0"]);
