@@ -2,17 +2,51 @@
 
 use std::sync::Arc;
 
-use webui::{ApplianceInfo, CloudRow, ConsoleService, MoveEvent, MoveRow, Overview, ServerRow};
+use proto::identity::Fingerprint;
+use webui::{ApplianceInfo, CloudRow, ConsoleService, EnrollCloud, MoveEvent, MoveRow, Overview, ServerRow};
 
-use crate::app::App;
+use crate::app::{App, EnrollRequest};
 use crate::model::Step;
 
 /// Adapter from the service layer to the console's rows.
-pub struct Console(pub Arc<App>);
+pub struct Console {
+    app: Arc<App>,
+    /// The daemon's runtime: the console calls us on its blocking pool, where
+    /// `Handle::block_on` may run the service layer's async calls.
+    rt: tokio::runtime::Handle,
+    /// The CA fingerprint, computed once.
+    ca_fingerprint: Option<String>,
+    /// Local accelerator and why, e.g. `kvm: /dev/kvm usable`.
+    accel: String,
+}
+
+impl Console {
+    /// The console's view of `app`; `accel` describes the local accelerator and its reason.
+    pub fn new(app: Arc<App>, rt: tokio::runtime::Handle, accel: String) -> Self {
+        let ca_fingerprint = ca_fingerprint(&app.ca.ca_pem);
+        Self {
+            app,
+            rt,
+            ca_fingerprint,
+            accel,
+        }
+    }
+}
+
+/// `sha256:<hex>` of the first certificate in `ca_pem`, or `None` if it cannot be read.
+fn ca_fingerprint(ca_pem: &str) -> Option<String> {
+    match crate::pki::certs(ca_pem) {
+        Ok(certs) => certs.first().map(|der| Fingerprint::of(der).to_string()),
+        Err(e) => {
+            tracing::error!("console: CA certificate: {e}");
+            None
+        }
+    }
+}
 
 impl ConsoleService for Console {
     fn overview(&self) -> Overview {
-        let status = match self.0.status() {
+        let status = match self.app.status() {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("console overview: {e}");
@@ -35,7 +69,7 @@ impl ConsoleService for Console {
             .iter()
             .map(|s| {
                 let running = match &s.location {
-                    crate::model::Location::Dc => self.0.source.is_running(s),
+                    crate::model::Location::Dc => self.app.source.is_running(s),
                     crate::model::Location::Cloud { .. } => true,
                 };
                 ServerRow {
@@ -113,7 +147,25 @@ impl ConsoleService for Console {
     }
 
     fn verify_login(&self, user: &str, password: &str) -> bool {
-        crate::auth::verify(&self.0.store, user, password)
+        crate::auth::verify(&self.app.store, user, password)
+    }
+
+    fn enroll_cloud(&self, req: EnrollCloud) -> Result<CloudRow, String> {
+        let req = EnrollRequest {
+            name: req.name,
+            url: req.url,
+            fingerprint: req.fingerprint,
+            token: req.token,
+        };
+        // Called on the console's blocking pool (not a runtime worker), so blocking on the
+        // daemon's runtime here is allowed and keeps reqwest on that runtime.
+        let c = self.rt.block_on(self.app.enroll(req)).map_err(|e| e.to_string())?;
+        Ok(CloudRow {
+            name: c.name,
+            endpoint: c.url,
+            accel: c.accel,
+            enrolled_at: c.enrolled_at,
+        })
     }
 }
 
@@ -121,7 +173,21 @@ impl Console {
     fn info(&self) -> ApplianceInfo {
         ApplianceInfo {
             version: env!("CARGO_PKG_VERSION").into(),
-            lan_iface: Some(self.0.lcg.lan().to_string()),
+            lan_iface: Some(self.app.lcg.lan().to_string()),
+            ca_fingerprint: self.ca_fingerprint.clone(),
+            accel: Some(self.accel.clone()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ca_fingerprint_is_sha256_of_der() {
+        let cert = rcgen::generate_simple_self_signed(vec!["ca".to_owned()]).unwrap();
+        let want = proto::identity::Fingerprint::of(cert.cert.der()).to_string();
+        assert_eq!(super::ca_fingerprint(&cert.cert.pem()).as_deref(), Some(want.as_str()));
+        assert!(want.starts_with("sha256:") && want.len() == 7 + 64);
+        assert_eq!(super::ca_fingerprint("not a pem"), None);
     }
 }

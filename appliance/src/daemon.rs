@@ -1,7 +1,7 @@
 //! `isthmus serve`: wires the store, the CA, the LCG, the web console and the
 //! local API together, and resumes moves a crash interrupted.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -102,6 +102,57 @@ pub fn drive_in_background(app: Arc<App>, rt: tokio::runtime::Handle, id: String
         .expect("spawn move thread");
 }
 
+/// The addresses the console certificate names and the `console:` line shows.
+///
+/// A specific `listen` address is used as is. For `0.0.0.0` (or `::`) these are the host's
+/// interface addresses `ifaces` of a family the socket accepts (IPv4 only for `0.0.0.0`),
+/// without loopback unless nothing else is left, and without IPv6 link-local addresses,
+/// which a URL can only name with a zone. `listen` itself if `ifaces` gives nothing.
+fn console_addresses(listen: IpAddr, ifaces: &[IpAddr]) -> Vec<IpAddr> {
+    if !listen.is_unspecified() {
+        return vec![listen];
+    }
+    let usable: Vec<IpAddr> = ifaces
+        .iter()
+        .copied()
+        .filter(|ip| listen.is_ipv6() || ip.is_ipv4())
+        .filter(|ip| !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
+        .fold(Vec::new(), |mut v, ip| {
+            if !v.contains(&ip) {
+                v.push(ip);
+            }
+            v
+        });
+    let outside: Vec<IpAddr> = usable.iter().copied().filter(|ip| !ip.is_loopback()).collect();
+    match (outside.is_empty(), usable.is_empty()) {
+        (false, _) => outside,
+        (true, false) => usable,
+        (true, true) => vec![listen],
+    }
+}
+
+/// The host's interface addresses (`getifaddrs(3)`), in the kernel's order; empty if
+/// they cannot be read.
+fn interface_addresses() -> Vec<IpAddr> {
+    let addrs = match nix::ifaddrs::getifaddrs() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!("cannot list interface addresses for the console certificate: {e}");
+            return vec![];
+        }
+    };
+    addrs
+        .filter_map(|a| a.address)
+        .filter_map(|sa| {
+            if let Some(v4) = sa.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                sa.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect()
+}
+
 /// Runs the appliance until SIGINT/SIGTERM.
 pub async fn serve(cfg: ServeConfig) -> Result<(), DaemonError> {
     let dir = &cfg.data_dir;
@@ -163,17 +214,31 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), DaemonError> {
         }
     }
 
-    // Web console over HTTPS with a certificate from our CA.
-    let sans = vec![cfg.console_listen.ip().to_string(), "localhost".to_string()];
+    // Web console over HTTPS with a certificate from our CA, naming every address it
+    // answers on (a wildcard listen answers on all of the host's interfaces).
+    let listen_ip = cfg.console_listen.ip();
+    let ifaces = if listen_ip.is_unspecified() {
+        interface_addresses()
+    } else {
+        vec![]
+    };
+    let addrs = console_addresses(listen_ip, &ifaces);
+    let mut sans: Vec<String> = addrs.iter().map(IpAddr::to_string).collect();
+    sans.push("localhost".to_string());
     let (cert, ckey) = app
         .ca
         .issue("isthmus console", &sans, &[rcgen::ExtendedKeyUsagePurpose::ServerAuth])?;
     let listener = tokio::net::TcpListener::bind(cfg.console_listen)
         .await
         .map_err(io("bind console", std::path::Path::new("tcp")))?;
-    let router = webui::router(Arc::new(crate::console::Console(app.clone())));
+    let accel_text = format!("{accel}: {reason}");
+    let router = webui::router(Arc::new(crate::console::Console::new(app.clone(), rt.clone(), accel_text)));
     let console = tokio::spawn(async move { webui::serve_https(router, listener, cert.as_bytes(), ckey.as_bytes()).await });
-    println!("console: https://{}/", cfg.console_listen);
+    let urls: Vec<String> = addrs
+        .iter()
+        .map(|ip| format!("https://{}/", SocketAddr::new(*ip, cfg.console_listen.port())))
+        .collect();
+    println!("console: {}", urls.join(" "));
 
     // Local API for the CLI.
     let sock = dir.join("api.sock");
@@ -193,4 +258,40 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), DaemonError> {
     }
     let _ = std::fs::remove_file(&sock);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::console_addresses;
+    use std::net::IpAddr;
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn console_addresses_table() {
+        let host = ips(&["127.0.0.1", "10.0.0.5", "::1", "fe80::1", "fd00::5", "192.168.1.2", "10.0.0.5"]);
+        let table: &[(&str, &[IpAddr], &[&str])] = &[
+            // A specific address is kept as is, whatever the interfaces.
+            ("10.0.0.5", &host, &["10.0.0.5"]),
+            ("192.0.2.1", &[], &["192.0.2.1"]),
+            // Wildcards: interface addresses without loopback, link-local or duplicates.
+            ("0.0.0.0", &host, &["10.0.0.5", "192.168.1.2"]),
+            ("::", &host, &["10.0.0.5", "fd00::5", "192.168.1.2"]),
+            // Loopback only when nothing else is there.
+            ("0.0.0.0", &ips(&["127.0.0.1", "::1"]), &["127.0.0.1"]),
+            ("0.0.0.0", &[], &["0.0.0.0"]),
+        ];
+        for (listen, ifaces, want) in table {
+            let got = console_addresses(listen.parse().unwrap(), ifaces);
+            assert_eq!(got, ips(want), "listen {listen}");
+        }
+    }
+
+    #[test]
+    fn interface_addresses_reads_the_host() {
+        // Every Linux host has at least loopback.
+        assert!(!super::interface_addresses().is_empty());
+    }
 }

@@ -161,6 +161,8 @@ impl ConsoleService for Demo {
             appliance: ApplianceInfo {
                 version: env!("CARGO_PKG_VERSION").into(),
                 lan_iface: Some("eth1".into()),
+                ca_fingerprint: None,
+                accel: None,
             },
         }
     }

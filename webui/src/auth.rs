@@ -37,6 +37,7 @@ impl Principal {
                 Self::ApiToken => None,
             },
             version: version.map(str::to_owned),
+            ca_fingerprint: None,
             signed_in: true,
         }
     }

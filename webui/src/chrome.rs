@@ -7,6 +7,8 @@ pub(crate) struct Chrome {
     pub(crate) user: Option<String>,
     /// The appliance version, shown only to logged-in users.
     pub(crate) version: Option<String>,
+    /// The appliance CA's fingerprint, shown discreetly in the footer to logged-in users.
+    pub(crate) ca_fingerprint: Option<String>,
     /// Whether to show the navigation and logout button.
     pub(crate) signed_in: bool,
 }

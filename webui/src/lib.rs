@@ -16,12 +16,15 @@
 //!   of that minute.
 //! - CSRF: the `SameSite=Strict` cookie is never sent on cross-site requests, which
 //!   protects the POST forms; POSTs whose `Origin` names another site are refused too.
+//!   JSON POSTs (`POST /api/clouds`) also need `Content-Type: application/json`, which a
+//!   cross-site form cannot send.
 //! - Responses carry a strict Content Security Policy (no inline script), `nosniff`,
 //!   `X-Frame-Options: DENY` and `Cache-Control: no-store`.
 
 mod assets;
 mod auth;
 mod chrome;
+mod clouds;
 mod hardening;
 mod login;
 mod moves;
@@ -37,7 +40,7 @@ mod tls;
 mod topology;
 
 pub use router::router;
-pub use service::{ApplianceInfo, CloudRow, ConsoleService, MoveEvent, MoveRow, Overview, ServerRow};
+pub use service::{ApplianceInfo, CloudRow, ConsoleService, EnrollCloud, MoveEvent, MoveRow, Overview, ServerRow};
 pub use tls::{serve_https, Error};
 
 /// Compares two secrets in time that depends only on their lengths, not their contents,

@@ -54,7 +54,9 @@ pub(crate) async fn page(State(state): State<AppState>, format: Format, Extensio
         Err(e) => return Problem::Service(e).respond(format),
     };
     respond(format, StatusCode::OK, &overview, |o| {
-        OverviewPage::new(principal.chrome(Some(&o.appliance.version)), o)
+        let mut chrome = principal.chrome(Some(&o.appliance.version));
+        chrome.ca_fingerprint.clone_from(&o.appliance.ca_fingerprint);
+        OverviewPage::new(chrome, o)
     })
 }
 

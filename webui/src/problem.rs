@@ -27,6 +27,12 @@ pub(crate) enum Problem {
     /// A form POST whose `Origin` is another site.
     #[error("cross-site form submission refused")]
     CrossSite,
+    /// A request body the console cannot use; says what is wrong with it.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The service (or the node it talked to) refused or failed the request.
+    #[error("{0}")]
+    Upstream(String),
     /// The service call panicked or was cancelled.
     #[error("the console service failed")]
     Service(#[source] tokio::task::JoinError),
@@ -55,6 +61,8 @@ impl Problem {
             Self::LoginRequired | Self::BadApiToken => StatusCode::UNAUTHORIZED,
             Self::MoveNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::CrossSite => StatusCode::FORBIDDEN,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Service(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -66,6 +74,10 @@ impl Problem {
             Self::MoveNotFound(_) => "GET / lists the moves",
             Self::NotFound(_) => "GET / is the console's start page",
             Self::CrossSite => "submit the form from the console's own pages",
+            Self::BadRequest(_) => {
+                r#"send Content-Type: application/json with {"name", "url": "https://IP:PORT", "fingerprint": "sha256:<64 hex>", "token"} from the node's bootstrap output"#
+            }
+            Self::Upstream(_) => "check the node's URL, fingerprint and token (tokens are one-time); see the appliance log",
             Self::Service(_) => "retry; if it persists, see the appliance log",
         }
     }

@@ -12,7 +12,7 @@ use crate::negotiate::Format;
 use crate::problem::Problem;
 use crate::service::ConsoleService;
 use crate::state::AppState;
-use crate::{assets, auth, hardening, login, moves, overview};
+use crate::{assets, auth, clouds, hardening, login, moves, overview};
 
 /// The console's routes around `svc`, ready for [`crate::serve_https`].
 ///
@@ -25,6 +25,7 @@ use crate::{assets, auth, hardening, login, moves, overview};
 /// | `GET /` | logged in | servers, topology, moves, clouds; JSON [`crate::Overview`] with `Accept: application/json` |
 /// | `GET /moves/{id}` | logged in | one move and its timeline; JSON [`crate::MoveRow`] with `Accept: application/json` |
 /// | `GET /api/overview` | logged in | JSON [`crate::Overview`] |
+/// | `POST /api/clouds` | logged in | JSON [`crate::EnrollCloud`] (`Content-Type: application/json`); enrols a cloud node: 200 [`crate::CloudRow`], 400 bad body, 502 enrolment failed |
 ///
 /// "Logged in" means a live session cookie or `Authorization: Bearer <token>` accepted by
 /// [`ConsoleService::verify_api_token`]. Without either, browsers are redirected (303) to
@@ -36,6 +37,7 @@ pub fn router(svc: Arc<dyn ConsoleService>) -> Router {
     let logged_in = Router::new()
         .route("/", get(overview::page))
         .route("/api/overview", get(overview::api))
+        .route("/api/clouds", post(clouds::enroll))
         .route("/moves/{id}", get(moves::page))
         .route("/logout", post(login::logout))
         .fallback(not_found)
@@ -57,7 +59,7 @@ async fn not_found(format: Format, uri: Uri) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::{ApplianceInfo, CloudRow, MoveEvent, MoveRow, Overview, ServerRow};
+    use crate::service::{ApplianceInfo, CloudRow, EnrollCloud, MoveEvent, MoveRow, Overview, ServerRow};
     use axum::body::Body;
     use axum::http::{header, HeaderValue, Request, StatusCode};
     use http_body_util::BodyExt;
@@ -112,6 +114,8 @@ mod tests {
                 appliance: ApplianceInfo {
                     version: "0.1.0-test".into(),
                     lan_iface: Some("eth1".into()),
+                    ca_fingerprint: Some(format!("sha256:{}", "ab".repeat(32))),
+                    accel: Some("kvm: /dev/kvm usable".into()),
                 },
             }
         }
@@ -122,6 +126,19 @@ mod tests {
 
         fn verify_api_token(&self, token: &str) -> bool {
             crate::constant_time_eq(token.as_bytes(), b"tok-123")
+        }
+
+        /// Enrols `lab`; any other name fails the way a refusing node would.
+        fn enroll_cloud(&self, req: EnrollCloud) -> Result<CloudRow, String> {
+            if req.name != "lab" {
+                return Err(format!("node at {} refused the token", req.url));
+            }
+            Ok(CloudRow {
+                name: req.name,
+                endpoint: req.url,
+                accel: Some("kvm".into()),
+                enrolled_at: "2025-05-03T08:00:00Z".into(),
+            })
         }
     }
 
@@ -229,6 +246,7 @@ mod tests {
         assert!(html.contains("<svg class=\"topology\""));
         assert!(html.contains(r#"<progress max="100" value="42""#));
         assert!(html.contains("0.1.0-test"));
+        assert!(html.contains(&format!("CA sha256:{}", "ab".repeat(32))), "shows the CA fingerprint");
         assert!(html.contains(">admin<"), "shows who is logged in");
 
         // The move page with its timeline.
@@ -388,6 +406,164 @@ mod tests {
             .insert(header::ORIGIN, HeaderValue::from_static("https://console.lan"));
         let resp = app().oneshot(req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    }
+
+    const FP: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn enroll_req(auth: Option<(header::HeaderName, &str)>, body: &str) -> Request<Body> {
+        let mut b = Request::post("/api/clouds").header(header::CONTENT_TYPE, "application/json");
+        if let Some((name, value)) = auth {
+            b = b.header(name, value);
+        }
+        b.body(Body::from(body.to_owned())).unwrap()
+    }
+
+    fn enroll_body(name: &str, url: &str, fingerprint: &str) -> String {
+        serde_json::json!({"name": name, "url": url, "fingerprint": fingerprint, "token": "one-time"}).to_string()
+    }
+
+    #[tokio::test]
+    async fn enroll_cloud_needs_login() {
+        let resp = app()
+            .oneshot(enroll_req(None, &enroll_body("lab", "https://10.0.0.9:8443", FP)))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&body_text(resp).await).unwrap()["error"],
+            "login required"
+        );
+        let resp = app()
+            .oneshot(enroll_req(
+                Some((header::AUTHORIZATION, "Bearer wrong")),
+                &enroll_body("lab", "https://10.0.0.9:8443", FP),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn enroll_cloud_maps_results_to_statuses() {
+        let app = app();
+        let cookie = login(&app).await;
+        let bearer = (header::AUTHORIZATION, "Bearer tok-123");
+        let bad_json = r#"{"name":"lab","url":"https://10.0.0.9:8443"}"#;
+        let extra = serde_json::json!({"name": "lab", "url": "https://10.0.0.9:8443", "fingerprint": FP, "token": "t", "x": 1}).to_string();
+        // (auth, body, status, what the error or row must contain)
+        let table: Vec<(header::HeaderName, &str, String, StatusCode, &str)> = vec![
+            (
+                header::COOKIE,
+                &cookie,
+                enroll_body("lab", "https://10.0.0.9:8443", FP),
+                StatusCode::OK,
+                "lab",
+            ),
+            (
+                bearer.0.clone(),
+                bearer.1,
+                enroll_body("lab", "https://10.0.0.9:8443", FP),
+                StatusCode::OK,
+                "lab",
+            ),
+            (
+                bearer.0.clone(),
+                bearer.1,
+                enroll_body("lab", "http://10.0.0.9:8443", FP),
+                StatusCode::BAD_REQUEST,
+                "https://",
+            ),
+            (
+                bearer.0.clone(),
+                bearer.1,
+                enroll_body("lab", "https://10.0.0.9:8443", "sha256:12"),
+                StatusCode::BAD_REQUEST,
+                "64 hex",
+            ),
+            (
+                bearer.0.clone(),
+                bearer.1,
+                enroll_body("", "https://10.0.0.9:8443", FP),
+                StatusCode::BAD_REQUEST,
+                "name is empty",
+            ),
+            (
+                bearer.0.clone(),
+                bearer.1,
+                bad_json.to_owned(),
+                StatusCode::BAD_REQUEST,
+                "fingerprint",
+            ),
+            (bearer.0.clone(), bearer.1, extra, StatusCode::BAD_REQUEST, "unknown field"),
+            (bearer.0.clone(), bearer.1, "not json".to_owned(), StatusCode::BAD_REQUEST, ""),
+            (
+                bearer.0.clone(),
+                bearer.1,
+                enroll_body("other", "https://10.0.0.9:8443", FP),
+                StatusCode::BAD_GATEWAY,
+                "refused the token",
+            ),
+        ];
+        for (name, value, body, status, needle) in table {
+            let resp = app.clone().oneshot(enroll_req(Some((name, value)), &body)).await.unwrap();
+            assert_eq!(resp.status(), status, "{body}");
+            assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json", "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body_text(resp).await).unwrap();
+            if status == StatusCode::OK {
+                assert_eq!(v["name"], needle);
+                assert_eq!(v["endpoint"], "https://10.0.0.9:8443");
+            } else {
+                assert!(v["error"].as_str().unwrap().contains(needle), "{body}: {v}");
+                assert!(v["hint"].as_str().is_some_and(|h| !h.is_empty()), "{body}: {v}");
+            }
+        }
+
+        // Not JSON: a cross-site form cannot send application/json.
+        let req = Request::post("/api/clouds")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::COOKIE, &cookie)
+            .body(Body::from("name=lab"))
+            .unwrap();
+        assert_eq!(app.clone().oneshot(req).await.unwrap().status(), StatusCode::BAD_REQUEST);
+
+        // Cross-site POSTs are refused before the handler.
+        let mut req = enroll_req(Some((header::COOKIE, &cookie)), &enroll_body("lab", "https://10.0.0.9:8443", FP));
+        req.headers_mut().insert(header::HOST, HeaderValue::from_static("console.lan"));
+        req.headers_mut()
+            .insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
+        assert_eq!(app.clone().oneshot(req).await.unwrap().status(), StatusCode::FORBIDDEN);
+    }
+
+    #[tokio::test]
+    async fn enroll_cloud_default_is_not_supported() {
+        struct Plain;
+        impl ConsoleService for Plain {
+            fn overview(&self) -> Overview {
+                Fake.overview()
+            }
+            fn verify_login(&self, _: &str, _: &str) -> bool {
+                false
+            }
+            fn verify_api_token(&self, token: &str) -> bool {
+                token == "t"
+            }
+        }
+        let req = enroll_req(
+            Some((header::AUTHORIZATION, "Bearer t")),
+            &enroll_body("lab", "https://10.0.0.9:8443", FP),
+        );
+        let resp = router(Arc::new(Plain)).oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        let v: serde_json::Value = serde_json::from_str(&body_text(resp).await).unwrap();
+        assert_eq!(v["error"], "not supported");
+    }
+
+    #[test]
+    fn enroll_cloud_debug_hides_the_token() {
+        let req: EnrollCloud = serde_json::from_str(&enroll_body("lab", "https://10.0.0.9:8443", FP)).unwrap();
+        let shown = format!("{req:?}");
+        assert!(!shown.contains("one-time"), "{shown}");
+        assert!(shown.contains("lab"));
     }
 
     #[tokio::test]

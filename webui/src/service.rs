@@ -5,7 +5,9 @@
 //! to clouds itself. Every value here is already formatted for display (times as strings,
 //! states as words), so the HTML page and its JSON twin show exactly the same thing.
 
-use serde::Serialize;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
 
 /// Data the console shows and the checks it needs; implemented by the appliance's service
 /// layer.
@@ -39,6 +41,43 @@ pub trait ConsoleService: Send + Sync + 'static {
     /// moves should look the move up directly.
     fn find_move(&self, id: &str) -> Option<MoveRow> {
         self.overview().moves.into_iter().find(|m| m.id == id)
+    }
+
+    /// Enrols a cloud node (`POST /api/clouds`) and returns its row.
+    ///
+    /// The request has passed the console's checks (fields present, `https` URL, fingerprint
+    /// syntax); the error is shown to the caller as is, so it should say what to do next and
+    /// must not contain the token. The default supports no enrolment.
+    fn enroll_cloud(&self, req: EnrollCloud) -> Result<CloudRow, String> {
+        let _ = req;
+        Err("not supported".into())
+    }
+}
+
+/// A request to enrol a cloud node: the body of `POST /api/clouds`.
+///
+/// `Debug` leaves the one-time token out so that logging a request cannot leak it.
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollCloud {
+    /// The name to give the node (as used in [`ServerRow::location`]).
+    pub name: String,
+    /// The node's control API, `https://IP:PORT`.
+    pub url: String,
+    /// The node's bootstrap certificate fingerprint, `sha256:<64 hex>`.
+    pub fingerprint: String,
+    /// The node's one-time enrolment token.
+    pub token: String,
+}
+
+impl fmt::Debug for EnrollCloud {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnrollCloud")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("fingerprint", &self.fingerprint)
+            .field("token", &"<redacted>")
+            .finish()
     }
 }
 
@@ -126,4 +165,9 @@ pub struct ApplianceInfo {
     pub version: String,
     /// The LAN interface the gateway bridges, if configured.
     pub lan_iface: Option<String>,
+    /// The appliance CA certificate's fingerprint (`sha256:<hex>` over its DER), for an
+    /// admin to compare with what a cloud node or browser shows.
+    pub ca_fingerprint: Option<String>,
+    /// The accelerator local guests use and why (e.g. `kvm: /dev/kvm usable`).
+    pub accel: Option<String>,
 }

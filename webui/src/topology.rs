@@ -386,6 +386,8 @@ mod tests {
             appliance: ApplianceInfo {
                 version: "0.1.0".into(),
                 lan_iface: Some("eth1".into()),
+                ca_fingerprint: None,
+                accel: None,
             },
         }
     }
