@@ -21,8 +21,22 @@ pub mod scenario;
 
 use std::path::PathBuf;
 
-/// The workspace root.
+/// The workspace root: the nearest directory, from the current one upwards,
+/// that holds `image-build/test-server/build.sh` (so a binary built in
+/// another checkout still uses this one's recipes), else the checkout it was
+/// compiled in.
 pub fn workspace_root() -> PathBuf {
+    let marker = "image-build/test-server/build.sh";
+    if let Ok(mut dir) = std::env::current_dir() {
+        loop {
+            if dir.join(marker).is_file() {
+                return dir;
+            }
+            if !dir.pop() {
+                break;
+            }
+        }
+    }
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ has a parent")
