@@ -20,9 +20,12 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use anyhow::{bail, Context, Result};
+use common::{in_ns, must, spawn_in_ns, stream_byte, wait_for};
 use netbridge::keys::StaticKeypair;
-use netbridge::{Bridge, BridgeConfig, BridgeHandle, PortSpec, Role};
+use netbridge::{BridgeConfig, BridgeHandle, PortSpec, Role};
 use proto::MacAddr;
 
 const MAC_A: MacAddr = MacAddr([0x02, 0x15, 0x7a, 0x00, 0x00, 0x0a]);
@@ -60,45 +63,6 @@ impl Drop for Lab {
     }
 }
 
-fn run(cmd: &mut Command) -> Result<std::process::Output> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    Ok(out)
-}
-
-/// Runs a command that must succeed.
-fn must(args: &[&str]) -> Result<String> {
-    let out = run(Command::new(args[0]).args(&args[1..]))?;
-    if !out.status.success() {
-        bail!(
-            "{args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Runs `args` inside network namespace `ns`; returns whether it succeeded.
-fn in_ns(ns: &str, args: &[&str]) -> Result<(bool, String)> {
-    let out = run(Command::new("ip").args(["netns", "exec", ns]).args(args))?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    Ok((out.status.success(), text))
-}
-
-/// Spawns a bridge from a thread that entered `ns`: its sockets and worker
-/// thread live in that namespace.
-fn spawn_in_ns(ns: &str, cfg: BridgeConfig) -> Result<BridgeHandle> {
-    let path = format!("/run/netns/{ns}");
-    thread::spawn(move || -> Result<BridgeHandle> {
-        let f = File::open(&path).with_context(|| format!("open {path}"))?;
-        nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
-        Ok(Bridge::spawn(cfg)?)
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("spawn thread panicked"))?
-}
-
-/// A running `tcpdump -w -` whose capture we collect.
 struct Capture {
     pid: nix::unistd::Pid,
     data: mpsc::Receiver<Vec<u8>>,
@@ -159,27 +123,11 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if ok() {
-            return Ok(());
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    bail!("timed out waiting for {what}")
-}
-
 fn ping(ns: &str, extra: &[&str]) -> Result<(bool, String)> {
     let mut args = vec!["ping", "-n", "-c", "3", "-i", "0.3", "-W", "2"];
     args.extend_from_slice(extra);
     args.push("10.99.0.2");
     in_ns(ns, &args)
-}
-
-/// Byte `i` of the test stream.
-fn stream_byte(i: usize) -> u8 {
-    (i.wrapping_mul(7) ^ (i >> 12)) as u8
 }
 
 /// Sends `len` bytes over TCP from a thread in `from_ns` to a listener on

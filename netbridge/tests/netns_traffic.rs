@@ -17,18 +17,19 @@
 //! parallel. Needs root plus `ip`, `ping`, `arping`, `tcpdump` and `python3`; when not root
 //! each test says so on stderr and returns.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use anyhow::{bail, Context, Result};
+use common::{enter, in_ns, must, spawn_in_ns, stream_byte, wait_for};
 use netbridge::keys::StaticKeypair;
-use netbridge::{Bridge, BridgeConfig, BridgeHandle, PortSpec, Role};
+use netbridge::{BridgeConfig, BridgeHandle, PortSpec, Role};
 use proto::MacAddr;
 
 const MAC_A: MacAddr = MacAddr([0x02, 0x15, 0x7a, 0x00, 0x01, 0x0a]);
@@ -63,62 +64,6 @@ impl Drop for Lab {
 }
 
 /// Runs a command that must succeed; returns its stdout.
-fn must(args: &[&str]) -> Result<String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .with_context(|| format!("running {args:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Runs `args` inside namespace `ns`; returns whether it succeeded and its output.
-fn in_ns(ns: &str, args: &[&str]) -> Result<(bool, String)> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .output()
-        .with_context(|| format!("running {args:?} in {ns}"))?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    Ok((out.status.success(), text))
-}
-
-/// Enters namespace `ns` on the calling thread (only ever a thread we spawned).
-fn enter(ns: &str) -> Result<()> {
-    let f = File::open(format!("/run/netns/{ns}")).with_context(|| format!("open netns {ns}"))?;
-    nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
-    Ok(())
-}
-
-/// Spawns a bridge from a thread that entered `ns`.
-fn spawn_in_ns(ns: &str, cfg: BridgeConfig) -> Result<BridgeHandle> {
-    let ns = ns.to_string();
-    thread::spawn(move || -> Result<BridgeHandle> {
-        enter(&ns)?;
-        Ok(Bridge::spawn(cfg)?)
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("spawn thread panicked"))?
-}
-
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if ok() {
-            return Ok(());
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    bail!("timed out waiting for {what}")
-}
-
-/// `ping` from `ns` to `dst` with a few quick echoes.
 fn ping(ns: &str, extra: &[&str], dst: &str) -> Result<(bool, String)> {
     let mut args = vec!["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2"];
     args.extend_from_slice(extra);
@@ -312,11 +257,6 @@ fn arp_ipv4_ipv6_vlan_broadcast_and_multicast_cross() -> Result<()> {
     assert!(ls.duplicate_macs.is_empty() && ls.loops_detected == 0, "{ls:?}");
     assert_eq!(ls.rx_auth_failed + cs.rx_auth_failed + ls.replay_rejects + cs.replay_rejects, 0);
     Ok(())
-}
-
-/// Byte `i` of the test stream.
-fn stream_byte(i: usize) -> u8 {
-    (i.wrapping_mul(7) ^ (i >> 12)) as u8
 }
 
 /// Sends `len` bytes over TCP from a thread in `from_ns` to a listener on
