@@ -72,6 +72,10 @@ pub enum Arg {
     Daemonize,
     /// `-sandbox on` (seccomp filter in QEMU).
     Sandbox,
+    /// `-object iothread,id=<id>`: an I/O thread for virtio disk
+    /// controllers, so block I/O (and LUKS decryption/encryption) runs
+    /// outside QEMU's main loop and the big lock the vCPUs need.
+    IoThread(String),
     /// `-kernel <path>`.
     Kernel(PathBuf),
     /// `-initrd <path>`.
@@ -175,6 +179,8 @@ pub enum Device {
         model: ScsiModel,
         /// Controller id.
         id: String,
+        /// I/O thread (virtio-scsi only).
+        iothread: Option<String>,
     },
     /// `nvme,id=..,serial=..`: an NVMe controller whose namespaces are
     /// [`Device::NvmeNs`].
@@ -227,6 +233,8 @@ pub enum Device {
         drive: String,
         /// Boot order.
         bootindex: Option<u32>,
+        /// I/O thread.
+        iothread: Option<String>,
     },
     /// A NIC: `<model>,netdev=..,mac=..,bus=..[,addr=0xSS.F][,multifunction=on]`.
     Nic(Nic),
@@ -355,7 +363,10 @@ impl Device {
     fn render(&self) -> String {
         match self {
             Device::Ahci { id } => Opts::new("ahci").kv("id", id).done(),
-            Device::ScsiHba { model, id } => Opts::new(model.driver()).kv("id", id).done(),
+            Device::ScsiHba { model, id, iothread } => Opts::new(model.driver())
+                .kv("id", id)
+                .kv_opt("iothread", iothread.as_deref())
+                .done(),
             Device::Nvme { id, serial } => Opts::new("nvme").kv("id", id).kv("serial", serial).done(),
             Device::NvmeNs {
                 drive,
@@ -398,7 +409,17 @@ impl Device {
                     .kv("lun", "0");
                 bootindex(o, *b).done()
             }
-            Device::VirtioBlk { drive, bootindex: b } => bootindex(Opts::new("virtio-blk-pci").kv("drive", drive), *b).done(),
+            Device::VirtioBlk {
+                drive,
+                bootindex: b,
+                iothread,
+            } => bootindex(
+                Opts::new("virtio-blk-pci")
+                    .kv("drive", drive)
+                    .kv_opt("iothread", iothread.as_deref()),
+                *b,
+            )
+            .done(),
             Device::Nic(n) => {
                 let o = Opts::new(nic_driver(n.model))
                     .kv("netdev", &n.netdev)
@@ -531,6 +552,7 @@ impl Arg {
             Arg::Pidfile(p) => push("-pidfile", Some(p.to_string_lossy().into_owned())),
             Arg::Daemonize => push("-daemonize", None),
             Arg::Sandbox => push("-sandbox", Some("on".into())),
+            Arg::IoThread(id) => push("-object", Some(Opts::new("iothread").kv("id", id).done())),
             Arg::Kernel(p) => push("-kernel", Some(p.to_string_lossy().into_owned())),
             Arg::Initrd(p) => push("-initrd", Some(p.to_string_lossy().into_owned())),
             Arg::Append(s) => push("-append", Some(s.clone())),

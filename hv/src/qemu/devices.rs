@@ -268,6 +268,8 @@ fn scsi_hba(b: DiskBus) -> Option<(ScsiModel, &'static str)> {
 
 /// Controller id of the one NVMe controller; its namespaces hang off it.
 const NVME: &str = "nvme0";
+/// The I/O thread of the virtio disk controllers.
+const IOTHREAD: &str = "io0";
 
 fn disk_devices(spec: &GuestSpec, images: &[DiskImage], args: &mut Vec<Arg>) -> Result<(), MapError> {
     let p = &spec.profile;
@@ -301,9 +303,20 @@ fn disk_devices(spec: &GuestSpec, images: &[DiskImage], args: &mut Vec<Arg>) -> 
     let mut buses: Vec<DiskBus> = p.disks.iter().map(|d| d.bus).collect();
     buses.sort_by_key(|b| bus_rank(*b));
     buses.dedup();
+    // One I/O thread for the virtio controllers: their I/O, and the LUKS
+    // cipher work of encrypted disks, leave the main loop (and the big QEMU
+    // lock the vCPUs take on every device access).
+    if buses.iter().any(|b| matches!(b, DiskBus::VirtioBlk | DiskBus::VirtioScsi)) {
+        args.push(Arg::IoThread(IOTHREAD.into()));
+    }
+    let iothread = |b: DiskBus| matches!(b, DiskBus::VirtioBlk | DiskBus::VirtioScsi).then(|| IOTHREAD.to_string());
     for b in buses {
         if let Some((model, id)) = scsi_hba(b) {
-            args.push(Arg::Device(Device::ScsiHba { model, id: id.into() }));
+            args.push(Arg::Device(Device::ScsiHba {
+                model,
+                id: id.into(),
+                iothread: iothread(b),
+            }));
         }
         if b == DiskBus::Nvme {
             // QEMU requires a serial; the guest shows it in
@@ -388,7 +401,11 @@ fn disk_devices(spec: &GuestSpec, images: &[DiskImage], args: &mut Vec<Arg>) -> 
                     media,
                 }
             }
-            (DiskBus::VirtioBlk, _) => Device::VirtioBlk { drive, bootindex },
+            (DiskBus::VirtioBlk, _) => Device::VirtioBlk {
+                drive,
+                bootindex,
+                iothread: iothread(DiskBus::VirtioBlk),
+            },
             (DiskBus::Nvme, _) => Device::NvmeNs {
                 drive,
                 bus: NVME.into(),
