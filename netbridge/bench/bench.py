@@ -19,9 +19,16 @@ Prints a table, the ratios of Isthmus to each peer, and as the last line one
 JSON object. Namespaces and processes (by PID) are removed on every exit path,
 including Ctrl-C and SIGTERM.
 
+HA failover (issue 4 section 6): the namespace test `tests/netns_ha.rs` (two LCG
+processes, one cloud node arbitrating a lease, SIGKILL of the active while host A
+pings host B every 20 ms) is run BENCH_HA_RUNS times (default 3) in release; the
+median time from SIGKILL to the first reply through the standby is
+`isthmus_failover_s`.
+
 Usage: bench.py PATH_TO_isthmus-bridge
 Environment: BENCH_SECONDS (per iperf3 run, default 5), BENCH_PATHS (comma
-list, default all), BENCH_KEEP=1 keeps the work directory with the logs.
+list, default all), BENCH_KEEP=1 keeps the work directory with the logs,
+BENCH_HA_RUNS=0 skips the failover measurement, CARGO (default cargo).
 """
 
 import json
@@ -299,6 +306,26 @@ def fmt(v, nd=2):
     return "-" if v is None else ("%.*f" % (nd, v))
 
 
+def failover_runs(n):
+    """Seconds from SIGKILL of the active LCG to traffic through the standby, per run."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cargo = os.environ.get("CARGO", "cargo")
+    found = []
+    for i in range(n):
+        report = os.path.join(workdir, "ha-%d.json" % i)
+        env = dict(os.environ, NETBRIDGE_HA_REPORT=report)
+        log("bench: HA failover run %d/%d" % (i + 1, n))
+        r = subprocess.run([cargo, "test", "--release", "-q", "-p", "netbridge", "--test", "netns_ha", "--",
+                            "--test-threads=1", "killing_the_active"], cwd=root, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+        if r.returncode != 0 or not os.path.exists(report):
+            log("bench: HA failover run failed:\n%s" % r.stdout[-3000:])
+            continue
+        with open(report) as f:
+            found.append(json.load(f)["failover_s"])
+    return found
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
@@ -368,6 +395,14 @@ def main():
                 out["ratio_isthmus_%s_%s" % (peer, k.split("_")[0])] = r
                 row.append("%s x%s" % (k.split("_")[0], fmt(r)))
             print("  vs %-8s %s" % (peer, "  ".join(row)))
+    ha_runs = int(os.environ.get("BENCH_HA_RUNS", "3"))
+    if ha_runs > 0:
+        runs = failover_runs(ha_runs)
+        med = sorted(runs)[len(runs) // 2] if runs else None
+        print("\nHA failover (SIGKILL of the active LCG to the first ping reply through the standby): %s s, runs %s"
+              % (fmt(med, 3), runs))
+        out["isthmus_failover_s"] = med
+        out["isthmus_failover_runs_s"] = runs
     if "fastd" in beds:
         out["fastd_method"] = beds["fastd"].fastd_method
     out["seconds_per_run"] = SECONDS

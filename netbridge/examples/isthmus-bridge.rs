@@ -8,12 +8,14 @@
 //! isthmus-bridge genpsk PSK_FILE
 //! isthmus-bridge run --listen ADDR (--peer ADDR | --responder)
 //!     --key-file F --peer-public-file F --psk-file F
-//!     [--lan IF]... [--guest IF]... [--carry MAC]... [--stats-file F]
+//!     [--lan IF]... [--guest IF]... [--carry MAC]... [--stats-file F] [--ha-member]
 //! ```
 //!
 //! `run` stays in the foreground until killed; with `--stats-file` it
 //! rewrites that file every second with the bridge's counters in Prometheus
-//! text format.
+//! text format. `--ha-member` makes it one LCG of an HA pair: it forwards
+//! only while the cloud node grants it the lease (the cloud side of HA runs
+//! several tunnels in one process and is not offered here).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -22,14 +24,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use netbridge::keys::{self, StaticKeypair};
-use netbridge::{Bridge, BridgeConfig, PortSpec, Role};
+use netbridge::{Bridge, BridgeConfig, Ha, PortSpec, Role};
 use proto::MacAddr;
 
 fn usage() -> ! {
     eprintln!(
         "usage:\n  isthmus-bridge genkey PRIVATE_FILE PUBLIC_FILE\n  isthmus-bridge genpsk PSK_FILE\n  \
          isthmus-bridge run --listen ADDR (--peer ADDR | --responder) --key-file F --peer-public-file F \
-         --psk-file F [--lan IF]... [--guest IF]... [--carry MAC]... [--stats-file F]"
+         --psk-file F [--lan IF]... [--guest IF]... [--carry MAC]... [--stats-file F] [--ha-member]"
     );
     std::process::exit(2)
 }
@@ -63,6 +65,7 @@ fn run(args: &[String]) -> Result<()> {
     let (mut key_file, mut peer_file, mut psk_file, mut stats_file) = (None, None, None, None);
     let mut ports = Vec::new();
     let mut carry = Vec::new();
+    let mut ha = Ha::Off;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = || it.next().cloned().with_context(|| format!("{flag} needs a value"));
@@ -74,6 +77,7 @@ fn run(args: &[String]) -> Result<()> {
                 })
             }
             "--responder" => role = Some(Role::Responder),
+            "--ha-member" => ha = Ha::Member,
             "--key-file" => key_file = Some(PathBuf::from(value()?)),
             "--peer-public-file" => peer_file = Some(PathBuf::from(value()?)),
             "--psk-file" => psk_file = Some(PathBuf::from(value()?)),
@@ -87,14 +91,17 @@ fn run(args: &[String]) -> Result<()> {
     let (Some(listen), Some(role), Some(key_file), Some(peer_file), Some(psk_file)) = (listen, role, key_file, peer_file, psk_file) else {
         usage()
     };
-    let handle = Bridge::spawn(BridgeConfig {
-        local: StaticKeypair::from_private(read_key(&key_file)?),
-        peer_public: read_key(&peer_file)?,
-        psk: read_key(&psk_file)?,
-        listen,
-        role,
-        ports,
-    })?;
+    let handle = Bridge::spawn_ha(
+        BridgeConfig {
+            local: StaticKeypair::from_private(read_key(&key_file)?),
+            peer_public: read_key(&peer_file)?,
+            psk: read_key(&psk_file)?,
+            listen,
+            role,
+            ports,
+        },
+        ha,
+    )?;
     for m in carry {
         handle.carry_mac(m);
     }

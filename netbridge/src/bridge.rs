@@ -6,6 +6,7 @@
 //! Buffers are allocated once per bridge; the per-packet path does not
 //! allocate (one copy of each frame into the sealing buffer).
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
@@ -19,13 +20,14 @@ use proto::MacAddr;
 
 use crate::filter::{Decision, Filtered, Place, PortId, PortKind, Switch};
 use crate::guard::{LanGuard, Verdict};
+use crate::ha::{self, Change, Control, Member};
 use crate::noise::Identity;
 use crate::port::packet::HEADROOM;
 use crate::port::{csum, gso, Port, State};
 use crate::tunnel::{Outgoing, Received, Tunnel};
 use crate::udp::Udp;
 use crate::wire::MAX_DATAGRAM;
-use crate::{announce, BridgeConfig, Error, PortSpec, Role, Stats};
+use crate::{announce, BridgeConfig, Error, Ha, PortSpec, Role, Stats};
 
 /// Datagrams or frames handled per socket before looking at the others.
 const BATCH: usize = 64;
@@ -82,9 +84,16 @@ impl Bridge {
     /// Opens the UDP socket and the ports in the calling thread's network
     /// namespace, and starts the worker thread (which inherits it).
     pub fn spawn(cfg: BridgeConfig) -> Result<BridgeHandle, Error> {
+        Self::spawn_ha(cfg, Ha::Off)
+    }
+
+    /// Like [`Bridge::spawn`], as one side of an HA pair (see [`crate::ha`]):
+    /// [`Ha::Member`] on each LCG, [`Ha::Arbiter`] on the cloud node's
+    /// bridge for each LCG.
+    pub fn spawn_ha(cfg: BridgeConfig, ha: Ha) -> Result<BridgeHandle, Error> {
         let identity = Identity::new(cfg.local.clone(), cfg.peer_public, cfg.psk)?;
         let udp = Udp::bind(cfg.listen)?;
-        let mut local = Local::new(Instant::now());
+        let mut local = Local::new(Instant::now(), ha);
         for spec in cfg.ports {
             local.add_port(spec)?;
         }
@@ -229,6 +238,8 @@ struct ShellCounters {
     checksums_completed: u64,
     segmented: u64,
     udp_tx_errors: u64,
+    lan_tx_frames: u64,
+    ha_standby_drops: u64,
 }
 
 impl ShellCounters {
@@ -242,8 +253,20 @@ impl ShellCounters {
     }
 }
 
+/// This bridge's part in HA.
+enum HaState {
+    Off,
+    Member(Box<Member>),
+    Arbiter(ha::SharedArbiter, ha::MemberId),
+}
+
 /// The local side: ports and the switch between them and the tunnel.
 struct Local {
+    ha: HaState,
+    /// Whether we could forward at the last check (to log changes).
+    ha_was_active: bool,
+    /// Addresses to announce for each carried MAC on an HA takeover.
+    announce: HashMap<MacAddr, Vec<IpAddr>>,
     switch: Switch,
     guard: LanGuard,
     gratuitous_sent: u64,
@@ -255,7 +278,7 @@ struct Local {
 }
 
 impl Local {
-    fn new(now: Instant) -> Self {
+    fn new(now: Instant, ha: Ha) -> Self {
         let mut r = [0u8; 14];
         // Best effort: a fixed nonce still works with one LCG per LAN.
         let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut r);
@@ -265,7 +288,15 @@ impl Local {
         probe_src[0] = (probe_src[0] | 0x02) & 0xfe;
         let mut nonce = [0u8; 8];
         nonce.copy_from_slice(&r[..8]);
+        let ha = match ha {
+            Ha::Off => HaState::Off,
+            Ha::Member => HaState::Member(Box::default()),
+            Ha::Arbiter { arbiter, member } => HaState::Arbiter(arbiter, member),
+        };
         Local {
+            ha,
+            ha_was_active: false,
+            announce: HashMap::new(),
             switch: Switch::default(),
             guard: LanGuard::new(nonce, MacAddr(probe_src), now),
             gratuitous_sent: 0,
@@ -275,6 +306,47 @@ impl Local {
             counters: ShellCounters::default(),
             last_port_check: None,
         }
+    }
+
+    /// May frames cross between the ports and the tunnel now? Always without
+    /// HA; with HA only while the lease is ours (member) or our member's
+    /// (arbiter).
+    fn may_forward(&self, now: Instant) -> bool {
+        match &self.ha {
+            HaState::Off => true,
+            HaState::Member(m) => m.is_active(now),
+            HaState::Arbiter(a, id) => a.lock().map(|a| a.may_forward(*id, now)).unwrap_or(false),
+        }
+    }
+
+    /// Logs HA state changes seen by time (a lapsed lease); true if active.
+    fn ha_check(&mut self, now: Instant) -> bool {
+        let active = !matches!(self.ha, HaState::Off) && self.may_forward(now);
+        if self.ha_was_active && !active {
+            tracing::warn!("HA lease lapsed: this side stops forwarding");
+        }
+        self.ha_was_active = active;
+        active
+    }
+
+    /// Announces every carried MAC's addresses on the LAN (gratuitous ARP,
+    /// unsolicited NA).
+    fn announce_macs(&mut self, macs: &[(MacAddr, Vec<IpAddr>)], now: Instant) {
+        for (m, ips) in macs {
+            for ip in ips {
+                let sent = match ip {
+                    IpAddr::V4(v4) => self.send_on_lan(&announce::gratuitous_arp(*m, *v4), now),
+                    IpAddr::V6(v6) => self.send_on_lan(&announce::unsolicited_na(*m, *v6), now),
+                };
+                self.gratuitous_sent += sent;
+            }
+        }
+    }
+
+    /// Announces all carried MACs (after an HA takeover).
+    fn announce_all(&mut self, now: Instant) {
+        let all: Vec<(MacAddr, Vec<IpAddr>)> = self.announce.iter().map(|(m, ips)| (*m, ips.clone())).collect();
+        self.announce_macs(&all, now);
     }
 
     fn has_lan_port(&self) -> bool {
@@ -338,6 +410,7 @@ impl Local {
                     port.tx_error_logged = false;
                     if port.kind() == PortKind::Lan {
                         self.guard.put_on_lan(frame, now);
+                        self.counters.lan_tx_frames += 1;
                     }
                 }
                 Err(e) => {
@@ -355,6 +428,14 @@ impl Local {
 
     /// Delivers a frame that came out of the tunnel.
     fn deliver_from_tunnel(&mut self, frame: &[u8], now: Instant) {
+        if ha::is_control(frame) {
+            // Not for us (no HA here, or the wrong direction); never switched.
+            return;
+        }
+        if !self.may_forward(now) {
+            self.counters.ha_standby_drops += 1;
+            return;
+        }
         let to_lan = self.has_lan_port();
         if self.guard.from_tunnel(frame, to_lan, now) != Verdict::Pass {
             return;
@@ -443,6 +524,16 @@ fn switch_frame(
     frame: &[u8],
     now: Instant,
 ) {
+    if ha::is_control(frame) {
+        // Only the bridges speak HA control; a local host cannot.
+        local.counters.lan_filtered += 1;
+        return;
+    }
+    if !local.may_forward(now) {
+        // HA standby: no forwarding, no alarms, no loop detection.
+        local.counters.ha_standby_drops += 1;
+        return;
+    }
     let verdict = if lan {
         let carried = |at: usize| {
             frame
@@ -467,6 +558,34 @@ fn switch_frame(
         if let Ok(out) = tunnel.send_frame(frame, now) {
             transmit(udp, &out, &mut local.counters, udp_error_logged);
         }
+    }
+}
+
+/// An HA control message out of the tunnel: the arbiter answers requests;
+/// a member takes over (and announces) or stops.
+fn ha_message(local: &mut Local, tunnel: &mut Tunnel, udp: &mut Udp, logged: &mut bool, msg: Control, now: Instant) {
+    match &mut local.ha {
+        HaState::Off => {}
+        HaState::Arbiter(a, id) => {
+            let answer = a.lock().ok().and_then(|mut a| a.on_message(*id, msg, now));
+            if let Some(answer) = answer {
+                if let Ok(out) = tunnel.send_frame(&answer.encode(), now) {
+                    transmit(udp, &out, &mut local.counters, logged);
+                }
+            }
+        }
+        HaState::Member(m) => match m.on_message(msg, now) {
+            Change::None => {}
+            Change::BecameActive { epoch } => {
+                tracing::warn!(epoch, "HA lease granted: this LCG is now active; announcing carried MACs");
+                local.ha_was_active = true;
+                local.announce_all(now);
+            }
+            Change::Fenced => {
+                tracing::warn!("HA lease held by another LCG: this side stops forwarding");
+                local.ha_was_active = false;
+            }
+        },
     }
 }
 
@@ -517,6 +636,7 @@ impl Worker {
                 self.handle_port(i);
             }
             let now = Instant::now();
+            self.ha_tick(now);
             self.send_probe(now);
             for _ in 0..4 {
                 let Some(out) = self.tunnel.tick(now) else { break };
@@ -536,12 +656,10 @@ impl Worker {
                     tracing::info!(mac = %m, ?ips, "carrying MAC");
                     self.local.switch.carry(m);
                     let now = Instant::now();
-                    for ip in ips {
-                        let sent = match ip {
-                            IpAddr::V4(v4) => self.local.send_on_lan(&announce::gratuitous_arp(m, v4), now),
-                            IpAddr::V6(v6) => self.local.send_on_lan(&announce::unsolicited_na(m, v6), now),
-                        };
-                        self.local.gratuitous_sent += sent;
+                    self.local.announce.insert(m, ips.clone());
+                    // An HA standby announces when it takes over, not now.
+                    if self.local.may_forward(now) {
+                        self.local.announce_macs(&[(m, ips)], now);
                     }
                     self.publish(now);
                     let _ = reply.send(Ok(()));
@@ -549,6 +667,7 @@ impl Worker {
                 Ok(Command::Uncarry(m, reply)) => {
                     tracing::info!(mac = %m, "no longer carrying MAC");
                     self.local.switch.uncarry(m);
+                    self.local.announce.remove(&m);
                     self.local.guard.clear_duplicate(m);
                     let _ = reply.send(Ok(()));
                 }
@@ -602,6 +721,11 @@ impl Worker {
             // A GRO run: datagrams of `seg` bytes back to back (last may be shorter).
             for d in udp_buf[..n].chunks_mut(seg.unwrap_or(n).max(1)) {
                 match tunnel.receive(src, d, now) {
+                    Received::Frame(frame) if ha::is_control(frame) => {
+                        if let Some(msg) = Control::parse(frame) {
+                            ha_message(local, tunnel, udp, udp_error_logged, msg, now);
+                        }
+                    }
                     Received::Frame(frame) => local.deliver_from_tunnel(frame, now),
                     Received::Reply(out) => transmit(udp, &out, &mut local.counters, udp_error_logged),
                     Received::Nothing | Received::Dropped(_) => {}
@@ -681,7 +805,7 @@ impl Worker {
     /// Sends the loop probe when due, on the LAN ports and into the tunnel
     /// (only a bridge with a LAN port probes: the LCG).
     fn send_probe(&mut self, now: Instant) {
-        if !self.local.has_lan_port() {
+        if !self.local.has_lan_port() || !self.local.may_forward(now) {
             return;
         }
         let Some(probe) = self.local.guard.probe_due(now) else { return };
@@ -690,6 +814,19 @@ impl Worker {
             if let Ok(out) = self.tunnel.send_frame(&probe, now) {
                 transmit(&mut self.udp, &out, &mut self.local.counters, &mut self.udp_error_logged);
             }
+        }
+    }
+
+    /// HA member: asks for (or renews) the lease when due; notices a lapse.
+    fn ha_tick(&mut self, now: Instant) {
+        self.local.ha_check(now);
+        let HaState::Member(m) = &mut self.local.ha else { return };
+        if !self.tunnel.is_established(now) {
+            return;
+        }
+        let Some(req) = m.request_due(now) else { return };
+        if let Ok(out) = self.tunnel.send_frame(&req.encode(), now) {
+            transmit(&mut self.udp, &out, &mut self.local.counters, &mut self.udp_error_logged);
         }
     }
 
@@ -746,6 +883,18 @@ impl Worker {
             loop_drops: g.loop_drops,
             storm_drops: g.storm_drops,
             gratuitous_sent: self.local.gratuitous_sent,
+            lan_tx_frames: c.lan_tx_frames,
+            ha_active: !matches!(self.local.ha, HaState::Off) && self.local.may_forward(now),
+            ha_epoch: match &self.local.ha {
+                HaState::Off => 0,
+                HaState::Member(m) => m.epoch(),
+                HaState::Arbiter(a, _) => a.lock().map(|a| a.epoch()).unwrap_or(0),
+            },
+            ha_takeovers: match &self.local.ha {
+                HaState::Member(m) => m.stats().takeovers,
+                _ => 0,
+            },
+            ha_standby_drops: c.ha_standby_drops,
         };
         if let Ok(mut p) = self.shared.published.lock() {
             p.stats = stats;

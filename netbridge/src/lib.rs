@@ -47,6 +47,7 @@ pub mod announce;
 pub mod filter;
 pub mod frag;
 pub mod guard;
+pub mod ha;
 pub mod keys;
 pub mod metrics;
 pub mod noise;
@@ -133,6 +134,26 @@ impl PortSpec {
             PortSpec::Lan { ifname } | PortSpec::Guest { ifname } => ifname,
         }
     }
+}
+
+/// High availability of a bridge (see [`ha`]).
+#[derive(Clone, Debug, Default)]
+pub enum Ha {
+    /// One LCG per segment: forward whenever the tunnel is up.
+    #[default]
+    Off,
+    /// An LCG of an HA pair: forward only while holding the lease the
+    /// cloud node grants; announce the carried MACs on taking over.
+    Member,
+    /// The cloud node's side of an HA pair: one bridge per member, all
+    /// sharing `arbiter`; this bridge's peer is `member`. Frames of this
+    /// tunnel cross only while `member` holds the lease.
+    Arbiter {
+        /// Shared by the bridges of the segment's members.
+        arbiter: ha::SharedArbiter,
+        /// This tunnel's member number.
+        member: ha::MemberId,
+    },
 }
 
 /// Who starts the handshake.
@@ -265,4 +286,16 @@ pub struct Stats {
     pub storm_drops: u64,
     /// Gratuitous ARP and unsolicited neighbour advertisements sent on the LAN.
     pub gratuitous_sent: u64,
+    /// Frames put on LAN ports (from the tunnel or guest ports; not our
+    /// probes and announcements).
+    pub lan_tx_frames: u64,
+    /// HA ([`Ha::Member`]/[`Ha::Arbiter`]): true while this side may
+    /// forward (the member holds the lease). Always false with [`Ha::Off`].
+    pub ha_active: bool,
+    /// HA: the epoch (fencing token) of the lease held or last seen.
+    pub ha_epoch: u64,
+    /// HA: times this member took the lease over (standby → active).
+    pub ha_takeovers: u64,
+    /// HA: frames not forwarded because this side does not hold the lease.
+    pub ha_standby_drops: u64,
 }

@@ -162,6 +162,36 @@ impl Stats {
             &[(None, c(self.gratuitous_sent))],
         );
         emit(
+            "lan_tx_frames_total",
+            "counter",
+            "Frames put on LAN ports.",
+            &[(None, c(self.lan_tx_frames))],
+        );
+        emit(
+            "ha_active",
+            "gauge",
+            "1 while this side holds the HA lease and forwards.",
+            &[(None, if self.ha_active { 1.0 } else { 0.0 })],
+        );
+        emit(
+            "ha_epoch",
+            "gauge",
+            "Epoch (fencing token) of the HA lease held or last seen.",
+            &[(None, c(self.ha_epoch))],
+        );
+        emit(
+            "ha_takeovers_total",
+            "counter",
+            "Times this LCG took the HA lease over.",
+            &[(None, c(self.ha_takeovers))],
+        );
+        emit(
+            "ha_standby_drops_total",
+            "counter",
+            "Frames not forwarded because this side does not hold the HA lease.",
+            &[(None, c(self.ha_standby_drops))],
+        );
+        emit(
             "ports_down",
             "gauge",
             "Local ports whose interface is missing.",

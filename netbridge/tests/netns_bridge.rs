@@ -15,7 +15,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsFd;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 mod common;
 
 use anyhow::{bail, Context, Result};
-use common::{in_ns, must, spawn_in_ns, stream_byte, wait_for};
+use common::{in_ns, must, spawn_in_ns, stream_byte, wait_for, Lab};
 use netbridge::keys::StaticKeypair;
-use netbridge::{BridgeConfig, BridgeHandle, PortSpec, Role};
+use netbridge::{BridgeConfig, PortSpec, Role};
 use proto::MacAddr;
 
 const MAC_A: MacAddr = MacAddr([0x02, 0x15, 0x7a, 0x00, 0x00, 0x0a]);
@@ -33,35 +33,6 @@ const MAC_B: MacAddr = MacAddr([0x02, 0x15, 0x7a, 0x00, 0x00, 0x0b]);
 /// `ping -p` pattern: "ISTHMUS-" repeated through every echo payload.
 const PATTERN_HEX: &str = "495354484d55532d";
 const PATTERN: &[u8] = b"ISTHMUS-ISTHMUS-";
-
-/// Everything the test made; torn down in reverse even when an assert fails.
-struct Lab {
-    prefix: String,
-    namespaces: Vec<String>,
-    bridges: Vec<BridgeHandle>,
-    children: Vec<Child>,
-}
-
-impl Lab {
-    fn ns(&self, suffix: &str) -> String {
-        format!("{}{suffix}", self.prefix)
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for b in &self.bridges {
-            b.shutdown();
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
 
 struct Capture {
     pid: nix::unistd::Pid,
@@ -227,12 +198,7 @@ fn bridge_carries_a_moved_server_through_namespaces() -> Result<()> {
         .with_env_filter("netbridge=debug")
         .with_test_writer()
         .try_init();
-    let mut lab = Lab {
-        prefix: format!("nbt{}", std::process::id()),
-        namespaces: vec![],
-        bridges: vec![],
-        children: vec![],
-    };
+    let mut lab = Lab::new(format!("nbt{}", std::process::id()));
     build_lab(&mut lab)?;
     let (a, l, c) = (lab.ns("a"), lab.ns("l"), lab.ns("c"));
 
