@@ -132,6 +132,53 @@ impl CloudClient {
         .await
     }
 
+    /// `POST /v1/transfers/{id}`: opens or resumes a block transfer.
+    pub async fn transfer_begin(
+        &self,
+        id: &str,
+        req: &proto::transfer::TransferBegin,
+    ) -> Result<proto::transfer::TransferPlan, CloudError> {
+        self.send(
+            "transfer begin",
+            self.http
+                .post(format!("{}/v1/transfers/{id}", self.base))
+                .timeout(Duration::from_secs(600))
+                .json(req),
+        )
+        .await
+    }
+
+    /// `PUT /v1/transfers/{id}/blocks` with a stream of block frames.
+    pub async fn transfer_blocks(&self, id: &str, body: reqwest::Body) -> Result<proto::transfer::BlocksReceived, CloudError> {
+        self.send(
+            "block upload",
+            self.http
+                .put(format!("{}/v1/transfers/{id}/blocks", self.base))
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(body),
+        )
+        .await
+    }
+
+    /// `POST /v1/transfers/{id}/finish`: the node verifies the whole disk.
+    pub async fn transfer_finish(&self, id: &str, digest: &str) -> Result<proto::transfer::TransferDone, CloudError> {
+        let req = proto::transfer::TransferFinish { digest: digest.into() };
+        self.send(
+            "transfer finish",
+            self.http
+                .post(format!("{}/v1/transfers/{id}/finish", self.base))
+                .timeout(Duration::from_secs(900))
+                .json(&req),
+        )
+        .await
+    }
+
+    /// `GET /v1/transfers`: the node's transfer counters.
+    pub async fn transfer_stats(&self) -> Result<proto::transfer::TransferStats, CloudError> {
+        self.send("transfer stats", self.http.get(format!("{}/v1/transfers", self.base)))
+            .await
+    }
+
     /// Streams a disk image to `PUT /v1/disks/{id}` and checks the node
     /// stored exactly what we read (SHA-256 end to end). `progress` gets
     /// (bytes sent, total).

@@ -151,15 +151,22 @@ impl fmt::Display for Sha256Digest {
 pub struct DiskStore {
     dir: PathBuf,
     uploading: Arc<Mutex<HashSet<DiskId>>>,
+    blocks: Arc<crate::blocks::BlockStore>,
 }
 
 impl DiskStore {
     /// Disks under `dir` (which exists).
     pub fn new(dir: PathBuf) -> Self {
         DiskStore {
+            blocks: Arc::new(crate::blocks::BlockStore::new(dir.clone())),
             dir,
             uploading: Arc::default(),
         }
+    }
+
+    /// Block transfers into this store and its block index.
+    pub fn blocks(&self) -> &Arc<crate::blocks::BlockStore> {
+        &self.blocks
     }
 
     /// The image file of a disk (whether or not it exists).

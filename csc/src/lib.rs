@@ -9,10 +9,12 @@
 //! - [`api`]: the control API of [`proto::api`] as axum routers.
 //! - [`server`]: the TLS accept loop.
 //! - [`disks`]: verified, streamed disk uploads.
+//! - [`blocks`]: block transfers (resumable, deduplicated) and the block index.
 //! - [`guests`]: guests under QEMU (`hv`), their TAPs, persistence across restarts.
 //! - [`bridge`]: the data-plane tunnel to the appliance (`netbridge`).
 
 pub mod api;
+pub mod blocks;
 pub mod bridge;
 pub mod disks;
 pub mod enroll;
@@ -21,5 +23,6 @@ pub mod node;
 pub mod pki;
 pub mod server;
 pub mod state_dir;
+pub mod transfer_api;
 
 pub use node::{Node, NodeConfig};

@@ -7,6 +7,7 @@ pub mod api;
 pub mod identity;
 pub mod mac;
 pub mod profile;
+pub mod transfer;
 
 pub use mac::MacAddr;
 pub use profile::{DiskBus, DiskSpec, Firmware, HardwareProfile, Machine, NicModel, NicSpec, PciSlot, Smbios};

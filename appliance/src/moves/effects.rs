@@ -10,6 +10,7 @@ use proto::api::{GuestState, StartGuest};
 use crate::app::App;
 use crate::model::{Location, MoveRecord, ServerRecord, Step};
 use crate::moves::executor::{Effects, StepResult};
+use crate::moves::transfer;
 use crate::store::SERVERS;
 
 /// How long the source may take to shut down on the ACPI button.
@@ -120,39 +121,54 @@ impl RealEffects {
     fn copy_disks(&self, server: &ServerRecord, mv: &mut MoveRecord, log: &mut dyn FnMut(String)) -> StepResult {
         let crate::model::Source::LocalQemu { disks, .. } = &server.source;
         let client = self.app.cloud_client(&mv.to).map_err(e)?;
+        let work = self.app.data_dir.join("transfer");
+        let opts = transfer::Options::default();
         let mut ids = Vec::new();
         let mut digests = Vec::new();
-        let mut total_bytes = 0u64;
+        let (mut data, mut wire) = (0u64, 0u64);
         let t = Instant::now();
         for (i, path) in disks.iter().enumerate() {
             let id = format!("{}-{}-d{i}", mv.id, server.name.to_ascii_lowercase().replace('_', "-"));
             let app = self.app.clone();
             let move_id = mv.id.clone();
-            let progress = move |done: u64, total: u64| {
+            let progress: transfer::Progress = Arc::new(move |done: u64, total: u64| {
                 app.copy_progress
                     .lock()
                     .expect("progress lock")
                     .insert(move_id.clone(), (done, total));
-            };
-            let got = self.rt.block_on(client.upload_disk(&id, path, progress)).map_err(e)?;
+            });
+            let got = self
+                .rt
+                .block_on(transfer::send_disk(&client, &id, path, &work, &opts, progress))
+                .map_err(e)?;
+            let d = &got.done;
             log(format!(
-                "disk {i} ({}) → {id}: {:.1} MiB, sha256 {}… verified by the target",
+                "disk {i} ({}, {}) → {id}: {:.1} MiB allocated, {} data blocks: {} sent ({:.1} MiB compressed), {} already on the node, {} resumed; digest {}… verified by the target{}",
                 path.display(),
-                got.bytes as f64 / 1048576.0,
-                &got.sha256[..16]
+                got.format,
+                got.allocated as f64 / 1048576.0,
+                d.blocks,
+                d.blocks_sent,
+                d.wire_bytes as f64 / 1048576.0,
+                d.blocks_deduped,
+                d.blocks_resumed,
+                &d.digest[..16],
+                if got.attempts > 1 { format!(" after {} attempts", got.attempts) } else { String::new() }
             ));
-            total_bytes += got.bytes;
+            data += got.data_bytes;
+            wire += d.wire_bytes;
             ids.push(id);
-            digests.push(got.sha256);
+            digests.push(d.digest.clone());
         }
         mv.target_disk_ids = ids;
         mv.disk_digests = digests;
         let secs = t.elapsed().as_secs_f64();
         Ok(format!(
-            "{} disk(s), {:.1} MiB in {secs:.1} s ({:.1} MiB/s), encrypted in transit (mutual TLS), SHA-256 checked end to end",
+            "{} disk(s), {:.1} MiB of data in {secs:.1} s ({:.1} MiB/s), {:.1} MiB on the wire (zstd, only blocks the node lacked), mutual TLS, SHA-256 per block and a whole-disk digest checked end to end",
             disks.len(),
-            total_bytes as f64 / 1048576.0,
-            total_bytes as f64 / 1048576.0 / secs.max(0.001)
+            data as f64 / 1048576.0,
+            data as f64 / 1048576.0 / secs.max(0.001),
+            wire as f64 / 1048576.0
         ))
     }
 }

@@ -3,8 +3,12 @@
 //! [`machine`] holds the pure transitions; [`executor`] records each step in
 //! the store before it acts and runs its effect, so a crash at any instant
 //! resumes at the recorded step (effects are idempotent); [`effects`] holds
-//! the real effects (source host, cloud node, LCG, checks).
+//! the real effects (source host, cloud node, LCG, checks). Disks travel by
+//! [`transfer`] (allocated blocks only, hashed, compressed, parallel,
+//! resumable, deduplicated at the node) reading them through [`extents`].
 
 pub mod effects;
 pub mod executor;
+pub mod extents;
 pub mod machine;
+pub mod transfer;

@@ -1,0 +1,271 @@
+//! Sends a disk to a cloud node block by block ([`proto::transfer`]).
+//!
+//! 1. Read the allocated blocks of the guest-visible disk ([`GuestView`]),
+//!    skip all-zero ones, hash the rest (SHA-256) and compute the whole-disk
+//!    digest.
+//! 2. Tell the node the manifest; it answers which blocks it lacks (it keeps
+//!    what an earlier attempt delivered and copies what its block index holds).
+//! 3. Send the missing blocks zstd-compressed over several parallel HTTPS
+//!    streams (mutual TLS). A broken stream is not fatal: begin again, and the
+//!    node asks only for what did not arrive.
+//! 4. Ask the node to finish: it re-reads the disk and compares digests.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use proto::transfer::{encode_frame, hex, sha256, BlockEntry, DiskDigest, TransferBegin, TransferDone, BLOCK_SIZE};
+
+use crate::cloud::{CloudClient, CloudError};
+use crate::moves::extents::{ExtentError, GuestView};
+
+/// Errors sending a disk.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// Reading the source disk failed.
+    #[error(transparent)]
+    Source(#[from] ExtentError),
+    /// Reading a block failed.
+    #[error("cannot read block {index} of {path}: {source}")]
+    Read {
+        /// Image.
+        path: String,
+        /// Block.
+        index: u64,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The node refused or could not be reached, after all retries.
+    #[error("{0} (gave up after {1} attempts; run the move again to resume, the node keeps the blocks that arrived)")]
+    Cloud(#[source] CloudError, u32),
+    /// The node stored another digest than ours.
+    #[error("disk {id}: the node's digest {theirs} differs from ours {ours}; the copy was not used")]
+    Digest {
+        /// Disk id.
+        id: String,
+        /// Ours.
+        ours: String,
+        /// Theirs.
+        theirs: String,
+    },
+    /// A worker thread died.
+    #[error("transfer worker failed: {0}")]
+    Task(String),
+}
+
+/// How a transfer runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Parallel HTTPS streams.
+    pub streams: usize,
+    /// Attempts (begin + send) before giving up.
+    pub attempts: u32,
+    /// Test hook: the first attempt's streams break after this many frames
+    /// each (a cut link, seen by the node as an interrupted body).
+    pub break_after_frames: Option<u64>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            streams: 4,
+            attempts: 6,
+            break_after_frames: None,
+        }
+    }
+}
+
+/// What a transfer did.
+#[derive(Clone, Debug)]
+pub struct Sent {
+    /// The node's report.
+    pub done: TransferDone,
+    /// Bytes of allocated extents at the source.
+    pub allocated: u64,
+    /// Bytes of the data blocks (allocated, non-zero).
+    pub data_bytes: u64,
+    /// Attempts it took.
+    pub attempts: u32,
+    /// Image format of the source.
+    pub format: String,
+}
+
+/// Progress: (bytes of data blocks at the node, bytes of data blocks in all).
+pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+struct Scan {
+    view: GuestView,
+    begin: TransferBegin,
+    digest: String,
+    data_bytes: u64,
+}
+
+fn scan(path: &Path, work: &Path) -> Result<Scan, TransferError> {
+    let view = GuestView::open(path, work)?;
+    let mut digest = DiskDigest::new(view.size);
+    let mut blocks = Vec::new();
+    let mut data_bytes = 0;
+    let mut buf = Vec::with_capacity(BLOCK_SIZE as usize);
+    let mut next = 0;
+    for index in view.candidate_blocks() {
+        while next < index {
+            digest.add(next, None);
+            next += 1;
+        }
+        view.read_block(index, &mut buf).map_err(|source| TransferError::Read {
+            path: path.display().to_string(),
+            index,
+            source,
+        })?;
+        if buf.iter().all(|&b| b == 0) {
+            digest.add(index, None);
+        } else {
+            let h = sha256(&buf);
+            digest.add(index, Some(&h));
+            data_bytes += buf.len() as u64;
+            blocks.push(BlockEntry { index, sha256: hex(&h) });
+        }
+        next = index + 1;
+    }
+    let begin = TransferBegin {
+        size: view.size,
+        block_size: BLOCK_SIZE,
+        blocks,
+    };
+    Ok(Scan {
+        digest: digest.finish(),
+        view,
+        begin,
+        data_bytes,
+    })
+}
+
+/// Sends the disk image at `path` as disk `id` of the node behind `client`.
+/// `work` holds a temporary raw copy of non-raw images.
+pub async fn send_disk(
+    client: &CloudClient,
+    id: &str,
+    path: &Path,
+    work: &Path,
+    opts: &Options,
+    progress: Progress,
+) -> Result<Sent, TransferError> {
+    let (p, w) = (path.to_path_buf(), work.to_path_buf());
+    let scan = Arc::new(
+        tokio::task::spawn_blocking(move || scan(&p, &w))
+            .await
+            .map_err(|e| TransferError::Task(e.to_string()))??,
+    );
+    let total = scan.data_bytes;
+    let size_of = |i: u64| proto::transfer::block_len(scan.view.size, i);
+    // Attempts = 1 + interrupted rounds.
+    let mut attempt = 1;
+    let retry = |e: CloudError, attempt: &mut u32| -> Result<(), TransferError> {
+        if *attempt >= opts.attempts {
+            return Err(TransferError::Cloud(e, *attempt));
+        }
+        tracing::warn!(disk = id, attempt = *attempt, error = %e, "block transfer interrupted; resuming");
+        *attempt += 1;
+        Ok(())
+    };
+    loop {
+        let plan = match client.transfer_begin(id, &scan.begin).await {
+            Ok(p) => p,
+            Err(e) => {
+                retry(e, &mut attempt)?;
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+                continue;
+            }
+        };
+        let need_bytes: u64 = plan.need.iter().map(|&i| size_of(i)).sum();
+        let done = Arc::new(AtomicU64::new(total - need_bytes));
+        progress(done.load(Ordering::Relaxed), total);
+        let streams = opts.streams.max(1);
+        let mut tasks = Vec::new();
+        for s in 0..streams {
+            let part: Vec<u64> = plan.need.iter().skip(s).step_by(streams).copied().collect();
+            if part.is_empty() {
+                continue;
+            }
+            let brk = if attempt == 1 { opts.break_after_frames } else { None };
+            let body = frame_stream(scan.clone(), part, brk, done.clone(), total, progress.clone());
+            let client = client.clone();
+            let id = id.to_string();
+            tasks.push(tokio::spawn(async move { client.transfer_blocks(&id, body).await }));
+        }
+        let mut failed = None;
+        for t in tasks {
+            if let Err(e) = t.await.map_err(|e| TransferError::Task(e.to_string()))? {
+                failed = Some(e);
+            }
+        }
+        if let Some(e) = failed {
+            // Begin again: the node tells what is still missing.
+            retry(e, &mut attempt)?;
+            continue;
+        }
+        match client.transfer_finish(id, &scan.digest).await {
+            Ok(d) if d.digest == scan.digest => {
+                return Ok(Sent {
+                    done: d,
+                    allocated: scan.view.allocated(),
+                    data_bytes: total,
+                    attempts: attempt,
+                    format: scan.view.format.clone(),
+                })
+            }
+            Ok(d) => {
+                return Err(TransferError::Digest {
+                    id: id.into(),
+                    ours: scan.digest.clone(),
+                    theirs: d.digest,
+                })
+            }
+            Err(e) => retry(e, &mut attempt)?,
+        }
+    }
+}
+
+/// A request body of frames for `blocks`, produced by a blocking thread that
+/// reads, compresses and frames one block at a time.
+fn frame_stream(
+    scan: Arc<Scan>,
+    blocks: Vec<u64>,
+    break_after: Option<u64>,
+    done: Arc<AtomicU64>,
+    total: u64,
+    progress: Progress,
+) -> reqwest::Body {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    std::thread::spawn(move || {
+        let mut buf = Vec::with_capacity(BLOCK_SIZE as usize);
+        let hashes: std::collections::HashMap<u64, &str> = scan.begin.blocks.iter().map(|b| (b.index, b.sha256.as_str())).collect();
+        for (n, index) in blocks.into_iter().enumerate() {
+            if break_after.is_some_and(|b| n as u64 >= b) {
+                let _ = tx.blocking_send(Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "link cut (test hook)",
+                )));
+                return;
+            }
+            let item = scan.view.read_block(index, &mut buf).map(|()| {
+                let h = hashes
+                    .get(&index)
+                    .and_then(|h| proto::transfer::parse_hash(h))
+                    .unwrap_or_else(|| sha256(&buf));
+                let mut out = Vec::with_capacity(buf.len() / 2);
+                encode_frame(index, &buf, &h, &mut out);
+                Bytes::from(out)
+            });
+            let len = buf.len() as u64;
+            if tx.blocking_send(item).is_err() {
+                return;
+            }
+            progress(done.fetch_add(len, Ordering::Relaxed) + len, total);
+        }
+    });
+    reqwest::Body::wrap_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}

@@ -1,0 +1,109 @@
+//! Routes of block transfers ([`proto::transfer`]) on the mutual-TLS router.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use proto::transfer::{BlocksReceived, TransferBegin, TransferDone, TransferFinish, TransferPlan, TransferStats};
+
+use crate::api::{ApiJson, Failure};
+use crate::blocks;
+use crate::disks::DiskId;
+use crate::node::Node;
+
+/// A manifest lists up to 64 Ki blocks of ~90 bytes of JSON each.
+const MANIFEST_LIMIT: usize = 16 << 20;
+
+impl From<blocks::Error> for Failure {
+    fn from(e: blocks::Error) -> Self {
+        use blocks::Error as E;
+        let status = if e.is_no_space() {
+            StatusCode::INSUFFICIENT_STORAGE
+        } else {
+            match &e {
+                E::BadManifest(_) | E::Frame(_) | E::Body { .. } | E::NotInManifest { .. } => StatusCode::BAD_REQUEST,
+                E::NotStarted(_) => StatusCode::NOT_FOUND,
+                E::Incomplete { .. } => StatusCode::CONFLICT,
+                E::DigestMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                E::Io(..) | E::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            }
+        };
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(c) = src {
+            msg.push_str(&format!(": {c}"));
+            src = c.source();
+        }
+        let f = Failure::new(status, msg);
+        match e {
+            E::Incomplete { .. } | E::Frame(_) | E::Body { .. } => {
+                f.hint("begin the transfer again; the node asks only for the blocks it lacks")
+            }
+            _ => f,
+        }
+    }
+}
+
+/// The transfer routes (state: the node).
+pub fn routes() -> Router<Arc<Node>> {
+    Router::new()
+        .route("/v1/transfers", get(stats))
+        .route("/v1/transfers/{id}", post(begin).layer(DefaultBodyLimit::max(MANIFEST_LIMIT)))
+        .route("/v1/transfers/{id}/blocks", put(blocks))
+        .route("/v1/transfers/{id}/finish", post(finish))
+}
+
+async fn not_in_use(node: &Node, id: &DiskId) -> Result<(), Failure> {
+    if let Some(guest) = node.guests().disk_user(id).await {
+        return Err(Failure::new(
+            StatusCode::CONFLICT,
+            format!("disk {id} backs guest {guest}; it cannot be replaced"),
+        )
+        .hint(format!("delete the guest first (DELETE /v1/guests/{guest})")));
+    }
+    Ok(())
+}
+
+async fn stats(State(node): State<Arc<Node>>) -> Json<TransferStats> {
+    Json(node.disks().blocks().stats())
+}
+
+async fn begin(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<TransferBegin>,
+) -> Result<Json<TransferPlan>, Failure> {
+    let id: DiskId = id.parse()?;
+    not_in_use(&node, &id).await?;
+    let store = node.disks().blocks().clone();
+    let plan = tokio::task::spawn_blocking(move || store.begin(id, req))
+        .await
+        .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    tracing::info!(disk = %plan.id, need = plan.need.len(), resumed = plan.resumed, deduped = plan.deduped, "transfer begun");
+    Ok(Json(plan))
+}
+
+async fn blocks(State(node): State<Arc<Node>>, Path(id): Path<String>, body: Body) -> Result<Json<BlocksReceived>, Failure> {
+    let id: DiskId = id.parse()?;
+    let store = node.disks().blocks().clone();
+    Ok(Json(store.receive(&id, body.into_data_stream()).await?))
+}
+
+async fn finish(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<TransferFinish>,
+) -> Result<Json<TransferDone>, Failure> {
+    let id: DiskId = id.parse()?;
+    not_in_use(&node, &id).await?;
+    let store = node.disks().blocks().clone();
+    let done = tokio::task::spawn_blocking(move || store.finish(&id, &req.digest))
+        .await
+        .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    tracing::info!(disk = %done.id, blocks = done.blocks, sent = done.blocks_sent, deduped = done.blocks_deduped,
+        resumed = done.blocks_resumed, wire_bytes = done.wire_bytes, "transfer finished and verified");
+    Ok(Json(done))
+}

@@ -1,0 +1,464 @@
+//! Block transfer of disks between the appliance and a cloud node.
+//!
+//! A disk travels as its guest-visible (raw) content cut into fixed blocks of
+//! [`BLOCK_SIZE`]. Only blocks that hold data go over the wire: unallocated
+//! and all-zero blocks are holes at the target. Every block carries its
+//! SHA-256, is zstd-compressed, and is verified by the node before it is
+//! written; at the end both sides compare a whole-disk digest
+//! ([`DiskDigest`]) that the node computes by re-reading what it stored.
+//!
+//! Routes (mutual TLS), in order of a transfer:
+//! - `POST /v1/transfers/{id}` [`TransferBegin`] → [`TransferPlan`]: the node
+//!   answers which blocks it still needs: blocks it already holds from an
+//!   earlier, interrupted attempt and blocks whose content it finds in its
+//!   content-addressed block index (base images, earlier moves) are not sent.
+//! - `PUT /v1/transfers/{id}/blocks` body: a sequence of frames
+//!   ([`encode_frame`], parsed by [`FrameDecoder`]) → [`BlocksReceived`].
+//!   Several such requests may run in parallel.
+//! - `POST /v1/transfers/{id}/finish` [`TransferFinish`] → [`TransferDone`].
+//! - `GET /v1/transfers` → [`TransferStats`] (node-wide counters).
+//!
+//! Frame (all integers big-endian):
+//! `"IXB1" | index u64 | sha256 [32] | raw_len u32 | zstd_len u32 | zstd bytes`.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Size of a transfer block (the last block of a disk may be shorter).
+pub const BLOCK_SIZE: u64 = 1 << 20;
+
+/// Magic at the start of each frame.
+pub const FRAME_MAGIC: [u8; 4] = *b"IXB1";
+
+/// Bytes of a frame before its payload.
+pub const FRAME_HEADER: usize = 4 + 8 + 32 + 4 + 4;
+
+/// Largest compressed payload accepted (zstd's worst case for one block plus slack).
+pub const MAX_PAYLOAD: usize = BLOCK_SIZE as usize + (BLOCK_SIZE as usize >> 7) + 1024;
+
+/// Largest disk a transfer accepts: 64 GiB.
+pub const MAX_TRANSFER_BYTES: u64 = 64 << 30;
+
+/// zstd level the sender uses (fast; the link, not the CPU, should be the limit).
+pub const ZSTD_LEVEL: i32 = 1;
+
+/// A block's SHA-256.
+pub type BlockHash = [u8; 32];
+
+/// Errors of frame parsing and block decoding.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    /// The frame does not start with [`FRAME_MAGIC`].
+    #[error("block frame does not start with the magic \"IXB1\" (got {0:02x?}): the sender speaks another protocol")]
+    Magic([u8; 4]),
+    /// Raw length 0 or above [`BLOCK_SIZE`].
+    #[error("block frame announces {0} raw bytes; a block holds 1 to {BLOCK_SIZE}")]
+    RawLen(u32),
+    /// Payload larger than [`MAX_PAYLOAD`].
+    #[error("block frame announces a payload of {0} bytes, above the limit of {MAX_PAYLOAD}")]
+    PayloadLen(u32),
+    /// The stream ended inside a frame.
+    #[error("the block stream ended inside a frame ({0} bytes left over)")]
+    Truncated(usize),
+    /// zstd could not decode the payload, or it decoded to another length.
+    #[error("block {index}: the compressed payload is corrupt ({detail})")]
+    Decompress {
+        /// Block index.
+        index: u64,
+        /// zstd's message or the length mismatch.
+        detail: String,
+    },
+    /// The decoded block does not hash to the frame's hash.
+    #[error("block {index}: content does not match its SHA-256 (changed in transit)")]
+    Hash {
+        /// Block index.
+        index: u64,
+    },
+}
+
+/// One parsed frame (payload still compressed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// Block index (byte offset / [`BLOCK_SIZE`]).
+    pub index: u64,
+    /// SHA-256 of the raw block.
+    pub sha256: BlockHash,
+    /// Length of the raw block.
+    pub raw_len: u32,
+    /// zstd-compressed block.
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    /// Decompresses and checks the hash; returns the raw block.
+    pub fn decode(&self) -> Result<Vec<u8>, FrameError> {
+        let raw = zstd::bulk::decompress(&self.payload, self.raw_len as usize).map_err(|e| FrameError::Decompress {
+            index: self.index,
+            detail: e.to_string(),
+        })?;
+        if raw.len() != self.raw_len as usize {
+            return Err(FrameError::Decompress {
+                index: self.index,
+                detail: format!("decoded {} bytes, frame says {}", raw.len(), self.raw_len),
+            });
+        }
+        if sha256(&raw) != self.sha256 {
+            return Err(FrameError::Hash { index: self.index });
+        }
+        Ok(raw)
+    }
+}
+
+/// SHA-256 of a block.
+pub fn sha256(data: &[u8]) -> BlockHash {
+    Sha256::digest(data).into()
+}
+
+/// Compresses `raw` (one block) into a frame.
+pub fn encode_frame(index: u64, raw: &[u8], sha: &BlockHash, out: &mut Vec<u8>) {
+    let payload = zstd::bulk::compress(raw, ZSTD_LEVEL).expect("zstd compresses a block held in memory");
+    out.reserve(FRAME_HEADER + payload.len());
+    out.extend_from_slice(&FRAME_MAGIC);
+    out.extend_from_slice(&index.to_be_bytes());
+    out.extend_from_slice(sha);
+    out.extend_from_slice(&(raw.len() as u32).to_be_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(&payload);
+}
+
+/// Incremental parser of a frame stream: push bytes as they arrive, take
+/// frames as they complete. Refuses bad lengths before buffering a payload,
+/// so a peer cannot make it hold more than one frame.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+}
+
+impl FrameDecoder {
+    /// An empty decoder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds received bytes.
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next complete frame, `Ok(None)` if more bytes are needed.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        if self.buf.len() < FRAME_HEADER {
+            if self.buf.len() >= 4 && self.buf[..4] != FRAME_MAGIC {
+                return Err(FrameError::Magic(self.buf[..4].try_into().expect("4 bytes")));
+            }
+            return Ok(None);
+        }
+        let h = &self.buf[..FRAME_HEADER];
+        let magic: [u8; 4] = h[..4].try_into().expect("4 bytes");
+        if magic != FRAME_MAGIC {
+            return Err(FrameError::Magic(magic));
+        }
+        let index = u64::from_be_bytes(h[4..12].try_into().expect("8 bytes"));
+        let sha256: BlockHash = h[12..44].try_into().expect("32 bytes");
+        let raw_len = u32::from_be_bytes(h[44..48].try_into().expect("4 bytes"));
+        let plen = u32::from_be_bytes(h[48..52].try_into().expect("4 bytes"));
+        if raw_len == 0 || u64::from(raw_len) > BLOCK_SIZE {
+            return Err(FrameError::RawLen(raw_len));
+        }
+        if plen as usize > MAX_PAYLOAD {
+            return Err(FrameError::PayloadLen(plen));
+        }
+        let end = FRAME_HEADER + plen as usize;
+        if self.buf.len() < end {
+            return Ok(None);
+        }
+        let payload = self.buf[FRAME_HEADER..end].to_vec();
+        self.buf.drain(..end);
+        Ok(Some(Frame {
+            index,
+            sha256,
+            raw_len,
+            payload,
+        }))
+    }
+
+    /// Call at the end of the stream: an error if a partial frame is left.
+    pub fn finish(&self) -> Result<(), FrameError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(FrameError::Truncated(self.buf.len()))
+        }
+    }
+}
+
+/// Number of blocks of a disk of `size` bytes.
+pub fn block_count(size: u64) -> u64 {
+    size.div_ceil(BLOCK_SIZE)
+}
+
+/// Length of block `index` of a disk of `size` bytes.
+pub fn block_len(size: u64, index: u64) -> u64 {
+    (size - index * BLOCK_SIZE).min(BLOCK_SIZE)
+}
+
+/// The whole-disk digest: SHA-256 over a domain tag, the disk size and the
+/// SHA-256 of every block in order (holes hash as zeros). Both sides compute
+/// it from the content they hold, so it checks the disk end to end while
+/// costing one pass of block hashes.
+pub struct DiskDigest {
+    size: u64,
+    next: u64,
+    h: Sha256,
+    zero_full: BlockHash,
+}
+
+impl DiskDigest {
+    /// A digest of a disk of `size` bytes; feed every block in order.
+    pub fn new(size: u64) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"isthmus-disk-digest-v1");
+        h.update(size.to_le_bytes());
+        DiskDigest {
+            size,
+            next: 0,
+            h,
+            zero_full: sha256(&vec![0u8; BLOCK_SIZE as usize]),
+        }
+    }
+
+    /// The hash of an all-zero block `index`.
+    pub fn zero_hash(&self, index: u64) -> BlockHash {
+        let len = block_len(self.size, index);
+        if len == BLOCK_SIZE {
+            self.zero_full
+        } else {
+            sha256(&vec![0u8; len as usize])
+        }
+    }
+
+    /// Adds block `index` with hash `hash`, or zeros when `None`. Blocks
+    /// must come in order, each once.
+    pub fn add(&mut self, index: u64, hash: Option<&BlockHash>) {
+        assert_eq!(index, self.next, "disk digest blocks must come in order");
+        let z;
+        let hash = match hash {
+            Some(h) => h,
+            None => {
+                z = self.zero_hash(index);
+                &z
+            }
+        };
+        self.h.update(hash);
+        self.next += 1;
+    }
+
+    /// The digest (hex). Missing trailing blocks count as zeros.
+    pub fn finish(mut self) -> String {
+        while self.next < block_count(self.size) {
+            self.add(self.next, None);
+        }
+        hex(&self.h.finalize())
+    }
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(b: &[u8]) -> String {
+    const D: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        s.push(D[(x >> 4) as usize] as char);
+        s.push(D[(x & 15) as usize] as char);
+    }
+    s
+}
+
+/// Parses 64 hex digits into a hash.
+pub fn parse_hash(s: &str) -> Option<BlockHash> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let nib = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = (nib(b[2 * i])? << 4) | nib(b[2 * i + 1])?;
+    }
+    Some(out)
+}
+
+/// One block of the manifest: a block that holds data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockEntry {
+    /// Block index.
+    pub index: u64,
+    /// Hex SHA-256 of the block.
+    pub sha256: String,
+}
+
+/// Starts (or resumes) a transfer: the disk's size and its data blocks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferBegin {
+    /// Guest-visible size in bytes.
+    pub size: u64,
+    /// Must be [`BLOCK_SIZE`].
+    pub block_size: u64,
+    /// Blocks that hold data, ascending by index; every other block is zeros.
+    pub blocks: Vec<BlockEntry>,
+}
+
+/// The node's answer to [`TransferBegin`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferPlan {
+    /// Disk id.
+    pub id: String,
+    /// Indices of the blocks to send.
+    pub need: Vec<u64>,
+    /// Blocks already held from an earlier attempt of this transfer.
+    pub resumed: u64,
+    /// Blocks found in the node's block index and copied locally.
+    pub deduped: u64,
+}
+
+/// Answer to one `PUT .../blocks` request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlocksReceived {
+    /// Blocks verified and written.
+    pub blocks: u64,
+    /// Bytes of the request body.
+    pub wire_bytes: u64,
+}
+
+/// Ends a transfer: the sender's whole-disk digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferFinish {
+    /// [`DiskDigest`] of the source disk (hex).
+    pub digest: String,
+}
+
+/// A disk assembled, verified and stored as `disks/{id}.img`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferDone {
+    /// Disk id.
+    pub id: String,
+    /// Guest-visible size.
+    pub size: u64,
+    /// [`DiskDigest`] of what the node stored; equals the sender's.
+    pub digest: String,
+    /// Data blocks of the disk.
+    pub blocks: u64,
+    /// Of those, blocks that crossed the link.
+    pub blocks_sent: u64,
+    /// Blocks copied from the node's block index.
+    pub blocks_deduped: u64,
+    /// Blocks kept from an earlier, interrupted attempt.
+    pub blocks_resumed: u64,
+    /// Compressed bytes received for this disk, over all attempts.
+    pub wire_bytes: u64,
+}
+
+/// Node-wide transfer counters since the node started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferStats {
+    /// Bytes of block frames received.
+    pub wire_bytes_received: u64,
+    /// Blocks received and verified.
+    pub blocks_received: u64,
+    /// Blocks served from the block index instead of the link.
+    pub blocks_deduped: u64,
+    /// Distinct block hashes in the index.
+    pub index_blocks: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_in_pieces() {
+        let a = vec![7u8; 1000];
+        let b: Vec<u8> = (0..BLOCK_SIZE as usize).map(|i| (i * 31 % 251) as u8).collect();
+        let mut wire = Vec::new();
+        encode_frame(3, &a, &sha256(&a), &mut wire);
+        encode_frame(9, &b, &sha256(&b), &mut wire);
+        let mut d = FrameDecoder::new();
+        let mut got = Vec::new();
+        for piece in wire.chunks(777) {
+            d.push(piece);
+            while let Some(f) = d.next_frame().unwrap() {
+                got.push((f.index, f.decode().unwrap()));
+            }
+        }
+        d.finish().unwrap();
+        assert_eq!(got, vec![(3, a), (9, b)]);
+    }
+
+    #[test]
+    fn bad_frames_are_refused() {
+        let a = vec![1u8; 10];
+        let mut wire = Vec::new();
+        encode_frame(0, &a, &sha256(b"other"), &mut wire);
+        let mut d = FrameDecoder::new();
+        d.push(&wire);
+        let f = d.next_frame().unwrap().unwrap();
+        assert_eq!(f.decode(), Err(FrameError::Hash { index: 0 }));
+
+        let mut d = FrameDecoder::new();
+        d.push(b"XXXX");
+        assert!(matches!(d.next_frame(), Err(FrameError::Magic(_))));
+
+        let mut big = wire.clone();
+        big[48..52].copy_from_slice(&(u32::MAX).to_be_bytes());
+        let mut d = FrameDecoder::new();
+        d.push(&big);
+        assert_eq!(d.next_frame(), Err(FrameError::PayloadLen(u32::MAX)));
+
+        let mut d = FrameDecoder::new();
+        d.push(&wire[..wire.len() - 1]);
+        assert_eq!(d.next_frame(), Ok(None));
+        assert!(d.finish().is_err());
+
+        // A payload that decodes to more than raw_len is refused.
+        let mut lie = wire.clone();
+        lie[44..48].copy_from_slice(&5u32.to_be_bytes());
+        let mut d = FrameDecoder::new();
+        d.push(&lie);
+        assert!(matches!(
+            d.next_frame().unwrap().unwrap().decode(),
+            Err(FrameError::Decompress { .. })
+        ));
+    }
+
+    #[test]
+    fn digest_counts_holes_as_zeros() {
+        let size = BLOCK_SIZE * 2 + 5;
+        let zeros = vec![0u8; BLOCK_SIZE as usize];
+        let mut a = DiskDigest::new(size);
+        a.add(0, Some(&sha256(&zeros)));
+        a.add(1, None);
+        let mut b = DiskDigest::new(size);
+        b.add(0, None);
+        b.add(1, Some(&sha256(&zeros)));
+        b.add(2, Some(&sha256(&[0u8; 5])));
+        assert_eq!(a.finish(), b.finish());
+        assert_ne!(DiskDigest::new(size).finish(), DiskDigest::new(size + 1).finish());
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        let h = sha256(b"x");
+        assert_eq!(parse_hash(&hex(&h)), Some(h));
+        assert_eq!(parse_hash(&hex(&h).to_uppercase()), Some(h));
+        assert_eq!(parse_hash("zz"), None);
+        assert_eq!(block_count(0), 0);
+        assert_eq!(block_count(BLOCK_SIZE + 1), 2);
+        assert_eq!(block_len(BLOCK_SIZE + 1, 1), 1);
+    }
+}
