@@ -18,16 +18,16 @@ use std::time::{Duration, Instant, SystemTime};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use proto::MacAddr;
 
-use crate::filter::{Decision, Filtered, Place, PortId, PortKind, Switch};
+use crate::filter::{self, Decision, Filtered, PeerId, PeerVlans, Place, PortId, PortKind, Switch};
 use crate::guard::{LanGuard, Verdict};
 use crate::ha::{self, Change, Control, Member};
 use crate::noise::Identity;
 use crate::port::packet::HEADROOM;
 use crate::port::{csum, gso, Port, State};
-use crate::tunnel::{Outgoing, Received, Tunnel};
+use crate::tunnel::{Outgoing, Received, Tunnel, TunnelStats};
 use crate::udp::Udp;
 use crate::wire::MAX_DATAGRAM;
-use crate::{announce, BridgeConfig, Error, Ha, PortSpec, Role, Stats};
+use crate::{announce, BridgeConfig, Error, Ha, PeerSpec, PeerStatus, PortSpec, Role, Stats};
 
 /// Datagrams or frames handled per socket before looking at the others.
 const BATCH: usize = 64;
@@ -46,7 +46,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Bridge;
 
 enum Command {
-    Carry(MacAddr, Vec<IpAddr>, mpsc::Sender<Result<(), Error>>),
+    Carry(MacAddr, PeerId, Vec<IpAddr>, mpsc::Sender<Result<(), Error>>),
+    AddPeer(PeerId, PeerSpec, mpsc::Sender<Result<(), Error>>),
+    RemovePeer(PeerId, mpsc::Sender<Result<(), Error>>),
     ClearDuplicate(MacAddr, mpsc::Sender<Result<(), Error>>),
     Uncarry(MacAddr, mpsc::Sender<Result<(), Error>>),
     AddPort(PortSpec, mpsc::Sender<Result<(), Error>>),
@@ -57,7 +59,8 @@ enum Command {
 #[derive(Default)]
 struct Published {
     stats: Stats,
-    last_handshake: Option<Instant>,
+    /// Last handshake of each peer, in the order of `stats.peers`.
+    last_handshake: Vec<Option<Instant>>,
 }
 
 struct Shared {
@@ -91,18 +94,20 @@ impl Bridge {
     /// [`Ha::Member`] on each LCG, [`Ha::Arbiter`] on the cloud node's
     /// bridge for each LCG.
     pub fn spawn_ha(cfg: BridgeConfig, ha: Ha) -> Result<BridgeHandle, Error> {
-        let identity = Identity::new(cfg.local.clone(), cfg.peer_public, cfg.psk)?;
-        let udp = Udp::bind(cfg.listen)?;
-        let mut local = Local::new(Instant::now(), ha);
+        let now = Instant::now();
+        let first = PeerSpec {
+            peer_public: cfg.peer_public,
+            psk: cfg.psk,
+            listen: cfg.listen,
+            role: cfg.role.clone(),
+            vlans: PeerVlans::default(),
+        };
+        let link = Link::open(0, &cfg.local, &first, now)?;
+        let mut local = Local::new(now, ha);
+        local.switch.add_peer(0, PeerVlans::default());
         for spec in cfg.ports {
             local.add_port(spec)?;
         }
-        let initiate_to = match cfg.role {
-            Role::Initiator { peer } => Some(peer),
-            Role::Responder => None,
-        };
-        let now = Instant::now();
-        let tunnel = Tunnel::new(identity, initiate_to, now, SystemTime::now());
         let (tx, rx) = mpsc::channel();
         let (wake_tx, wake_rx) = UnixDatagram::pair().map_err(Error::Thread)?;
         wake_tx.set_nonblocking(true).map_err(Error::Thread)?;
@@ -113,10 +118,10 @@ impl Bridge {
             published: Mutex::new(Published::default()),
             worker: Mutex::new(None),
         });
-        let listen = udp.local_addr().unwrap_or(cfg.listen);
+        let listen = link.udp.local_addr().unwrap_or(cfg.listen);
         let worker = Worker {
-            tunnel,
-            udp,
+            key: cfg.local.clone(),
+            links: vec![link],
             local,
             commands: rx,
             wake: wake_rx,
@@ -124,7 +129,7 @@ impl Bridge {
             udp_buf: vec![0u8; crate::udp::RECV_BUFFER].into_boxed_slice(),
             port_buf: vec![0u8; HEADROOM + PORT_FRAME_MAX].into_boxed_slice(),
             seg_buf: vec![0u8; PORT_FRAME_MAX].into_boxed_slice(),
-            udp_error_logged: false,
+            scratch: vec![0u8; PORT_FRAME_MAX].into_boxed_slice(),
         };
         worker.publish(now);
         let handle = std::thread::Builder::new()
@@ -168,10 +173,29 @@ impl BridgeHandle {
     /// unsolicited neighbour advertisement for each IPv6 address, so the
     /// LAN's switches and neighbours relearn where the server is.
     pub fn carry_mac_with_ips(&self, mac: MacAddr, ips: &[IpAddr]) {
-        let ips = ips.to_vec();
-        if let Err(e) = self.request(|tx| Command::Carry(mac, ips, tx)) {
+        if let Err(e) = self.carry_mac_via(mac, 0, ips) {
             tracing::warn!(%mac, error = %e, "carry_mac failed");
         }
+    }
+
+    /// Carries `mac` via peer `peer` (a static entry: the moved server runs
+    /// behind that cloud node; moves it if it was carried via another), and
+    /// announces `ips` on the LAN as [`BridgeHandle::carry_mac_with_ips`] does.
+    pub fn carry_mac_via(&self, mac: MacAddr, peer: PeerId, ips: &[IpAddr]) -> Result<(), Error> {
+        let ips = ips.to_vec();
+        self.request(|tx| Command::Carry(mac, peer, ips, tx))
+    }
+
+    /// Adds a tunnel to another peer (another cloud node) under number
+    /// `id` (the first peer, from [`BridgeConfig`], is 0). It shares this
+    /// bridge's static key and ports; its own UDP socket binds `spec.listen`.
+    pub fn add_peer(&self, id: PeerId, spec: PeerSpec) -> Result<(), Error> {
+        self.request(|tx| Command::AddPeer(id, spec, tx))
+    }
+
+    /// Removes peer `id` (not 0) with the MACs carried via it.
+    pub fn remove_peer(&self, id: PeerId) -> Result<(), Error> {
+        self.request(|tx| Command::RemovePeer(id, tx))
     }
 
     /// Clears the duplicate-MAC alarm of `mac` (see [`Stats::duplicate_macs`])
@@ -206,7 +230,12 @@ impl BridgeHandle {
         match self.shared.published.lock() {
             Ok(p) => {
                 let mut s = p.stats.clone();
-                s.last_handshake_age = p.last_handshake.map(|t| Instant::now().saturating_duration_since(t));
+                let now = Instant::now();
+                let age = |t: &Option<Instant>| t.map(|t| now.saturating_duration_since(t));
+                s.last_handshake_age = p.last_handshake.first().and_then(age);
+                for (st, t) in s.peers.iter_mut().zip(&p.last_handshake) {
+                    st.last_handshake_age = age(t);
+                }
                 s
             }
             Err(_) => Stats::default(),
@@ -248,7 +277,7 @@ impl ShellCounters {
             Filtered::Runt | Filtered::NotCarried => self.lan_filtered += 1,
             Filtered::CarriedSourceOnLan => self.lan_carried_source += 1,
             Filtered::SourceNotCarried => self.egress_filtered += 1,
-            Filtered::Hairpin | Filtered::NoDestination => self.unswitchable += 1,
+            Filtered::Hairpin | Filtered::NoDestination | Filtered::VlanNotAllowed => self.unswitchable += 1,
         }
     }
 }
@@ -395,8 +424,10 @@ impl Local {
         Ok(())
     }
 
-    /// Sends `frame` out of the ports in `self.decision`.
-    fn send_to_ports(&mut self, frame: &[u8], now: Instant) {
+    /// Sends `frame` out of the ports in `self.decision`, re-tagged with the
+    /// decision's LAN VID if it came tagged otherwise (VLAN map).
+    fn send_to_ports(&mut self, frame: &[u8], scratch: &mut [u8], now: Instant) {
+        let frame = retag(frame, self.decision.vid, scratch);
         for &id in &self.decision.ports {
             let Some(port) = self.ports.iter_mut().find(|p| p.id == id) else {
                 continue;
@@ -426,8 +457,16 @@ impl Local {
         }
     }
 
-    /// Delivers a frame that came out of the tunnel.
-    fn deliver_from_tunnel(&mut self, frame: &[u8], now: Instant) {
+    /// Delivers a frame that came out of the tunnel to peer `from`: to local
+    /// ports, and to other peers (between moved servers on two cloud nodes).
+    fn deliver_from_tunnel<'l>(
+        &mut self,
+        from: PeerId,
+        others: impl Iterator<Item = &'l mut Link>,
+        frame: &[u8],
+        scratch: &mut [u8],
+        now: Instant,
+    ) {
         if ha::is_control(frame) {
             // Not for us (no HA here, or the wrong direction); never switched.
             return;
@@ -440,8 +479,13 @@ impl Local {
         if self.guard.from_tunnel(frame, to_lan, now) != Verdict::Pass {
             return;
         }
-        match self.switch.forward(Place::Tunnel, frame, now, &mut self.decision) {
-            Ok(()) => self.send_to_ports(frame, now),
+        match self.switch.forward(Place::Peer(from), frame, now, &mut self.decision) {
+            Ok(()) => {
+                self.send_to_ports(frame, scratch, now);
+                if !self.decision.peers.is_empty() {
+                    send_to_links(others, &self.decision.peers, frame, scratch, &mut self.counters, now);
+                }
+            }
             Err(f) => self.counters.filtered(f),
         }
     }
@@ -468,9 +512,95 @@ impl Local {
     }
 }
 
-struct Worker {
+/// The tunnel to one peer and its UDP socket.
+struct Link {
+    id: PeerId,
     tunnel: Tunnel,
     udp: Udp,
+    /// A send error was logged (not again until a send succeeds).
+    logged: bool,
+}
+
+impl Link {
+    fn open(id: PeerId, key: &crate::keys::StaticKeypair, spec: &PeerSpec, now: Instant) -> Result<Self, Error> {
+        let identity = Identity::new(key.clone(), spec.peer_public, spec.psk)?;
+        let udp = Udp::bind(spec.listen)?;
+        let initiate_to = match spec.role {
+            Role::Initiator { peer } => Some(peer),
+            Role::Responder => None,
+        };
+        let tunnel = Tunnel::new(identity, initiate_to, now, SystemTime::now());
+        Ok(Link {
+            id,
+            tunnel,
+            udp,
+            logged: false,
+        })
+    }
+
+    /// Seals `frame` and queues its datagrams (dropped and counted by the
+    /// tunnel when there is no session).
+    fn send(&mut self, frame: &[u8], counters: &mut ShellCounters, now: Instant) {
+        if let Ok(out) = self.tunnel.send_frame(frame, now) {
+            transmit(&mut self.udp, &out, counters, &mut self.logged);
+        }
+    }
+
+    fn flush(&mut self, counters: &mut ShellCounters) {
+        flush(&mut self.udp, counters, &mut self.logged);
+    }
+}
+
+/// The links before and after one link.
+type Others<'a> = (&'a mut [Link], &'a mut [Link]);
+
+/// The link at `i`, and the links before and after it.
+fn split_one(links: &mut [Link], i: usize) -> Option<(&mut Link, Others<'_>)> {
+    if i >= links.len() {
+        return None;
+    }
+    let (before, rest) = links.split_at_mut(i);
+    let (me, after) = rest.split_first_mut()?;
+    Some((me, (before, after)))
+}
+
+/// `frame` with its VLAN tag set to `vid` (copied into `scratch` when it
+/// must change; untagged frames are never tagged).
+fn retag<'f>(frame: &'f [u8], vid: u16, scratch: &'f mut [u8]) -> &'f [u8] {
+    if filter::vid(frame) == vid || frame.len() > scratch.len() {
+        return frame;
+    }
+    let copy = &mut scratch[..frame.len()];
+    copy.copy_from_slice(frame);
+    if filter::set_vid(copy, vid) {
+        copy
+    } else {
+        frame
+    }
+}
+
+/// Sends `frame` into the tunnels of `targets` (peer, VID there) among `links`.
+fn send_to_links<'l>(
+    links: impl Iterator<Item = &'l mut Link>,
+    targets: &[(PeerId, u16)],
+    frame: &[u8],
+    scratch: &mut [u8],
+    counters: &mut ShellCounters,
+    now: Instant,
+) {
+    for link in links {
+        if let Some(&(_, vid)) = targets.iter().find(|(p, _)| *p == link.id) {
+            let f = retag(frame, vid, scratch);
+            link.send(f, counters, now);
+        }
+    }
+}
+
+struct Worker {
+    /// Our static key (for tunnels added later).
+    key: crate::keys::StaticKeypair,
+    /// One per peer; peer 0 first.
+    links: Vec<Link>,
     local: Local,
     commands: mpsc::Receiver<Command>,
     wake: UnixDatagram,
@@ -479,7 +609,8 @@ struct Worker {
     port_buf: Box<[u8]>,
     /// Where super-frames are cut into segments.
     seg_buf: Box<[u8]>,
-    udp_error_logged: bool,
+    /// Where frames are re-tagged (VLAN maps).
+    scratch: Box<[u8]>,
 }
 
 /// Sends the datagrams of `out`.
@@ -512,18 +643,9 @@ fn udp_result(r: Result<(), (usize, io::Error)>, counters: &mut ShellCounters, l
 }
 
 /// Switches a frame that came in on local port `from`: to other ports
-/// and/or into the tunnel.
+/// and/or into tunnels.
 #[allow(clippy::too_many_arguments)]
-fn switch_frame(
-    local: &mut Local,
-    tunnel: &mut Tunnel,
-    udp: &mut Udp,
-    udp_error_logged: &mut bool,
-    from: PortId,
-    lan: bool,
-    frame: &[u8],
-    now: Instant,
-) {
+fn switch_frame(local: &mut Local, links: &mut [Link], scratch: &mut [u8], from: PortId, lan: bool, frame: &[u8], now: Instant) {
     if ha::is_control(frame) {
         // Only the bridges speak HA control; a local host cannot.
         local.counters.lan_filtered += 1;
@@ -553,25 +675,25 @@ fn switch_frame(
         local.counters.filtered(f);
         return;
     }
-    local.send_to_ports(frame, now);
-    if local.decision.tunnel {
-        if let Ok(out) = tunnel.send_frame(frame, now) {
-            transmit(udp, &out, &mut local.counters, udp_error_logged);
-        }
+    local.send_to_ports(frame, scratch, now);
+    if !local.decision.peers.is_empty() {
+        send_to_links(links.iter_mut(), &local.decision.peers, frame, scratch, &mut local.counters, now);
     }
 }
 
 /// An HA control message out of the tunnel: the arbiter answers requests;
 /// a member takes over (and announces) or stops.
-fn ha_message(local: &mut Local, tunnel: &mut Tunnel, udp: &mut Udp, logged: &mut bool, msg: Control, now: Instant) {
+/// Only peer 0 (the cloud node that arbitrates) speaks HA.
+fn ha_message(local: &mut Local, link: &mut Link, msg: Control, now: Instant) {
+    if link.id != 0 {
+        return;
+    }
     match &mut local.ha {
         HaState::Off => {}
         HaState::Arbiter(a, id) => {
             let answer = a.lock().ok().and_then(|mut a| a.on_message(*id, msg, now));
             if let Some(answer) = answer {
-                if let Ok(out) = tunnel.send_frame(&answer.encode(), now) {
-                    transmit(udp, &out, &mut local.counters, logged);
-                }
+                link.send(&answer.encode(), &mut local.counters, now);
             }
         }
         HaState::Member(m) => match m.on_message(msg, now) {
@@ -594,10 +716,13 @@ impl Worker {
         let mut ready_ports: Vec<usize> = Vec::new();
         let mut polled_ports: Vec<usize> = Vec::new();
         loop {
+            let nl = self.links.len();
             let (wake_ready, udp_ready) = {
-                let mut fds = Vec::with_capacity(2 + self.local.ports.len());
+                let mut fds = Vec::with_capacity(1 + nl + self.local.ports.len());
                 fds.push(PollFd::new(self.wake.as_fd(), PollFlags::POLLIN));
-                fds.push(PollFd::new(self.udp.as_fd(), PollFlags::POLLIN));
+                for l in &self.links {
+                    fds.push(PollFd::new(l.udp.as_fd(), PollFlags::POLLIN));
+                }
                 polled_ports.clear();
                 for (i, p) in self.local.ports.iter().enumerate() {
                     if let Some(s) = p.socket() {
@@ -615,11 +740,12 @@ impl Worker {
                 let is_ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
                 ready_ports.clear();
                 for (k, &i) in polled_ports.iter().enumerate() {
-                    if is_ready(&fds[2 + k]) {
+                    if is_ready(&fds[1 + nl + k]) {
                         ready_ports.push(i);
                     }
                 }
-                (is_ready(&fds[0]), is_ready(&fds[1]))
+                let udp_ready: Vec<bool> = fds[1..1 + nl].iter().map(is_ready).collect();
+                (is_ready(&fds[0]), udp_ready)
             };
             if wake_ready {
                 let mut b = [0u8; 64];
@@ -629,8 +755,10 @@ impl Worker {
                 tracing::info!("bridge stopped");
                 return;
             }
-            if udp_ready {
-                self.handle_udp();
+            for (i, ready) in udp_ready.into_iter().enumerate() {
+                if ready {
+                    self.handle_udp(i);
+                }
             }
             for &i in &ready_ports {
                 self.handle_port(i);
@@ -638,11 +766,13 @@ impl Worker {
             let now = Instant::now();
             self.ha_tick(now);
             self.send_probe(now);
-            for _ in 0..4 {
-                let Some(out) = self.tunnel.tick(now) else { break };
-                transmit(&mut self.udp, &out, &mut self.local.counters, &mut self.udp_error_logged);
+            for l in &mut self.links {
+                for _ in 0..4 {
+                    let Some(out) = l.tunnel.tick(now) else { break };
+                    transmit(&mut l.udp, &out, &mut self.local.counters, &mut l.logged);
+                }
+                l.flush(&mut self.local.counters);
             }
-            flush(&mut self.udp, &mut self.local.counters, &mut self.udp_error_logged);
             self.local.check_ports(now);
             self.publish(now);
         }
@@ -652,9 +782,13 @@ impl Worker {
     fn handle_commands(&mut self) -> bool {
         loop {
             match self.commands.try_recv() {
-                Ok(Command::Carry(m, ips, reply)) => {
-                    tracing::info!(mac = %m, ?ips, "carrying MAC");
-                    self.local.switch.carry(m);
+                Ok(Command::Carry(m, peer, ips, reply)) => {
+                    if !self.links.iter().any(|l| l.id == peer) {
+                        let _ = reply.send(Err(Error::NoSuchPeer(peer)));
+                        continue;
+                    }
+                    tracing::info!(mac = %m, peer, ?ips, "carrying MAC");
+                    self.local.switch.carry_via(m, peer);
                     let now = Instant::now();
                     self.local.announce.insert(m, ips.clone());
                     // An HA standby announces when it takes over, not now.
@@ -690,6 +824,33 @@ impl Worker {
                     self.publish(Instant::now());
                     let _ = reply.send(r);
                 }
+                Ok(Command::AddPeer(id, spec, reply)) => {
+                    let r = if self.links.iter().any(|l| l.id == id) {
+                        Err(Error::PeerExists(id))
+                    } else {
+                        Link::open(id, &self.key, &spec, Instant::now()).map(|l| {
+                            tracing::info!(peer = id, listen = %spec.listen, "peer added");
+                            self.local.switch.add_peer(id, spec.vlans.clone());
+                            self.links.push(l);
+                        })
+                    };
+                    self.publish(Instant::now());
+                    let _ = reply.send(r);
+                }
+                Ok(Command::RemovePeer(id, reply)) => {
+                    let r = match self.links.iter().position(|l| l.id == id) {
+                        Some(i) if id != 0 => {
+                            self.links.remove(i);
+                            self.local.switch.remove_peer(id);
+                            self.local.announce.retain(|m, _| self.local.switch.is_carried(m));
+                            tracing::info!(peer = id, "peer removed");
+                            Ok(())
+                        }
+                        _ => Err(Error::NoSuchPeer(id)),
+                    };
+                    self.publish(Instant::now());
+                    let _ = reply.send(r);
+                }
                 Ok(Command::Shutdown) => return false,
                 Err(mpsc::TryRecvError::Empty) => return true,
                 // Every handle is gone: nobody can stop us any more, which is
@@ -699,17 +860,17 @@ impl Worker {
         }
     }
 
-    fn handle_udp(&mut self) {
+    fn handle_udp(&mut self, i: usize) {
         let Worker {
-            tunnel,
-            udp,
+            links,
             local,
             udp_buf,
-            udp_error_logged,
+            scratch,
             ..
         } = self;
+        let Some((link, others)) = split_one(links, i) else { return };
         for _ in 0..BATCH {
-            let (n, src, seg): (usize, SocketAddr, Option<usize>) = match udp.recv(udp_buf) {
+            let (n, src, seg): (usize, SocketAddr, Option<usize>) = match link.udp.recv(udp_buf) {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
                 Err(e) => {
@@ -720,35 +881,42 @@ impl Worker {
             let now = Instant::now();
             // A GRO run: datagrams of `seg` bytes back to back (last may be shorter).
             for d in udp_buf[..n].chunks_mut(seg.unwrap_or(n).max(1)) {
-                match tunnel.receive(src, d, now) {
+                let id = link.id;
+                match link.tunnel.receive(src, d, now) {
                     Received::Frame(frame) if ha::is_control(frame) => {
                         if let Some(msg) = Control::parse(frame) {
-                            ha_message(local, tunnel, udp, udp_error_logged, msg, now);
+                            ha_message(local, link, msg, now);
                         }
                     }
-                    Received::Frame(frame) => local.deliver_from_tunnel(frame, now),
-                    Received::Reply(out) => transmit(udp, &out, &mut local.counters, udp_error_logged),
+                    Received::Frame(frame) => {
+                        let others = others.0.iter_mut().chain(others.1.iter_mut());
+                        local.deliver_from_tunnel(id, others, frame, scratch, now)
+                    }
+                    Received::Reply(out) => transmit(&mut link.udp, &out, &mut local.counters, &mut link.logged),
                     Received::Nothing | Received::Dropped(_) => {}
                 }
             }
         }
-        flush(udp, &mut local.counters, udp_error_logged);
+        for l in links.iter_mut() {
+            l.flush(&mut local.counters);
+        }
     }
 
     fn handle_port(&mut self, i: usize) {
         self.read_port(i);
-        flush(&mut self.udp, &mut self.local.counters, &mut self.udp_error_logged);
+        for l in &mut self.links {
+            l.flush(&mut self.local.counters);
+        }
     }
 
     /// Reads up to [`BATCH`] frames from port `i` and switches them.
     fn read_port(&mut self, i: usize) {
         let Worker {
-            tunnel,
-            udp,
+            links,
             local,
             port_buf,
             seg_buf,
-            udp_error_logged,
+            scratch,
             ..
         } = self;
         for _ in 0..BATCH {
@@ -781,7 +949,7 @@ impl Worker {
             let frame = &mut port_buf[info.start..info.start + info.len];
             if let Some((kind, mss)) = info.gso {
                 // A GRO/TSO super-frame: cut it into wire-sized segments.
-                let mut send = |seg: &mut [u8]| switch_frame(local, tunnel, udp, udp_error_logged, id, lan, seg, now);
+                let mut send = |seg: &mut [u8]| switch_frame(local, links, scratch, id, lan, seg, now);
                 match gso::segment(frame, kind, mss, seg_buf, &mut send) {
                     Ok(_) => local.counters.segmented += 1,
                     Err(e) => {
@@ -798,7 +966,7 @@ impl Worker {
             } else if info.csum_not_ready && csum::complete(frame) {
                 local.counters.checksums_completed += 1;
             }
-            switch_frame(local, tunnel, udp, udp_error_logged, id, lan, frame, now);
+            switch_frame(local, links, scratch, id, lan, frame, now);
         }
     }
 
@@ -810,9 +978,9 @@ impl Worker {
         }
         let Some(probe) = self.local.guard.probe_due(now) else { return };
         self.local.send_on_lan(&probe, now);
-        if self.tunnel.is_established(now) {
-            if let Ok(out) = self.tunnel.send_frame(&probe, now) {
-                transmit(&mut self.udp, &out, &mut self.local.counters, &mut self.udp_error_logged);
+        for l in &mut self.links {
+            if l.tunnel.is_established(now) {
+                l.send(&probe, &mut self.local.counters, now);
             }
         }
     }
@@ -821,13 +989,12 @@ impl Worker {
     fn ha_tick(&mut self, now: Instant) {
         self.local.ha_check(now);
         let HaState::Member(m) = &mut self.local.ha else { return };
-        if !self.tunnel.is_established(now) {
+        let Some(link) = self.links.first_mut() else { return };
+        if !link.tunnel.is_established(now) {
             return;
         }
         let Some(req) = m.request_due(now) else { return };
-        if let Ok(out) = self.tunnel.send_frame(&req.encode(), now) {
-            transmit(&mut self.udp, &out, &mut self.local.counters, &mut self.udp_error_logged);
-        }
+        link.send(&req.encode(), &mut self.local.counters, now);
     }
 
     fn port_error(local: &mut Local, i: usize, e: &io::Error) {
@@ -843,7 +1010,11 @@ impl Worker {
     }
 
     fn publish(&self, now: Instant) {
-        let t = self.tunnel.stats();
+        let mut t = TunnelStats::default();
+        for l in &self.links {
+            t.add(&l.tunnel.stats());
+        }
+        let first = self.links.first().map(|l| &l.tunnel);
         let c = &self.local.counters;
         let g = self.local.guard.stats();
         let stats = Stats {
@@ -851,14 +1022,14 @@ impl Worker {
             rx_frames: t.rx_frames,
             rx_dropped: t.rx_dropped(),
             replay_rejects: t.rx_replay,
-            established: self.tunnel.is_established(now),
+            established: self.links.iter().all(|l| l.tunnel.is_established(now)),
             handshakes: t.handshakes_completed,
             handshake_inits_sent: t.handshake_inits_sent,
             handshake_wrong_peer: t.handshake_wrong_peer,
             handshake_rejected: t.handshake_rejected + t.handshake_stale + t.handshake_unexpected,
             handshake_rate_limited: t.handshake_rate_limited,
             last_handshake_age: None,
-            peer_endpoint: self.tunnel.endpoint(),
+            peer_endpoint: first.and_then(Tunnel::endpoint),
             rx_auth_failed: t.rx_auth_failed,
             rx_malformed: t.rx_malformed,
             rx_unknown_session: t.rx_unknown_index,
@@ -895,10 +1066,26 @@ impl Worker {
                 _ => 0,
             },
             ha_standby_drops: c.ha_standby_drops,
+            peers: self
+                .links
+                .iter()
+                .map(|l| {
+                    let s = l.tunnel.stats();
+                    PeerStatus {
+                        id: l.id,
+                        established: l.tunnel.is_established(now),
+                        endpoint: l.tunnel.endpoint(),
+                        tx_frames: s.tx_frames,
+                        rx_frames: s.rx_frames,
+                        rx_dropped: s.rx_dropped(),
+                        last_handshake_age: None,
+                    }
+                })
+                .collect(),
         };
         if let Ok(mut p) = self.shared.published.lock() {
             p.stats = stats;
-            p.last_handshake = self.tunnel.last_handshake();
+            p.last_handshake = self.links.iter().map(|l| l.tunnel.last_handshake()).collect();
         }
     }
 }

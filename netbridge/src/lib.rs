@@ -1,12 +1,17 @@
 //! Encrypted L2-over-UDP bridge: the data plane between the LCG (appliance)
-//! and the cloud node.
+//! and the cloud nodes.
 //!
-//! One [`Bridge`] runs one tunnel to one peer. It joins local ports to an
-//! encrypted UDP socket:
+//! One [`Bridge`] runs one tunnel per peer (the peer of its
+//! [`BridgeConfig`] is peer 0; [`BridgeHandle::add_peer`] adds more, e.g. one
+//! per cloud node) and joins them to local ports through a VLAN-aware
+//! learning switch ([`filter`]):
 //! - [`PortSpec::Lan`]: the appliance's LAN interface (AF_PACKET, promiscuous),
-//!   filtered so only frames to/from *carried* MACs (the moved servers), plus
-//!   broadcast/multicast while any MAC is carried, cross;
+//!   filtered so only frames to/from *carried* MACs (the moved servers, each
+//!   carried via one peer), plus broadcast/multicast while any MAC is
+//!   carried, cross;
 //! - [`PortSpec::Guest`]: the kernel side of a guest's TAP device, unfiltered.
+//!
+//! Two LCGs can serve one segment as an HA pair ([`ha`], [`Bridge::spawn_ha`]).
 //!
 //! The wire protocol (see `PROTOCOL.md`): a Noise `IKpsk2` handshake
 //! ([`noise`], via `snow`) authenticates both static X25519 keys
@@ -89,6 +94,12 @@ pub enum Error {
     /// `remove_port` for an interface the bridge does not have.
     #[error("interface {0} is not a port of this bridge")]
     NoSuchPort(String),
+    /// `add_peer` with a number already in use.
+    #[error("peer {0} already exists on this bridge")]
+    PeerExists(u32),
+    /// A peer number the bridge does not have (or peer 0 for `remove_peer`).
+    #[error("peer {0} is not a (removable) peer of this bridge; add it with add_peer first")]
+    NoSuchPeer(u32),
     /// The worker thread could not be started.
     #[error("cannot start the bridge worker thread")]
     Thread(#[source] std::io::Error),
@@ -199,7 +210,55 @@ impl std::fmt::Debug for BridgeConfig {
     }
 }
 
-/// Counters of one tunnel.
+/// A further peer of a bridge (another cloud node), added with
+/// [`BridgeHandle::add_peer`]; it shares the bridge's static key and ports.
+#[derive(Clone)]
+pub struct PeerSpec {
+    /// The only public key this tunnel accepts.
+    pub peer_public: [u8; 32],
+    /// Pre-shared key of this tunnel.
+    pub psk: [u8; 32],
+    /// UDP address this tunnel's socket binds (its own port).
+    pub listen: SocketAddr,
+    /// Initiator (the LCG) or responder.
+    pub role: Role,
+    /// Which VLANs the peer gets, and how their tags are mapped.
+    pub vlans: filter::PeerVlans,
+}
+
+impl std::fmt::Debug for PeerSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No PSK.
+        f.debug_struct("PeerSpec")
+            .field("peer_public", &self.peer_public)
+            .field("listen", &self.listen)
+            .field("role", &self.role)
+            .field("vlans", &self.vlans)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counters of one peer's tunnel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The peer's number (0: the one of [`BridgeConfig`]).
+    pub id: u32,
+    /// True while a session can carry frames.
+    pub established: bool,
+    /// Where datagrams to the peer go now.
+    pub endpoint: Option<SocketAddr>,
+    /// Frames sent into this tunnel.
+    pub tx_frames: u64,
+    /// Frames received from this tunnel.
+    pub rx_frames: u64,
+    /// Datagrams of this tunnel dropped.
+    pub rx_dropped: u64,
+    /// Time since this tunnel's last completed handshake.
+    pub last_handshake_age: Option<Duration>,
+}
+
+/// Counters of a bridge: totals over its tunnels, and per peer in
+/// [`Stats::peers`]. With one peer, the totals are that tunnel's.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Frames sent into the tunnel.
@@ -211,7 +270,7 @@ pub struct Stats {
     pub rx_dropped: u64,
     /// Replayed datagrams rejected.
     pub replay_rejects: u64,
-    /// True while a session can carry frames.
+    /// True while every peer's session can carry frames.
     pub established: bool,
     /// Handshakes completed.
     pub handshakes: u64,
@@ -224,9 +283,9 @@ pub struct Stats {
     pub handshake_rejected: u64,
     /// Handshake messages over the rate limit.
     pub handshake_rate_limited: u64,
-    /// Time since the last completed handshake.
+    /// Time since peer 0's last completed handshake.
     pub last_handshake_age: Option<Duration>,
-    /// Where datagrams to the peer go now.
+    /// Where datagrams to peer 0 go now.
     pub peer_endpoint: Option<SocketAddr>,
     /// Data datagrams that failed authentication.
     pub rx_auth_failed: u64,
@@ -298,4 +357,6 @@ pub struct Stats {
     pub ha_takeovers: u64,
     /// HA: frames not forwarded because this side does not hold the lease.
     pub ha_standby_drops: u64,
+    /// Each peer's tunnel (peer 0 first).
+    pub peers: Vec<PeerStatus>,
 }

@@ -130,6 +130,36 @@ pub struct TunnelStats {
 }
 
 impl TunnelStats {
+    /// Adds `o`'s counters to these (totals over several tunnels).
+    pub fn add(&mut self, o: &TunnelStats) {
+        self.tx_frames += o.tx_frames;
+        self.rx_frames += o.rx_frames;
+        self.tx_datagrams += o.tx_datagrams;
+        self.rx_datagrams += o.rx_datagrams;
+        self.keepalives_sent += o.keepalives_sent;
+        self.keepalives_received += o.keepalives_received;
+        self.handshake_inits_sent += o.handshake_inits_sent;
+        self.handshake_responses_sent += o.handshake_responses_sent;
+        self.handshakes_completed += o.handshakes_completed;
+        self.rx_malformed += o.rx_malformed;
+        self.rx_unknown_index += o.rx_unknown_index;
+        self.rx_auth_failed += o.rx_auth_failed;
+        self.rx_replay += o.rx_replay;
+        self.rx_expired += o.rx_expired;
+        self.handshake_wrong_peer += o.handshake_wrong_peer;
+        self.handshake_stale += o.handshake_stale;
+        self.handshake_rejected += o.handshake_rejected;
+        self.handshake_unexpected += o.handshake_unexpected;
+        self.handshake_rate_limited += o.handshake_rate_limited;
+        self.rx_bad_fragment += o.rx_bad_fragment;
+        self.tx_no_session += o.tx_no_session;
+        self.tx_no_endpoint += o.tx_no_endpoint;
+        self.tx_too_large += o.tx_too_large;
+        self.tx_exhausted += o.tx_exhausted;
+        self.frag.evicted += o.frag.evicted;
+        self.frag.expired += o.frag.expired;
+    }
+
     /// Received datagrams dropped for any reason.
     pub fn rx_dropped(&self) -> u64 {
         self.rx_malformed

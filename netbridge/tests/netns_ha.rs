@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 mod common;
 
 use anyhow::{bail, Context, Result};
-use common::{must, spawn_in_ns_with, wait_for, Lab};
+use common::{init_tracing, must, root_or_skip, spawn_in_ns_with, veth, wait_for, Lab};
 use netbridge::ha::Arbiter;
 use netbridge::keys::{self, StaticKeypair};
 use netbridge::{Bridge, BridgeConfig, Ha, PortSpec, Role};
@@ -193,27 +193,12 @@ fn killing_the_active_lcg_fails_over_to_the_standby_without_both_forwarding() ->
     if std::env::var_os(CHILD_ENV).is_some() {
         return Ok(());
     }
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED netns_ha: needs root for network namespaces and AF_PACKET sockets");
+    if !root_or_skip("netns_ha") {
         return Ok(());
     }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("netbridge=info")
-        .with_test_writer()
-        .try_init();
+    init_tracing("netbridge=info");
     let mut lab = Lab::new(format!("nh{}", std::process::id()));
-    let (a, s, l1, l2, c, b) = (lab.ns("a"), lab.ns("s"), lab.ns("l1"), lab.ns("l2"), lab.ns("c"), lab.ns("b"));
-    for ns in [&a, &s, &l1, &l2, &c, &b] {
-        must(&["ip", "netns", "add", ns])?;
-        lab.namespaces.push(ns.clone());
-        must(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
-    }
-    let veth = |ns1: &str, d1: &str, ns2: &str, d2: &str| -> Result<()> {
-        must(&["ip", "-n", ns1, "link", "add", d1, "type", "veth", "peer", "name", d2, "netns", ns2])?;
-        must(&["ip", "-n", ns1, "link", "set", d1, "up"])?;
-        must(&["ip", "-n", ns2, "link", "set", d2, "up"])?;
-        Ok(())
-    };
+    let [a, s, l1, l2, c, b] = lab.add_namespaces(["a", "s", "l1", "l2", "c", "b"])?;
     must(&["ip", "-n", &s, "link", "add", "br0", "type", "bridge"])?;
     must(&["ip", "-n", &s, "link", "set", "br0", "up"])?;
     veth(&a, "eth0", &s, "pa")?;

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
-use netbridge::filter::{Decision, Place, PortKind, Switch};
+use netbridge::filter::{Decision, PeerVlans, Place, PortKind, Switch};
 use netbridge::port::{csum, gso};
 use proto::MacAddr;
 
@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
     sw.add_port(1, PortKind::Lan);
     sw.add_port(2, PortKind::Guest);
     sw.add_port(3, PortKind::Guest);
+    sw.add_peer(0, PeerVlans::default());
     let carried = MacAddr([0x02, 0, 0, 0, 0, 0x0b]);
     sw.carry(carried);
     let mut d = Decision::default();
@@ -33,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
             });
         }
         let from = match sel & 3 {
-            0 => Place::Tunnel,
+            0 => Place::TUNNEL,
             k => Place::Port(k as u32),
         };
         if sw.forward(from, &frame, now, &mut d).is_ok() && d.ports.contains(&1) {

@@ -124,3 +124,67 @@ impl Drop for Lab {
         }
     }
 }
+
+/// Starts `tcpdump` on `ifname` in `ns` for `secs` seconds with `filter`
+/// (link-level headers, line-buffered); returns once it listens. Read its
+/// output with [`capture_output`].
+pub fn start_capture(ns: &str, ifname: &str, filter: &str, secs: u32) -> Result<Child> {
+    use std::io::{BufRead, BufReader};
+    let secs = secs.to_string();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "timeout", &secs, "tcpdump", "-i", ifname, "-n", "-e", "-l"])
+        .args(["--immediate-mode", filter])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("start tcpdump")?;
+    let stderr = child.stderr.take().context("tcpdump stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    if !lines.any(|l| l.is_ok_and(|l| l.contains("listening on"))) {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("tcpdump did not start in {ns}");
+    }
+    Ok(child)
+}
+
+/// Waits for a capture started by [`start_capture`]; returns its lines.
+pub fn capture_output(child: Child) -> Result<String> {
+    let out = child.wait_with_output().context("tcpdump")?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// True if running as root; otherwise says on stderr that `test` is skipped.
+pub fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("SKIPPED {test}: needs root for network namespaces and AF_PACKET sockets");
+    false
+}
+
+/// Sends the bridges' logs (at `filter`, e.g. `netbridge=info`) to the test's output.
+pub fn init_tracing(filter: &str) {
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
+impl Lab {
+    /// Makes namespaces `prefix` + each suffix (loopback up); returns their names.
+    pub fn add_namespaces<const N: usize>(&mut self, suffixes: [&str; N]) -> Result<[String; N]> {
+        let names = suffixes.map(|s| self.ns(s));
+        for ns in &names {
+            must(&["ip", "netns", "add", ns])?;
+            self.namespaces.push(ns.clone());
+            must(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(names)
+    }
+}
+
+/// A veth pair `d1` in `ns1` – `d2` in `ns2`, both up.
+pub fn veth(ns1: &str, d1: &str, ns2: &str, d2: &str) -> Result<()> {
+    must(&["ip", "-n", ns1, "link", "add", d1, "type", "veth", "peer", "name", d2, "netns", ns2])?;
+    must(&["ip", "-n", ns1, "link", "set", d1, "up"])?;
+    must(&["ip", "-n", ns2, "link", "set", d2, "up"])?;
+    Ok(())
+}
