@@ -303,6 +303,7 @@ async fn follow(client: &Client, id: &str, show: bool) -> Result<MoveDetail> {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let mut shown = 0;
+    let mut copy_start: Option<(std::time::Instant, u64, u64)> = None;
     loop {
         let d: MoveDetail = client.call("GET", &format!("/v1/moves/{id}"), None).await?;
         for e in &d.events[shown..] {
@@ -312,7 +313,24 @@ async fn follow(client: &Client, id: &str, show: bool) -> Result<MoveDetail> {
         bar.set_position(d.progress_pct as u64);
         let msg = match d.copy {
             Some((done, total)) if d.mv.step == Step::CopyDisks => {
-                format!("copying {:.0}/{:.0} MiB", done as f64 / 1048576.0, total as f64 / 1048576.0)
+                // Rate and ETA of the disk being copied (the sample restarts with each disk).
+                let (t0, d0, t0_total) = *copy_start.get_or_insert((std::time::Instant::now(), done, total));
+                if t0_total != total || done < d0 {
+                    copy_start = Some((std::time::Instant::now(), done, total));
+                }
+                let secs = t0.elapsed().as_secs_f64();
+                let rate = if secs > 0.5 { done.saturating_sub(d0) as f64 / secs } else { 0.0 };
+                let eta = if rate > 0.0 {
+                    format!("{:.0} s", (total - done.min(total)) as f64 / rate)
+                } else {
+                    "?".into()
+                };
+                format!(
+                    "copying {:.1}/{:.1} MiB, {:.1} MiB/s, ETA {eta}",
+                    done as f64 / 1048576.0,
+                    total as f64 / 1048576.0,
+                    rate / 1048576.0
+                )
             }
             _ => d.mv.step.label().to_string(),
         };

@@ -542,8 +542,8 @@ impl BlockStore {
     }
 }
 
-/// Checks a manifest; returns index → hash.
-fn validate(req: &TransferBegin) -> Result<HashMap<u64, BlockHash>, Error> {
+/// Checks a manifest from the network; returns index → hash.
+pub fn validate(req: &TransferBegin) -> Result<HashMap<u64, BlockHash>, Error> {
     let bad = |m: String| Err(Error::BadManifest(m));
     if req.block_size != BLOCK_SIZE {
         return bad(format!("block size {} is not {BLOCK_SIZE}", req.block_size));

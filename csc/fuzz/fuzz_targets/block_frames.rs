@@ -1,0 +1,31 @@
+//! What the node parses in a block transfer: the frame stream of
+//! `PUT /v1/transfers/{id}/blocks` (cut into pieces of any size, as TCP
+//! delivers it), each frame's zstd payload and hash check, and the JSON
+//! manifest of `POST /v1/transfers/{id}`. Any bytes give frames or an error,
+//! never a panic, and the decoder never buffers more than one frame.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use proto::transfer::FrameDecoder;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&cut, rest)) = data.split_first() else { return };
+    let mut d = FrameDecoder::new();
+    'outer: for piece in rest.chunks(usize::from(cut) + 1) {
+        d.push(piece);
+        loop {
+            match d.next_frame() {
+                Ok(Some(f)) => {
+                    if let Ok(raw) = f.decode() {
+                        assert_eq!(raw.len(), f.raw_len as usize);
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => break 'outer,
+            }
+        }
+    }
+    let _ = d.finish();
+    if let Ok(m) = serde_json::from_slice::<proto::transfer::TransferBegin>(data) {
+        let _ = csc::blocks::validate(&m);
+    }
+});
