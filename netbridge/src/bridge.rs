@@ -22,8 +22,8 @@ use crate::filter::{self, Decision, Filtered, PeerId, PeerVlans, Place, PortId, 
 use crate::guard::{LanGuard, Verdict};
 use crate::ha::{self, Change, Control, Member};
 use crate::noise::Identity;
-use crate::port::packet::HEADROOM;
-use crate::port::{csum, gso, Port, State};
+use crate::port::packet::{RecvBatch, RecvInfo, BATCH as RX_BATCH, HEADROOM};
+use crate::port::{csum, gso, Flushed, Port, State};
 use crate::tunnel::{Outgoing, Received, Tunnel, TunnelStats};
 use crate::udp::Udp;
 use crate::wire::MAX_DATAGRAM;
@@ -127,7 +127,7 @@ impl Bridge {
             wake: wake_rx,
             shared: Arc::clone(&shared),
             udp_buf: vec![0u8; crate::udp::RECV_BUFFER].into_boxed_slice(),
-            port_buf: vec![0u8; HEADROOM + PORT_FRAME_MAX].into_boxed_slice(),
+            rx: RecvBatch::new(HEADROOM + PORT_FRAME_MAX),
             seg_buf: vec![0u8; PORT_FRAME_MAX].into_boxed_slice(),
             scratch: vec![0u8; PORT_FRAME_MAX].into_boxed_slice(),
         };
@@ -428,32 +428,45 @@ impl Local {
     /// decision's LAN VID if it came tagged otherwise (VLAN map).
     fn send_to_ports(&mut self, frame: &[u8], scratch: &mut [u8], now: Instant) {
         let frame = retag(frame, self.decision.vid, scratch);
-        for &id in &self.decision.ports {
-            let Some(port) = self.ports.iter_mut().find(|p| p.id == id) else {
+        for n in 0..self.decision.ports.len() {
+            let id = self.decision.ports[n];
+            let Some(k) = self.ports.iter().position(|p| p.id == id) else {
                 continue;
             };
-            let Some(sock) = port.socket() else {
-                self.counters.port_tx_errors += 1;
-                continue;
-            };
-            match sock.send(frame) {
-                Ok(()) => {
-                    port.tx_error_logged = false;
-                    if port.kind() == PortKind::Lan {
-                        self.guard.put_on_lan(frame, now);
-                        self.counters.lan_tx_frames += 1;
-                    }
-                }
-                Err(e) => {
-                    self.counters.port_tx_errors += 1;
-                    if !port.tx_error_logged {
-                        // A TAP whose QEMU has not attached yet fails every
-                        // send (ENOBUFS/EIO/ENETDOWN): log once, count all.
-                        tracing::warn!(ifname = port.ifname(), error = %e, len = frame.len(), "cannot send frame on port; dropping (not logged again until a send succeeds)");
-                        port.tx_error_logged = true;
-                    }
-                }
+            let port = &mut self.ports[k];
+            if port.kind() == PortKind::Lan {
+                self.guard.put_on_lan(frame, now);
             }
+            let done = port.queue(frame);
+            self.count_flushed(k, done, frame.len());
+        }
+    }
+
+    /// Sends what the ports have queued.
+    fn flush_ports(&mut self) {
+        for k in 0..self.ports.len() {
+            let done = self.ports[k].flush();
+            self.count_flushed(k, done, 0);
+        }
+    }
+
+    fn count_flushed(&mut self, k: usize, done: Flushed, len: usize) {
+        if done.sent == 0 && done.failed == 0 {
+            return;
+        }
+        let port = &mut self.ports[k];
+        if port.kind() == PortKind::Lan {
+            self.counters.lan_tx_frames += done.sent as u64;
+        }
+        self.counters.port_tx_errors += done.failed as u64;
+        if done.failed == 0 {
+            port.tx_error_logged = false;
+        } else if !port.tx_error_logged {
+            // A TAP whose QEMU has not attached yet fails every send
+            // (ENOBUFS/EIO/ENETDOWN): log once, count all.
+            let error = done.error.map(|e| e.to_string()).unwrap_or_else(|| "port closed".into());
+            tracing::warn!(ifname = port.ifname(), %error, len, "cannot send frames on port; dropping (not logged again until a send succeeds)");
+            port.tx_error_logged = true;
         }
     }
 
@@ -606,7 +619,8 @@ struct Worker {
     wake: UnixDatagram,
     shared: Arc<Shared>,
     udp_buf: Box<[u8]>,
-    port_buf: Box<[u8]>,
+    /// Frames read from ports, a batch at a time.
+    rx: RecvBatch,
     /// Where super-frames are cut into segments.
     seg_buf: Box<[u8]>,
     /// Where frames are re-tagged (VLAN maps).
@@ -900,6 +914,7 @@ impl Worker {
         for l in links.iter_mut() {
             l.flush(&mut local.counters);
         }
+        local.flush_ports();
     }
 
     fn handle_port(&mut self, i: usize) {
@@ -907,6 +922,7 @@ impl Worker {
         for l in &mut self.links {
             l.flush(&mut self.local.counters);
         }
+        self.local.flush_ports();
     }
 
     /// Reads up to [`BATCH`] frames from port `i` and switches them.
@@ -914,19 +930,19 @@ impl Worker {
         let Worker {
             links,
             local,
-            port_buf,
+            rx,
             seg_buf,
             scratch,
             ..
         } = self;
-        for _ in 0..BATCH {
+        for _ in 0..BATCH / RX_BATCH {
             let Some(port) = local.ports.get(i) else { return };
             let Some(sock) = port.socket() else { return };
             let id = port.id;
             let lan = port.kind() == PortKind::Lan;
-            let info = match sock.recv(port_buf) {
-                Ok(Some(info)) => info,
-                Ok(None) => return,
+            let n = match sock.recv_batch(rx) {
+                Ok(0) => return,
+                Ok(n) => n,
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     // The kernel dropped a frame whose offload it cannot describe.
                     local.counters.too_large += 1;
@@ -937,16 +953,40 @@ impl Worker {
                     return;
                 }
             };
-            if info.outgoing {
-                continue;
-            }
             let now = Instant::now();
+            for k in 0..n {
+                let (buf, info) = rx.frame(k);
+                Self::port_frame(local, links, seg_buf, scratch, id, lan, buf, info, now);
+            }
+            if n < RX_BATCH {
+                return;
+            }
+        }
+    }
+
+    /// Switches one frame read from port `id`.
+    #[allow(clippy::too_many_arguments)]
+    fn port_frame(
+        local: &mut Local,
+        links: &mut [Link],
+        seg_buf: &mut [u8],
+        scratch: &mut [u8],
+        id: PortId,
+        lan: bool,
+        buf: &mut [u8],
+        info: RecvInfo,
+        now: Instant,
+    ) {
+        {
+            if info.outgoing {
+                return;
+            }
             if info.truncated {
                 local.counters.too_large += 1;
-                tracing::debug!(ifname = port.ifname(), "frame larger than the receive buffer; dropped");
-                continue;
+                tracing::debug!(port = id, "frame larger than the receive buffer; dropped");
+                return;
             }
-            let frame = &mut port_buf[info.start..info.start + info.len];
+            let frame = &mut buf[info.start..info.start + info.len];
             if let Some((kind, mss)) = info.gso {
                 // A GRO/TSO super-frame: cut it into wire-sized segments.
                 let mut send = |seg: &mut [u8]| switch_frame(local, links, scratch, id, lan, seg, now);
@@ -957,7 +997,7 @@ impl Worker {
                         tracing::debug!(error = %e, len = frame.len(), "super-frame dropped");
                     }
                 }
-                continue;
+                return;
             }
             if let Some((start, offset)) = info.csum {
                 if csum::complete_partial(frame, start, offset) {

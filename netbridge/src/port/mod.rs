@@ -27,12 +27,47 @@ pub(crate) enum State {
     Gone { retry_at: Instant },
 }
 
+/// Frames waiting to go out of a port in one `sendmmsg` (copied in; the
+/// buffers are allocated once).
+#[derive(Debug, Default)]
+pub(crate) struct TxQueue {
+    data: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl TxQueue {
+    /// Frames queued.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn push(&mut self, frame: &[u8]) {
+        self.data.extend_from_slice(frame);
+        self.ends.push(self.data.len());
+    }
+
+    fn clear(&mut self) {
+        self.data.clear();
+        self.ends.clear();
+    }
+}
+
+/// What a [`Port::flush`] did.
+#[derive(Debug, Default)]
+pub(crate) struct Flushed {
+    pub sent: usize,
+    pub failed: usize,
+    pub error: Option<std::io::Error>,
+}
+
 /// A local port of a running bridge.
 #[derive(Debug)]
 pub(crate) struct Port {
     pub id: PortId,
     pub spec: PortSpec,
     pub state: State,
+    /// Frames to send at the next [`Port::flush`].
+    pub tx: TxQueue,
     /// A transmit error was logged and nothing succeeded since: do not log
     /// every dropped frame (a TAP without its QEMU fails every send).
     pub tx_error_logged: bool,
@@ -46,8 +81,50 @@ impl Port {
             id,
             spec,
             state: State::Open(sock),
+            tx: TxQueue::default(),
             tx_error_logged: false,
         })
+    }
+
+    /// Queues `frame` for sending; sends the queue when it holds a batch.
+    pub fn queue(&mut self, frame: &[u8]) -> Flushed {
+        self.tx.push(frame);
+        if self.tx.len() >= packet::BATCH {
+            self.flush()
+        } else {
+            Flushed::default()
+        }
+    }
+
+    /// Sends the queued frames (one `sendmmsg`); a closed port fails them all.
+    pub fn flush(&mut self) -> Flushed {
+        let n = self.tx.len();
+        if n == 0 {
+            return Flushed::default();
+        }
+        let r = match &self.state {
+            State::Open(sock) => {
+                let mut refs: [&[u8]; packet::BATCH] = [&[]; packet::BATCH];
+                let mut start = 0;
+                for (r, &end) in refs.iter_mut().zip(&self.tx.ends) {
+                    *r = &self.tx.data[start..end];
+                    start = end;
+                }
+                let (sent, error) = sock.send_batch(&refs[..n.min(packet::BATCH)]);
+                Flushed {
+                    sent,
+                    failed: n - sent,
+                    error,
+                }
+            }
+            State::Gone { .. } => Flushed {
+                sent: 0,
+                failed: n,
+                error: None,
+            },
+        };
+        self.tx.clear();
+        r
     }
 
     /// The port's filter kind.

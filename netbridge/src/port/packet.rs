@@ -15,6 +15,58 @@ use super::gso::GsoKind;
 /// moved into metadata can be put back without copying the frame.
 pub const HEADROOM: usize = 4;
 
+/// Frames per `recvmmsg`/`sendmmsg`.
+pub const BATCH: usize = 32;
+
+/// Receive buffers for [`PacketSocket::recv_batch`]: [`BATCH`] slots of
+/// `slot` bytes (headroom included), allocated once and reused.
+pub struct RecvBatch {
+    buf: Box<[u8]>,
+    slot: usize,
+    vnet: Box<[[u8; VNET_HDR_LEN]; BATCH]>,
+    control: Box<[[u64; 16]; BATCH]>,
+    addrs: Box<[libc::sockaddr_ll; BATCH]>,
+    infos: [RecvInfo; BATCH],
+}
+
+impl std::fmt::Debug for RecvBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBatch").field("slot", &self.slot).finish_non_exhaustive()
+    }
+}
+
+impl RecvBatch {
+    /// Buffers for frames of up to `slot - HEADROOM` bytes.
+    pub fn new(slot: usize) -> Self {
+        let slot = slot.max(HEADROOM + 64);
+        let empty = RecvInfo {
+            start: HEADROOM,
+            len: 0,
+            outgoing: false,
+            truncated: false,
+            csum: None,
+            gso: None,
+            csum_not_ready: false,
+        };
+        RecvBatch {
+            buf: vec![0u8; slot * BATCH].into_boxed_slice(),
+            slot,
+            vnet: Box::new([[0u8; VNET_HDR_LEN]; BATCH]),
+            control: Box::new([[0u64; 16]; BATCH]),
+            // SAFETY: sockaddr_ll is plain old data; all-zero bytes are valid.
+            addrs: Box::new(unsafe { std::mem::zeroed() }),
+            infos: [empty; BATCH],
+        }
+    }
+
+    /// Frame `i` of the last [`PacketSocket::recv_batch`]: its slot (the
+    /// frame is at `info.start..info.start + info.len`) and description.
+    pub fn frame(&mut self, i: usize) -> (&mut [u8], RecvInfo) {
+        let i = i.min(BATCH - 1);
+        (&mut self.buf[i * self.slot..(i + 1) * self.slot], self.infos[i])
+    }
+}
+
 /// Socket buffer size asked for (the kernel caps it at `net.core.*mem_max`).
 const SOCKET_BUFFER: libc::c_int = 4 << 20;
 
@@ -236,8 +288,16 @@ impl PacketSocket {
                 _ => Err(e),
             };
         }
+        Ok(Some(self.describe(n as usize, &addr, &vnet_hdr, &msg, buf)))
+    }
+
+    /// What `recvmsg` returned (`n` bytes, `addr`, the virtio header and the
+    /// control messages of `msg`) as a [`RecvInfo`]; puts back a VLAN tag the
+    /// kernel moved into metadata (using `buf`'s headroom).
+    fn describe(&self, n: usize, addr: &libc::sockaddr_ll, vnet_hdr: &[u8; VNET_HDR_LEN], msg: &libc::msghdr, buf: &mut [u8]) -> RecvInfo {
+        let cap = buf.len() - HEADROOM;
         // With the virtio header the result counts it too (packet_recvmsg).
-        let n = (n as usize).saturating_sub(if self.vnet { VNET_HDR_LEN } else { 0 });
+        let n = n.saturating_sub(if self.vnet { VNET_HDR_LEN } else { 0 });
         let truncated = n > cap;
         let mut info = RecvInfo {
             start: HEADROOM,
@@ -259,7 +319,7 @@ impl PacketSocket {
         // SAFETY: `msg` was filled by a successful recvmsg; CMSG_FIRSTHDR and
         // CMSG_NXTHDR stay within msg_control/msg_controllen and return null
         // at the end.
-        let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+        let mut c = unsafe { libc::CMSG_FIRSTHDR(msg) };
         while !c.is_null() {
             // SAFETY: `c` is non-null and points at a cmsghdr inside `control`.
             let hdr = unsafe { &*c };
@@ -279,7 +339,7 @@ impl PacketSocket {
                 info.csum_not_ready = !self.vnet && aux.tp_status & libc::TP_STATUS_CSUMNOTREADY != 0;
             }
             // SAFETY: as for CMSG_FIRSTHDR above.
-            c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
+            c = unsafe { libc::CMSG_NXTHDR(msg, c) };
         }
         if let Some((tpid, tci)) = vlan {
             if !truncated && info.len >= 12 {
@@ -295,7 +355,111 @@ impl PacketSocket {
                 info.csum = info.csum.map(|(start, off)| (start + 4, off));
             }
         }
-        Ok(Some(info))
+        info
+    }
+
+    /// Receives up to [`BATCH`] frames with one `recvmmsg(2)` into `b`'s
+    /// slots; returns how many (0: nothing queued). Errors as [`Self::recv`]'s.
+    pub fn recv_batch(&self, b: &mut RecvBatch) -> io::Result<usize> {
+        let slot = b.slot;
+        let cap = slot - HEADROOM;
+        // SAFETY: plain old data (pointers null, lengths zero); filled below.
+        let mut iov: [[libc::iovec; 2]; BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        let base = b.buf.as_mut_ptr();
+        for i in 0..BATCH {
+            iov[i][0] = libc::iovec {
+                iov_base: b.vnet[i].as_mut_ptr().cast::<libc::c_void>(),
+                iov_len: VNET_HDR_LEN,
+            };
+            iov[i][1] = libc::iovec {
+                // SAFETY: slot i starts at i * slot < buf.len() (BATCH slots).
+                iov_base: unsafe { base.add(i * slot + HEADROOM) }.cast::<libc::c_void>(),
+                iov_len: cap,
+            };
+            let h = &mut msgs[i].msg_hdr;
+            h.msg_name = (&mut b.addrs[i] as *mut libc::sockaddr_ll).cast::<libc::c_void>();
+            h.msg_namelen = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            let used = if self.vnet { &mut iov[i][..] } else { &mut iov[i][1..] };
+            h.msg_iovlen = used.len() as _;
+            h.msg_iov = used.as_mut_ptr();
+            h.msg_control = b.control[i].as_mut_ptr().cast::<libc::c_void>();
+            h.msg_controllen = size_of_val(&b.control[i]) as _;
+        }
+        // SAFETY: every pointer in `msgs` refers to a live buffer of `b` or
+        // to `iov` (all outliving the call) with its length alongside; the
+        // kernel writes only within them. MSG_TRUNC as in recv().
+        let n = unsafe {
+            libc::recvmmsg(
+                self.fd.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_TRUNC,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(e),
+            };
+        }
+        let n = n as usize;
+        for (i, m) in msgs.iter().enumerate().take(n) {
+            let (addr, vnet) = (b.addrs[i], b.vnet[i]);
+            let buf = &mut b.buf[i * slot..(i + 1) * slot];
+            b.infos[i] = self.describe(m.msg_len as usize, &addr, &vnet, &m.msg_hdr, buf);
+        }
+        Ok(n)
+    }
+
+    /// Transmits `frames` with one `sendmmsg(2)` (at most [`BATCH`] a call).
+    /// Returns how many were sent, and the error that stopped the rest.
+    pub fn send_batch(&self, frames: &[&[u8]]) -> (usize, Option<io::Error>) {
+        let vnet_hdr = [0u8; VNET_HDR_LEN];
+        let mut sent = 0;
+        for chunk in frames.chunks(BATCH) {
+            // SAFETY: plain old data; filled below.
+            let mut iov: [[libc::iovec; 2]; BATCH] = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+            for (i, f) in chunk.iter().enumerate() {
+                iov[i][0] = libc::iovec {
+                    iov_base: vnet_hdr.as_ptr() as *mut libc::c_void,
+                    iov_len: VNET_HDR_LEN,
+                };
+                iov[i][1] = libc::iovec {
+                    iov_base: f.as_ptr() as *mut libc::c_void,
+                    iov_len: f.len(),
+                };
+                let used = if self.vnet { &mut iov[i][..] } else { &mut iov[i][1..] };
+                msgs[i].msg_hdr.msg_iovlen = used.len() as _;
+                msgs[i].msg_hdr.msg_iov = used.as_mut_ptr();
+            }
+            // SAFETY: the iovecs describe `vnet_hdr` and the frames, all
+            // borrowed across the call; the kernel only reads them. The socket
+            // is bound: no addresses.
+            let n = unsafe {
+                libc::sendmmsg(
+                    self.fd.as_raw_fd(),
+                    msgs.as_mut_ptr(),
+                    chunk.len() as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                return (sent, Some(io::Error::last_os_error()));
+            }
+            sent += n as usize;
+            if (n as usize) < chunk.len() {
+                // The next frame failed: find out why by sending it alone.
+                let why = self.send(chunk[n as usize]).err();
+                return (sent + usize::from(why.is_none()), why);
+            }
+        }
+        (sent, None)
     }
 
     /// Transmits one frame on the interface.
