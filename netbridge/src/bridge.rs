@@ -38,6 +38,8 @@ const PORT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Largest frame read from a port: a 64 KiB GRO/TSO super-frame plus
 /// headers. Larger ones (BIG TCP) are dropped and counted.
 const PORT_FRAME_MAX: usize = 65536 + 256;
+/// How often counters are published while frames flow.
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(20);
 /// How long a control request waits for the worker.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -225,7 +227,8 @@ impl BridgeHandle {
         self.request(|tx| Command::RemovePort(name, tx))
     }
 
-    /// Current counters (updated by the worker after every batch).
+    /// Current counters (updated by the worker at least every 20 ms while
+    /// it runs, and before it answers any request).
     pub fn stats(&self) -> Stats {
         match self.shared.published.lock() {
             Ok(p) => {
@@ -729,6 +732,7 @@ impl Worker {
     fn run(mut self) {
         let mut ready_ports: Vec<usize> = Vec::new();
         let mut polled_ports: Vec<usize> = Vec::new();
+        let mut last_publish: Option<Instant> = None;
         loop {
             let nl = self.links.len();
             let (wake_ready, udp_ready) = {
@@ -788,7 +792,13 @@ impl Worker {
                 l.flush(&mut self.local.counters);
             }
             self.local.check_ports(now);
-            self.publish(now);
+            // Counters are copied out at most every PUBLISH_INTERVAL (and
+            // always after a command): under a packet flood every loop
+            // iteration would otherwise build the whole Stats.
+            if last_publish.is_none_or(|t| now.saturating_duration_since(t) >= PUBLISH_INTERVAL) {
+                self.publish(now);
+                last_publish = Some(now);
+            }
         }
     }
 
@@ -817,6 +827,7 @@ impl Worker {
                     self.local.switch.uncarry(m);
                     self.local.announce.remove(&m);
                     self.local.guard.clear_duplicate(m);
+                    self.publish(Instant::now());
                     let _ = reply.send(Ok(()));
                 }
                 Ok(Command::ClearDuplicate(m, reply)) => {
