@@ -87,6 +87,19 @@ enum Cmd {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Send a base image (e.g. the Debian release your servers were built
+    /// from) to a cloud ahead of moves: the cloud node indexes its blocks,
+    /// and moves of servers built from it send only what differs.
+    Stage {
+        /// Image file (qcow2, raw, VMDK, …).
+        image: PathBuf,
+        /// Cloud name.
+        #[arg(long)]
+        to: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show servers, clouds and moves.
     Status {
         /// JSON for scripts.
@@ -267,6 +280,42 @@ async fn run(cli: Cli) -> Result<()> {
                     detail.mv.id,
                     detail.mv.step.label(),
                     detail.mv.failure.unwrap_or_default()
+                );
+            }
+        }
+        Cmd::Stage { image, to, json } => {
+            let s: Status = client.call("GET", "/v1/status", None).await?;
+            let Some(cloud) = s.clouds.iter().find(|c| c.name == to) else {
+                bail!("no cloud {to}: `isthmus status` lists the enrolled clouds");
+            };
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+            )?);
+            if json {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let b = bar.clone();
+            let progress: appliance::moves::transfer::Progress = std::sync::Arc::new(move |done, total| {
+                b.set_length(total);
+                b.set_position(done);
+            });
+            let opts = appliance::moves::transfer::Options::default();
+            let sent = appliance::moves::stage::stage(&cli.data_dir, &cloud.url, &image, &opts, progress).await?;
+            bar.finish_and_clear();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&sent)?);
+            } else {
+                let d = &sent.done;
+                println!(
+                    "staged {} on {to} as disk {}: {} data blocks, {} sent ({:.1} MiB on the wire), {} already there; digest {}",
+                    image.display(),
+                    d.id,
+                    d.blocks,
+                    d.blocks_sent,
+                    d.wire_bytes as f64 / 1048576.0,
+                    d.blocks_deduped,
+                    d.digest
                 );
             }
         }

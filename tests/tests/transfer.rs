@@ -19,6 +19,7 @@ const MIB: u64 = 1 << 20;
 struct Node {
     _dir: tempfile::TempDir,
     disks: PathBuf,
+    url: String,
     client: CloudClient,
 }
 
@@ -53,6 +54,7 @@ async fn node_and_client(work: &Path) -> Node {
         disks: state.join("disks"),
         _dir: dir,
         client: CloudClient::new(&url, &ca).unwrap(),
+        url,
     }
 }
 
@@ -118,13 +120,17 @@ async fn cut_link_resumes_and_a_same_base_server_dedups() {
     let node = node_and_client(work.path()).await;
     let base = base_image(work.path());
 
-    // Stage the base image; the link breaks after 3 blocks per stream.
+    // Stage the base image (`isthmus stage`, CA under <data dir>/pki); the
+    // link breaks after 3 blocks per stream.
     let (progress, last) = counter();
     let opts = Options {
         break_after_frames: Some(3),
         ..Options::default()
     };
-    let s = send_disk(&node.client, "base", &base, work.path(), &opts, progress).await.unwrap();
+    let s = appliance::moves::stage::stage(work.path(), &node.url, &base, &opts, progress)
+        .await
+        .unwrap();
+    assert_eq!(s.done.id, "base-base");
     assert_eq!(s.attempts, 2, "{s:?}");
     // Up to 3 blocks × 4 streams arrived before the cut; none travelled twice.
     assert!((1..=12).contains(&s.done.blocks_resumed), "{s:?}");
@@ -133,8 +139,8 @@ async fn cut_link_resumes_and_a_same_base_server_dedups() {
     // Only allocated blocks travelled: 5 × 8 MiB of noise (straddling) + 1 block of text.
     assert!(s.done.blocks <= 5 * 9 + 1, "{s:?}");
     assert!(s.allocated < 64 * MIB, "{s:?}");
-    assert!(same_content(&base, &node.disks.join("base.img")));
-    assert!(!node.disks.join(".transfers/base.data").exists());
+    assert!(same_content(&base, &node.disks.join("base-base.img")));
+    assert!(!node.disks.join(".transfers/base-base.data").exists());
 
     // A second server from the same base: 3 MiB changed (qemu-io writes into the qcow2).
     let web2 = work.path().join("web2.qcow2");

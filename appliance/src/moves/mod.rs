@@ -11,4 +11,5 @@ pub mod effects;
 pub mod executor;
 pub mod extents;
 pub mod machine;
+pub mod stage;
 pub mod transfer;

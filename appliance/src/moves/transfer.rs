@@ -79,7 +79,7 @@ impl Default for Options {
 }
 
 /// What a transfer did.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Sent {
     /// The node's report.
     pub done: TransferDone,
@@ -141,6 +141,12 @@ fn scan(path: &Path, work: &Path) -> Result<Scan, TransferError> {
         begin,
         data_bytes,
     })
+}
+
+/// The whole-disk digest ([`DiskDigest`]) of the image at `path`, as a
+/// transfer computes it (`work` holds a temporary raw copy of non-raw images).
+pub fn disk_digest(path: &Path, work: &Path) -> Result<String, TransferError> {
+    Ok(scan(path, work)?.digest)
 }
 
 /// Sends the disk image at `path` as disk `id` of the node behind `client`.
