@@ -197,6 +197,38 @@ impl Stats {
             "Local ports whose interface is missing.",
             &[(None, f64::from(self.ports_down))],
         );
+        // One series per peer's tunnel (label `tunnel`: the peer number).
+        type PerTunnel = fn(&crate::PeerStatus) -> f64;
+        let families: [(&str, &str, &str, PerTunnel); 4] = [
+            (
+                "tunnel_established",
+                "gauge",
+                "1 while this tunnel's session can carry frames.",
+                |p| {
+                    if p.established {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                },
+            ),
+            ("tunnel_tx_frames_total", "counter", "Frames sent into this tunnel.", |p| {
+                p.tx_frames as f64
+            }),
+            ("tunnel_rx_frames_total", "counter", "Frames received from this tunnel.", |p| {
+                p.rx_frames as f64
+            }),
+            ("tunnel_rx_dropped_total", "counter", "Datagrams of this tunnel dropped.", |p| {
+                p.rx_dropped as f64
+            }),
+        ];
+        for (name, kind, help, value) in families {
+            let _ = writeln!(out, "# HELP netbridge_{name} {help}");
+            let _ = writeln!(out, "# TYPE netbridge_{name} {kind}");
+            for p in &self.peers {
+                let _ = writeln!(out, "netbridge_{name}{{peer=\"{peer}\",tunnel=\"{}\"}} {}", p.id, value(p));
+            }
+        }
         out
     }
 }
@@ -211,12 +243,22 @@ mod tests {
             tx_frames: 7,
             replay_rejects: 3,
             established: true,
+            peers: vec![crate::PeerStatus {
+                id: 2,
+                established: true,
+                tx_frames: 5,
+                ..Default::default()
+            }],
             ..Stats::default()
         };
         let text = s.prometheus("cloud\"1");
         assert!(text.contains("netbridge_tx_frames_total{peer=\"cloud\\\"1\"} 7\n"), "{text}");
         assert!(text.contains("netbridge_rx_dropped_total{peer=\"cloud\\\"1\",reason=\"replay\"} 3\n"));
         assert!(text.contains("netbridge_established{peer=\"cloud\\\"1\"} 1\n"));
+        assert!(
+            text.contains("netbridge_tunnel_tx_frames_total{peer=\"cloud\\\"1\",tunnel=\"2\"} 5\n"),
+            "{text}"
+        );
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (series, value) = line.rsplit_once(' ').unwrap();
             assert!(series.starts_with("netbridge_"), "{line}");
