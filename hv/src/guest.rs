@@ -21,11 +21,12 @@ use proto::api::GuestState;
 use proto::Firmware;
 
 use crate::disk_key::{DiskKey, KeyMatchError};
+use crate::isolation::{GuestCgroup, CGROUP_ROOT};
 use crate::qemu::host::{host_facts, QEMU_BINARY};
 use crate::qemu::qmp::{Qmp, QmpError};
 use crate::qemu::Plan;
 use crate::run_dir::RunDir;
-use crate::{Error, GuestSpec};
+use crate::{Error, GuestSpec, LaunchOptions};
 
 /// How long QEMU may take to initialise before `-daemonize` returns.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -199,7 +200,25 @@ impl Guest {
     /// soon as the disk is open (QEMU keeps only the LUKS master key, in
     /// memory). A wrong key stops QEMU and returns [`GuestError::Unlock`].
     pub fn launch_with_keys(spec: &GuestSpec, keys: &[Option<DiskKey>]) -> Result<Guest, Error> {
-        let plan = crate::qemu::plan(spec)?;
+        Guest::launch_with(spec, keys, &LaunchOptions::default())
+    }
+
+    /// Like [`Guest::launch_with_keys`], with [`LaunchOptions`]: a panic
+    /// device, unprivileged ids and cgroup limits (QEMU joins its cgroup
+    /// before it executes, so it never runs outside it), or a start from saved
+    /// state (QEMU starts with `-S`, loads the snapshot, then runs).
+    pub fn launch_with(spec: &GuestSpec, keys: &[Option<DiskKey>], opts: &LaunchOptions) -> Result<Guest, Error> {
+        let plan = crate::qemu::plan_with(spec, opts)?;
+        if let Some(r) = &opts.run_as {
+            r.check(&spec.name)?;
+        }
+        let cgroup = match &opts.limits {
+            Some(l) => {
+                l.check(&spec.name, spec.profile.memory_mib)?;
+                Some(GuestCgroup::create(Path::new(CGROUP_ROOT), &spec.name, l)?)
+            }
+            None => None,
+        };
         check_keys(spec, &plan, keys)?;
         let argv = &plan.argv;
         let run = RunDir::new(&spec.run_dir);
@@ -233,9 +252,22 @@ impl Guest {
             }
         }
 
+        if let Some(r) = &opts.run_as {
+            // The run directory too (still 0700): QEMU writes the suspend
+            // state there after dropping root.
+            let mut files: Vec<&Path> = spec.disks.iter().map(PathBuf::as_path).collect();
+            files.push(run.root());
+            let vars = run.efi_vars();
+            if vars.exists() {
+                files.push(&vars);
+            }
+            r.grant(&files)?;
+        }
+
         let started = Instant::now();
         tracing::info!(guest = %spec.name, accel = %spec.accel, args = ?argv, "starting QEMU");
-        run_daemonizing(&spec.name, argv)?;
+        let procs: Vec<PathBuf> = cgroup.iter().flat_map(|c| c.dirs()).map(|d| d.join("cgroup.procs")).collect();
+        run_daemonizing(&spec.name, argv, &procs)?;
         let pid = read_pidfile(&run.pidfile())?.ok_or_else(|| GuestError::Pidfile {
             path: run.pidfile(),
             detail: "QEMU started but wrote no pid file".into(),
@@ -254,8 +286,28 @@ impl Guest {
                 return Err(e.into());
             }
         }
+        // An incoming migration re-opens the disks when it activates them
+        // (at `cont`), which needs the secrets once more: they are deleted
+        // only after the restore.
+        let incoming = opts.restore == Some(crate::Restore::Suspended);
         if !plan.blockdevs.is_empty() {
-            if let Err(e) = guest.open_encrypted_disks(&plan, keys) {
+            if let Err(e) = guest.open_encrypted_disks(&plan, keys, incoming) {
+                let _ = guest.kill();
+                return Err(e);
+            }
+        }
+        if let Some(restore) = &opts.restore {
+            let restored = guest.restore(restore);
+            let deleted = if incoming {
+                plan.blockdevs.iter().try_for_each(|b| {
+                    guest
+                        .with_qmp(|q| q.execute("object-del", Some(serde_json::json!({ "id": b.secret_id }))))
+                        .map(drop)
+                })
+            } else {
+                Ok(())
+            };
+            if let Err(e) = restored.and(deleted.map_err(Error::from)) {
                 let _ = guest.kill();
                 return Err(e);
             }
@@ -288,7 +340,7 @@ impl Guest {
     }
 
     /// Opens each LUKS disk with its key, then lets QEMU create the devices.
-    fn open_encrypted_disks(&self, plan: &Plan, keys: &[Option<DiskKey>]) -> Result<(), Error> {
+    fn open_encrypted_disks(&self, plan: &Plan, keys: &[Option<DiskKey>], keep_secrets: bool) -> Result<(), Error> {
         for b in &plan.blockdevs {
             // check_keys made sure each encrypted disk has a key.
             let Some(Some(key)) = keys.get(b.disk) else {
@@ -302,7 +354,11 @@ impl Guest {
             self.with_qmp(|q| q.add_secret(&b.secret_id, &key.passphrase()))?;
             let opened = self.with_qmp(|q| q.execute("blockdev-add", Some(b.arguments.clone())));
             // The passphrase is not needed once the LUKS header is open.
-            let deleted = self.with_qmp(|q| q.execute("object-del", Some(serde_json::json!({ "id": b.secret_id }))));
+            let deleted = if keep_secrets {
+                Ok(serde_json::Value::Null)
+            } else {
+                self.with_qmp(|q| q.execute("object-del", Some(serde_json::json!({ "id": b.secret_id }))))
+            };
             match opened {
                 Ok(_) => {}
                 Err(QmpError::Command { desc, .. }) => {
@@ -475,7 +531,7 @@ impl Guest {
         }
     }
 
-    fn lock_qmp(&self) -> MutexGuard<'_, Option<Qmp>> {
+    pub(crate) fn lock_qmp(&self) -> MutexGuard<'_, Option<Qmp>> {
         // A panic while holding the lock leaves at worst a half-read QMP
         // stream; the next error drops the connection and we reconnect.
         self.qmp.lock().unwrap_or_else(|p| p.into_inner())
@@ -483,7 +539,7 @@ impl Guest {
 
     /// Runs `f` on the QMP connection, (re)connecting as needed; a failed
     /// connection is dropped so the next call starts afresh.
-    fn with_qmp<T>(&self, f: impl FnOnce(&mut Qmp) -> Result<T, QmpError>) -> Result<T, QmpError> {
+    pub(crate) fn with_qmp<T>(&self, f: impl FnOnce(&mut Qmp) -> Result<T, QmpError>) -> Result<T, QmpError> {
         let mut slot = self.lock_qmp();
         let q = match slot.as_mut() {
             Some(q) => q,
@@ -503,7 +559,7 @@ impl Guest {
     /// thread turns zombie first, and until the last thread exits the
     /// process still holds its files (the TAP, the disk images), so a new
     /// QEMU on the same TAP would get EBUSY.
-    fn wait_exit(&self, timeout: Duration) -> bool {
+    pub(crate) fn wait_exit(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             if !self.is_running() && threads_gone(self.pid) {
@@ -580,8 +636,39 @@ pub fn running_pid(run_dir: &Path) -> Option<u32> {
 /// Runs QEMU with `-daemonize` and waits for the foreground process, which
 /// exits once the daemon finished initialising (0) or failed (1, reason on
 /// stderr).
-fn run_daemonizing(name: &str, argv: &[String]) -> Result<(), GuestError> {
-    let mut child = Command::new(guest_qemu_binary())
+fn run_daemonizing(name: &str, argv: &[String], cgroup_procs: &[PathBuf]) -> Result<(), GuestError> {
+    let mut cmd = Command::new(guest_qemu_binary());
+    if !cgroup_procs.is_empty() {
+        let paths: Vec<std::ffi::CString> = cgroup_procs
+            .iter()
+            .map(|p| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| GuestError::Spawn(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+        #[allow(unsafe_code)] // the one pre_exec of guest start
+        // SAFETY: runs in the forked child before exec; it only calls
+        // open/write/close (async-signal-safe) on buffers made before the
+        // fork, and allocates nothing. Writing "0" to cgroup.procs moves the
+        // writing process, so QEMU (and its threads) start inside the cgroup.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(move || {
+                for p in &paths {
+                    let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    let err = std::io::Error::last_os_error();
+                    libc::close(fd);
+                    if n != 1 {
+                        return Err(err);
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd
         .args(argv)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

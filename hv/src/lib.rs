@@ -10,7 +10,11 @@
 //!   [`create_encrypted_image`] makes such disks.
 //! - [`Guest::powerdown`]: ACPI power button, wait, then hard stop.
 //! - [`SerialConsole`]: the guest's ttyS0 over its unix socket.
-//! - [`lifecycle`]: pause/resume, reset, snapshots, block/process/TAP counters.
+//! - [`lifecycle`]: pause/resume, reset, snapshots, suspend to disk,
+//!   block/process/TAP counters; [`events`]: the typed event stream.
+//! - [`Guest::launch_with`] + [`LaunchOptions`]: pvpanic, unprivileged ids,
+//!   cgroup limits ([`isolation`]), start from saved state.
+//! - [`restart`]: restart-on-crash policy and the [`Supervisor`] applying it.
 //! - [`probe_accel`]: does KVM boot a real Linux guest here? Otherwise TCG.
 //! - [`create_tap`] / [`delete_tap`]: persistent TAP devices the guest's NICs
 //!   use (QEMU opens them by name, netbridge attaches to them).
@@ -18,9 +22,13 @@
 pub mod accel;
 pub mod console;
 pub mod disk_key;
+pub mod events;
 pub mod guest;
+pub mod isolation;
 pub mod lifecycle;
+pub mod options;
 pub mod qemu;
+pub mod restart;
 pub mod run_dir;
 pub mod spec;
 pub mod tap;
@@ -28,10 +36,14 @@ pub mod tap;
 pub use accel::{probe_accel, probe_accel_with, AccelProbe, ProbeOptions};
 pub use console::SerialConsole;
 pub use disk_key::DiskKey;
+pub use events::GuestEvent;
 pub use guest::Guest;
+pub use isolation::{GuestCgroup, Limits, RunAs};
 pub use lifecycle::{tap_stats, SnapshotInfo};
+pub use options::{LaunchOptions, PanicDevice, Restore};
 pub use qemu::luks::{create_encrypted_image, ImageSource};
 pub use qemu::qemu_args;
+pub use restart::{Decision, Ending, RestartMode, RestartPolicy, Supervisor, SupervisorEvent};
 pub use spec::GuestSpec;
 pub use tap::{create_tap, delete_tap};
 
@@ -69,6 +81,9 @@ pub enum Error {
     /// The serial console failed.
     #[error(transparent)]
     Console(#[from] console::ConsoleError),
+    /// Isolating the guest (ids, cgroup) failed.
+    #[error(transparent)]
+    Isolation(#[from] isolation::IsolationError),
     /// Creating or deleting a TAP device failed.
     #[error(transparent)]
     Tap(#[from] tap::TapError),

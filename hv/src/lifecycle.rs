@@ -2,6 +2,7 @@
 //! reset, internal snapshots (QMP `snapshot-save`/`-load`/`-delete` jobs),
 //! block and process counters, TAP counters.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,9 @@ pub enum LifecycleError {
     /// The guest has no writable disk that can hold a snapshot.
     #[error("guest {0}: no writable disk to hold a snapshot")]
     NoDisk(String),
+    /// Every writable disk is LUKS-encrypted: no place for machine state.
+    #[error("guest {0}: all writable disks are LUKS-encrypted and QEMU 10.0.2 aborts writing machine state into an encrypted qcow2; give the guest a plain qcow2 disk for snapshots, or use suspend_to_disk")]
+    VmstateOnLuks(String),
     /// A snapshot job failed.
     #[error("guest {name}: {job} failed: {detail}")]
     Job {
@@ -43,6 +47,15 @@ pub enum LifecycleError {
         job: String,
         /// Seconds waited.
         secs: u64,
+    },
+    /// The suspend state file could not be prepared.
+    #[error("cannot prepare the suspend state file {path}: {source}")]
+    StateFile {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
     },
     /// A counter file could not be read.
     #[error("cannot read {path}: {source}")]
@@ -164,21 +177,135 @@ impl Guest {
         self.execute("system_reset", None).map(drop)
     }
 
+    /// Suspends to disk: stops the vCPUs, streams the machine state with
+    /// QMP `migrate` to `suspend.vmstate` in the run directory (mode 0600,
+    /// owned by QEMU's uid; the node's private directory), then ends QEMU.
+    /// The disks stay as they are (LUKS ones encrypted). Resume with
+    /// [`crate::Restore::Suspended`], which deletes the state file once
+    /// loaded. The state file holds guest memory unencrypted: QEMU 10.0.2
+    /// aborts when it writes machine state into a LUKS qcow2
+    /// (`qcow2_co_encdec: Assertion QEMU_IS_ALIGNED(len, sector_size)`), so
+    /// an internal snapshot on the encrypted disk is not an option.
+    pub fn suspend_to_disk(&self) -> Result<(), Error> {
+        let state = crate::run_dir::RunDir::new(self.run_dir()).suspend_state();
+        let uid_gid = self.process_ids();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&state)
+            .and_then(|_| match uid_gid {
+                Some((u, g)) => std::os::unix::fs::chown(&state, Some(u), Some(g)),
+                None => Ok(()),
+            })
+            .map_err(|source| LifecycleError::StateFile {
+                path: state.clone(),
+                source,
+            })?;
+        self.pause()?;
+        let uri = format!("file:{}", state.display());
+        self.execute("migrate", Some(json!({ "uri": uri })))?;
+        self.wait_migration("suspend")?;
+        self.with_qmp(|q| q.quit())?;
+        if !self.wait_exit(Duration::from_secs(10)) {
+            self.kill()?;
+        }
+        tracing::info!(guest = %self.name(), state = %state.display(), "suspended to disk");
+        Ok(())
+    }
+
+    /// Real uid and gid of the QEMU process.
+    fn process_ids(&self) -> Option<(u32, u32)> {
+        let st = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let first = |field: &str| -> Option<u32> {
+            st.lines()
+                .find_map(|l| l.strip_prefix(field))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        };
+        Some((first("Uid:")?, first("Gid:")?))
+    }
+
+    /// Polls `query-migrate` until the migration completed.
+    fn wait_migration(&self, what: &str) -> Result<(), Error> {
+        let deadline = Instant::now() + SNAPSHOT_TIMEOUT;
+        loop {
+            let st = self.execute("query-migrate", None)?;
+            match st["status"].as_str().unwrap_or("none") {
+                "completed" => return Ok(()),
+                "failed" | "cancelled" => {
+                    return Err(LifecycleError::Job {
+                        name: self.name().into(),
+                        job: what.into(),
+                        detail: st["error-desc"].as_str().unwrap_or("migration failed").into(),
+                    }
+                    .into())
+                }
+                _ if Instant::now() >= deadline => {
+                    return Err(LifecycleError::JobTimeout {
+                        name: self.name().into(),
+                        job: what.into(),
+                        secs: SNAPSHOT_TIMEOUT.as_secs(),
+                    }
+                    .into())
+                }
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Loads saved state into a QEMU started with `-incoming defer`
+    /// (suspend) or `-S` (snapshot), then runs it.
+    pub(crate) fn restore(&self, restore: &crate::Restore) -> Result<(), Error> {
+        match restore {
+            crate::Restore::Suspended => {
+                let state = crate::run_dir::RunDir::new(self.run_dir()).suspend_state();
+                let uri = format!("file:{}", state.display());
+                self.execute("migrate-incoming", Some(json!({ "uri": uri })))?;
+                self.wait_migration("resume")?;
+                // The memory image must not outlive the resume.
+                if let Err(e) = std::fs::remove_file(&state) {
+                    tracing::warn!(path = %state.display(), error = %e, "cannot remove the suspend state");
+                }
+                if self.execute("query-status", None)?["running"] != json!(true) {
+                    self.resume()?;
+                }
+                Ok(())
+            }
+            crate::Restore::Snapshot(tag) => {
+                self.snapshot_load(tag)?;
+                self.resume()
+            }
+        }
+    }
+
     /// Writable disks' node names (where snapshots go; the first one also
     /// holds the machine state).
     fn snapshot_nodes(&self) -> Result<Vec<String>, Error> {
         let blocks = self.execute("query-block", None)?;
-        let nodes: Vec<String> = blocks
+        let inserted: Vec<&Value> = blocks
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|b| b.get("inserted"))
             .filter(|i| i["ro"] != json!(true))
-            .filter_map(|i| i["node-name"].as_str().map(str::to_string))
             .collect();
-        if nodes.is_empty() {
-            return Err(LifecycleError::NoDisk(self.name().to_string()).into());
-        }
+        let name = |i: &Value| i["node-name"].as_str().map(str::to_string);
+        // Machine state goes to the first plain disk: QEMU 10.0.2 aborts
+        // writing it into a LUKS qcow2 (see `suspend_to_disk`).
+        let Some(vmstate) = inserted.iter().find(|i| i["encrypted"] != json!(true)).and_then(|i| name(i)) else {
+            return Err(if inserted.is_empty() {
+                LifecycleError::NoDisk(self.name().to_string())
+            } else {
+                LifecycleError::VmstateOnLuks(self.name().to_string())
+            }
+            .into());
+        };
+        let mut nodes = vec![vmstate.clone()];
+        nodes.extend(inserted.iter().filter_map(|i| name(i)).filter(|n| *n != vmstate));
         Ok(nodes)
     }
 

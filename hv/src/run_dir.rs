@@ -37,6 +37,10 @@ impl RunDir {
     pub fn pidfile(&self) -> PathBuf {
         self.0.join("qemu.pid")
     }
+    /// Machine state written by a suspend to disk (deleted on resume).
+    pub fn suspend_state(&self) -> PathBuf {
+        self.0.join("suspend.vmstate")
+    }
     /// The guest's own UEFI variable store (copied from the OVMF template).
     pub fn efi_vars(&self) -> PathBuf {
         self.0.join("efi-vars.fd")

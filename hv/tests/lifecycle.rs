@@ -10,10 +10,9 @@ use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use hv::{Guest, GuestSpec};
-use proto::api::{AccelKind, GuestState};
-use proto::{DiskBus, DiskSpec, Firmware, HardwareProfile, Machine, NicModel, NicSpec, Smbios};
-use support::{in_fresh_netns, overlay, test_server_dir, unique_tap, QemuReaper, TapGuard};
+use hv::Guest;
+use proto::api::GuestState;
+use support::{ide_e1000_spec, in_fresh_netns, overlay, test_server_dir, unique_tap, QemuReaper, TapGuard};
 
 #[test]
 fn pause_snapshot_revert_reset_and_counters() {
@@ -23,31 +22,13 @@ fn pause_snapshot_revert_reset_and_counters() {
         let tap = TapGuard::create(&unique_tap());
         let run_dir = tmp.path().join("run");
         let _reaper = QemuReaper(run_dir.clone());
-        let spec = GuestSpec {
-            name: "hvtest-life".into(),
-            profile: HardwareProfile {
-                firmware: Firmware::Bios,
-                machine: Machine::Pc,
-                cpus: 1,
-                memory_mib: 256,
-                disks: vec![DiskSpec {
-                    bus: DiskBus::Ide,
-                    unit: 0,
-                    boot: true,
-                    media: Default::default(),
-                }],
-                nics: vec![NicSpec {
-                    model: NicModel::E1000,
-                    mac: "52:54:00:12:34:56".parse().unwrap(),
-                    pci_slot: Some("03.0".parse().unwrap()),
-                }],
-                smbios: Smbios::default(),
-            },
-            disks: vec![overlay(&server.join("disk.qcow2"), tmp.path())],
-            taps: vec![tap.0.clone()],
-            run_dir,
-            accel: AccelKind::Tcg,
-        };
+        let spec = ide_e1000_spec(
+            "hvtest-life",
+            overlay(&server.join("disk.qcow2"), tmp.path()),
+            &tap.0,
+            &run_dir,
+            256,
+        );
         let g = Guest::launch(&spec).unwrap();
 
         // VNC on a unix socket: the RFB greeting (RFC 6143 §7.1.1).

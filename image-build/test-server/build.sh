@@ -28,7 +28,7 @@ INITRD_MODULES=(crc32c_generic crct10dif_generic crc64_rocksoft_generic sd_mod e
   mptsas megaraid_sas vmw_pvscsi nvme sr_mod)
 # Everything the root filesystem keeps under /lib/modules.
 ROOT_MODULES=("${INITRD_MODULES[@]}" e1000 e1000e 8139too 8139cp vmxnet3 pcnet32 virtio_net
-  button evdev)
+  button evdev pvpanic-pci)
 KERNEL_CMDLINE_EXTRA="console=ttyS0,115200 quiet panic=5"
 
 log() { printf 'test-server: %s\n' "$*" >&2; }

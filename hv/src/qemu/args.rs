@@ -70,8 +70,29 @@ pub enum Arg {
     Pidfile(PathBuf),
     /// `-daemonize`.
     Daemonize,
-    /// `-sandbox on` (seccomp filter in QEMU).
+    /// `-sandbox on,obsolete=deny,resourcecontrol=deny`: QEMU's seccomp
+    /// filter, also refusing obsolete system calls and CPU affinity /
+    /// scheduler changes. `spawn=deny` and `elevateprivileges=deny` are left
+    /// out: QEMU installs the filter before `-daemonize` forks and calls
+    /// `setsid`, and with either QEMU 10 exits 1 at start (checked).
     Sandbox,
+    /// `-run-with user=<uid>:<gid>`: QEMU drops to these ids once it has
+    /// opened its TAPs, sockets and command-line disks.
+    RunWith {
+        /// User id.
+        uid: u32,
+        /// Group id.
+        gid: u32,
+    },
+    /// `-device pvpanic-pci` + `-action panic=pause`: a guest kernel panic
+    /// reaches QMP as `GUEST_PANICKED` and the vCPUs stop (no reboot loop).
+    PvpanicPci,
+    /// `-device pvpanic` (ISA, I/O port 0x505) + `-action panic=pause`.
+    PvpanicIsa,
+    /// `-S`: vCPUs stay stopped until QMP `cont` (restore before run).
+    StartStopped,
+    /// `-incoming defer`: wait for QMP `migrate-incoming` (resume).
+    IncomingDefer,
     /// `-object iothread,id=<id>`: an I/O thread for virtio disk
     /// controllers, so block I/O (and LUKS decryption/encryption) runs
     /// outside QEMU's main loop and the big lock the vCPUs need.
@@ -551,7 +572,24 @@ impl Arg {
             Arg::QmpUnix(p) => push("-qmp", Some(format!("unix:{},server=on,wait=off", path_value(p)))),
             Arg::Pidfile(p) => push("-pidfile", Some(p.to_string_lossy().into_owned())),
             Arg::Daemonize => push("-daemonize", None),
-            Arg::Sandbox => push("-sandbox", Some("on".into())),
+            Arg::Sandbox => push("-sandbox", Some("on,obsolete=deny,resourcecontrol=deny".into())),
+            Arg::RunWith { uid, gid } => push("-run-with", Some(format!("user={uid}:{gid}"))),
+            Arg::PvpanicPci | Arg::PvpanicIsa => {
+                push(
+                    "-device",
+                    Some(
+                        if matches!(self, Arg::PvpanicPci) {
+                            "pvpanic-pci"
+                        } else {
+                            "pvpanic"
+                        }
+                        .into(),
+                    ),
+                );
+                push("-action", Some("panic=pause".into()));
+            }
+            Arg::StartStopped => push("-S", None),
+            Arg::IncomingDefer => push("-incoming", Some("defer".into())),
             Arg::IoThread(id) => push("-object", Some(Opts::new("iothread").kv("id", id).done())),
             Arg::Kernel(p) => push("-kernel", Some(p.to_string_lossy().into_owned())),
             Arg::Initrd(p) => push("-initrd", Some(p.to_string_lossy().into_owned())),

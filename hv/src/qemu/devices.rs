@@ -645,7 +645,7 @@ mod tests {
         assert!(!a.iter().any(|x| x == "-preconfig"), "plain disks need no preconfig");
         expect(a, "-qmp", &["unix:/run/isthmus/web01/qmp.sock", "server=on", "wait=off"]);
         expect(a, "-pidfile", &["/run/isthmus/web01/qemu.pid"]);
-        expect(a, "-sandbox", &["on"]);
+        expect(a, "-sandbox", &["on", "obsolete=deny", "resourcecontrol=deny"]);
         assert!(a.iter().any(|x| x == "-daemonize"));
         match firmware {
             Firmware::Bios => assert!(find(a, "-drive", &["if=pflash"]).is_none()),

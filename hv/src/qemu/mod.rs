@@ -29,6 +29,11 @@ pub struct Plan {
 
 /// Validates the spec, inspects its disk images and the host, and maps it.
 pub fn plan(spec: &GuestSpec) -> Result<Plan, Error> {
+    plan_with(spec, &crate::LaunchOptions::default())
+}
+
+/// [`plan`] plus the arguments of launch options (panic device, ids, `-S`).
+pub fn plan_with(spec: &GuestSpec, opts: &crate::LaunchOptions) -> Result<Plan, Error> {
     spec.validate()?;
     let disks = spec
         .disks
@@ -37,7 +42,7 @@ pub fn plan(spec: &GuestSpec) -> Result<Plan, Error> {
         .collect::<Result<Vec<_>, _>>()?;
     let facts = host::host_facts()?;
     Ok(Plan {
-        argv: args::render(&devices::build(spec, &disks, facts)?),
+        argv: args::render(&[devices::build(spec, &disks, facts)?, opts.args()].concat()),
         blockdevs: devices::qmp_blockdevs(spec, &disks),
     })
 }

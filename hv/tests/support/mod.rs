@@ -123,3 +123,33 @@ pub fn overlay(base: &Path, dir: &Path) -> PathBuf {
     assert!(st.success(), "qemu-img create overlay on {} failed", base.display());
     out
 }
+
+/// The plain test guest: `pc`, BIOS, one IDE disk, one e1000 at 03.0 on `tap`.
+pub fn ide_e1000_spec(name: &str, disk: PathBuf, tap: &str, run_dir: &Path, memory_mib: u32) -> hv::GuestSpec {
+    use proto::{DiskBus, DiskSpec, Firmware, HardwareProfile, Machine, NicModel, NicSpec, Smbios};
+    hv::GuestSpec {
+        name: name.into(),
+        profile: HardwareProfile {
+            firmware: Firmware::Bios,
+            machine: Machine::Pc,
+            cpus: 1,
+            memory_mib,
+            disks: vec![DiskSpec {
+                bus: DiskBus::Ide,
+                unit: 0,
+                boot: true,
+                media: Default::default(),
+            }],
+            nics: vec![NicSpec {
+                model: NicModel::E1000,
+                mac: "52:54:00:12:34:56".parse().unwrap(),
+                pci_slot: Some("03.0".parse().unwrap()),
+            }],
+            smbios: Smbios::default(),
+        },
+        disks: vec![disk],
+        taps: vec![tap.into()],
+        run_dir: run_dir.into(),
+        accel: proto::api::AccelKind::Tcg,
+    }
+}
