@@ -79,6 +79,21 @@ impl Proc {
         }
     }
 
+    /// Waits for the process to exit on its own; true if it did within `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            match self.child.as_mut().map(|c| c.try_wait()) {
+                None | Some(Ok(Some(_))) | Some(Err(_)) => {
+                    self.child = None;
+                    return true;
+                }
+                Some(Ok(None)) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        false
+    }
+
     /// Kills at once (SIGKILL), as a crash would.
     pub fn crash(&mut self) {
         if let Some(mut c) = self.child.take() {

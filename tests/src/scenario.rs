@@ -239,6 +239,12 @@ impl Lab {
 
     /// Starts `isthmus serve` (logging to `log` in the work dir) and waits until it is ready.
     pub fn spawn_appliance(&mut self, log: &str) -> Result<()> {
+        self.spawn_appliance_env(log, &[])
+    }
+
+    /// Starts `isthmus serve` with extra environment (test hooks); waits
+    /// until its local API is up.
+    pub fn spawn_appliance_env(&mut self, log: &str, env: &[(&str, &str)]) -> Result<()> {
         let bin = crate::bin("isthmus")?;
         let dir = self.appliance_dir();
         let mut args = vec![
@@ -255,9 +261,11 @@ impl Lab {
         ];
         args.extend(self.probe_args());
         let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-        let mut p = Proc::spawn("appliance", &self.dc, &argv, &[], &self.work.join(log))?;
+        let p = Proc::spawn("appliance", &self.dc, &argv, env, &self.work.join(log))?;
+        // Kept even when it dies before it is ready (a crash hook may fire
+        // while it resumes a move), so that the caller can see how it ended.
+        let p = self.appliance.insert(p);
         p.wait_log("ready: local API", Duration::from_secs(120))?;
-        self.appliance = Some(p);
         Ok(())
     }
 
