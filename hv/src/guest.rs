@@ -238,9 +238,9 @@ impl Guest {
                 Err(source) => return Err(GuestError::RunDir { path: stale, source }.into()),
             }
         }
-        if spec.profile.firmware == Firmware::Efi {
+        if spec.profile.firmware != Firmware::Bios {
             // qemu_args already refused EFI without OVMF.
-            if let Some(ovmf) = &host_facts()?.ovmf {
+            if let Some(ovmf) = host_facts()?.ovmf_for(spec.profile.firmware) {
                 let to = run.efi_vars();
                 if !to.exists() {
                     std::fs::copy(&ovmf.vars_template, &to).map_err(|source| GuestError::EfiVars {

@@ -330,3 +330,55 @@ fn efi_profile_runs_ovmf() {
         g.kill().unwrap();
     });
 }
+
+/// A source that had Secure Boot: OVMF's Secure Boot build with SMM and the
+/// Microsoft-enrolled variable store. The BIOS-only test image has nothing
+/// signed to boot, so the check is on the firmware side: with these vars
+/// OVMF refuses to start its own unsigned UEFI shell ("Security Violation"
+/// on the serial console).
+#[test]
+fn secure_boot_profile_enforces_signatures() {
+    let server = test_server_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run");
+    let _reaper = QemuReaper(run_dir.clone());
+    let c = Case {
+        label: "secure-boot",
+        machine: Machine::Q35,
+        bus: DiskBus::Sata,
+        nic: NicModel::E1000e,
+        slot: "03.0",
+        nic_ids: "",
+        controller_ids: None,
+        root_disk: "sda",
+        cdrom: false,
+    };
+    let mut p = profile(&c, 8);
+    p.firmware = Firmware::EfiSecureBoot;
+    // No NIC: OVMF would try PXE first and take its time.
+    p.nics.clear();
+    let spec = GuestSpec {
+        name: "hvfid-sb".into(),
+        profile: p,
+        disks: vec![overlay(&server.join("disk.qcow2"), tmp.path())],
+        taps: vec![],
+        run_dir: run_dir.clone(),
+        accel: AccelKind::Tcg,
+    };
+    assert!(
+        std::path::Path::new("/usr/share/OVMF/OVMF_VARS_4M.ms.fd").is_file(),
+        "OVMF Secure Boot files missing: run tests/setup/deps.sh (installs ovmf)"
+    );
+    let g = Guest::launch(&spec).unwrap();
+    let blocks = g.execute("query-block", None).unwrap().to_string();
+    assert!(
+        blocks.contains("OVMF_CODE_4M.secboot.fd"),
+        "no Secure Boot OVMF in pflash: {blocks}"
+    );
+    let vars = std::fs::read(run_dir.join("efi-vars.fd")).unwrap();
+    let template = std::fs::read("/usr/share/OVMF/OVMF_VARS_4M.ms.fd").unwrap();
+    assert_eq!(vars.len(), template.len(), "per-guest vars copied from the MS-enrolled template");
+    let line = g.wait_for_serial("Security Violation", Duration::from_secs(180)).unwrap();
+    eprintln!("secure boot: {line}");
+    g.kill().unwrap();
+}

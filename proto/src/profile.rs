@@ -20,6 +20,11 @@ pub enum Firmware {
     Bios,
     /// UEFI (OVMF in QEMU).
     Efi,
+    /// UEFI with Secure Boot enforced and Microsoft's keys enrolled, as on a
+    /// source that had Secure Boot on (OVMF's `secboot` build with SMM and
+    /// the MS-enrolled variable store; needs `machine = "q35"`).
+    #[serde(rename = "efi-secure-boot")]
+    EfiSecureBoot,
 }
 
 /// Chipset / machine type.

@@ -93,6 +93,10 @@ pub enum Arg {
     StartStopped,
     /// `-incoming defer`: wait for QMP `migrate-incoming` (resume).
     IncomingDefer,
+    /// `-machine smm=on -global driver=cfi.pflash01,property=secure,value=on`:
+    /// what OVMF's Secure Boot build needs, so the guest OS cannot write the
+    /// variable store (and its keys) behind the firmware's back.
+    SecureBootSmm,
     /// `-object iothread,id=<id>`: an I/O thread for virtio disk
     /// controllers, so block I/O (and LUKS decryption/encryption) runs
     /// outside QEMU's main loop and the big lock the vCPUs need.
@@ -590,6 +594,10 @@ impl Arg {
             }
             Arg::StartStopped => push("-S", None),
             Arg::IncomingDefer => push("-incoming", Some("defer".into())),
+            Arg::SecureBootSmm => {
+                push("-machine", Some("smm=on".into()));
+                push("-global", Some("driver=cfi.pflash01,property=secure,value=on".into()));
+            }
             Arg::IoThread(id) => push("-object", Some(Opts::new("iothread").kv("id", id).done())),
             Arg::Kernel(p) => push("-kernel", Some(p.to_string_lossy().into_owned())),
             Arg::Initrd(p) => push("-initrd", Some(p.to_string_lossy().into_owned())),

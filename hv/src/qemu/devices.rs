@@ -32,6 +32,20 @@ pub enum MapError {
         /// Guest name.
         name: String,
     },
+    /// Secure Boot asked for but the OVMF Secure Boot build or the
+    /// Microsoft-enrolled variable store is absent.
+    #[error("guest {name}: the source had Secure Boot but this node lacks {OVMF_DIR}/OVMF_CODE_4M.secboot.fd or OVMF_VARS_4M.ms.fd; install Debian's `ovmf` package (bookworm or later) on this node")]
+    OvmfSecureMissing {
+        /// Guest name.
+        name: String,
+    },
+    /// Secure Boot on `pc`: OVMF's Secure Boot build needs SMM, which QEMU
+    /// offers on q35.
+    #[error("guest {name}: Secure Boot needs machine = \"q35\" (OVMF's Secure Boot build needs SMM); a UEFI source with Secure Boot is q35-like: set machine = \"q35\"")]
+    SecureBootNeedsQ35 {
+        /// Guest name.
+        name: String,
+    },
     /// IDE disks on a q35 machine, which has no PATA controller.
     #[error("guest {name}: IDE disk unit {unit} on a q35 machine, which has no IDE controller; a q35 source had its disks on SATA: set bus = \"sata\" for that disk, or machine = \"pc\"")]
     IdeOnQ35 {
@@ -108,8 +122,21 @@ pub fn build(spec: &GuestSpec, disks: &[DiskImage], host: &HostFacts) -> Result<
     args.extend([Arg::Smp(p.cpus), Arg::MemoryMib(p.memory_mib), Arg::NoDefaults]);
 
     // Firmware: SeaBIOS is QEMU's default; UEFI is OVMF in two pflash chips.
-    if p.firmware == Firmware::Efi {
-        let ovmf = host.ovmf.as_ref().ok_or_else(|| MapError::OvmfMissing { name: name() })?;
+    if p.firmware != Firmware::Bios {
+        let secure = p.firmware == Firmware::EfiSecureBoot;
+        if secure && p.machine != Machine::Q35 {
+            return Err(MapError::SecureBootNeedsQ35 { name: name() });
+        }
+        let ovmf = host.ovmf_for(p.firmware).ok_or_else(|| {
+            if secure {
+                MapError::OvmfSecureMissing { name: name() }
+            } else {
+                MapError::OvmfMissing { name: name() }
+            }
+        })?;
+        if secure {
+            args.push(Arg::SecureBootSmm);
+        }
         args.push(Arg::Drive(Drive::Pflash {
             unit: 0,
             file: ovmf.code.clone(),
@@ -563,7 +590,33 @@ mod tests {
                 code: PathBuf::from("/usr/share/OVMF/OVMF_CODE.fd"),
                 vars_template: PathBuf::from("/usr/share/OVMF/OVMF_VARS.fd"),
             }),
+            ovmf_secure: ovmf.then(|| Ovmf {
+                code: PathBuf::from("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"),
+                vars_template: PathBuf::from("/usr/share/OVMF/OVMF_VARS_4M.ms.fd"),
+            }),
         }
+    }
+
+    #[test]
+    fn secure_boot_uses_the_secboot_build_with_smm_on_q35_only() {
+        let mut s = spec(Machine::Q35, Firmware::EfiSecureBoot, DiskBus::Sata, NicModel::E1000e);
+        let a = map(&s, &host(true)).unwrap();
+        expect(
+            &a,
+            "-drive",
+            &["if=pflash", "unit=0", "file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd", "readonly=on"],
+        );
+        expect(&a, "-drive", &["if=pflash", "unit=1", "file=/run/isthmus/web01/efi-vars.fd"]);
+        expect(&a, "-machine", &["smm=on"]);
+        expect(&a, "-global", &["driver=cfi.pflash01", "property=secure", "value=on"]);
+        let e = map(&s, &host(false)).unwrap_err();
+        assert!(e.to_string().contains("OVMF_VARS_4M.ms.fd"), "{e}");
+        s.profile.machine = Machine::Pc;
+        s.profile.disks[0].bus = DiskBus::Ide;
+        let e = map(&s, &host(true)).unwrap_err();
+        assert!(e.to_string().contains("q35"), "{e}");
+        let plain = map(&spec(Machine::Q35, Firmware::Efi, DiskBus::Sata, NicModel::E1000e), &host(true)).unwrap();
+        assert!(find(&plain, "-global", &["property=secure"]).is_none());
     }
 
     fn map(s: &GuestSpec, h: &HostFacts) -> Result<Vec<String>, MapError> {
@@ -657,6 +710,7 @@ mod tests {
                 );
                 expect(a, "-drive", &["if=pflash", "unit=1", "file=/run/isthmus/web01/efi-vars.fd"]);
             }
+            Firmware::EfiSecureBoot => unreachable!("the table has no Secure Boot row"),
         }
     }
 

@@ -29,6 +29,15 @@ impl Ovmf {
         let vars_template = dir.join("OVMF_VARS.fd");
         (code.is_file() && vars_template.is_file()).then_some(Ovmf { code, vars_template })
     }
+
+    /// Finds the 4 MiB Secure Boot build (needs SMM) and the variable store
+    /// template with Microsoft's keys enrolled (Debian `ovmf`:
+    /// `OVMF_CODE_4M.secboot.fd`, `OVMF_VARS_4M.ms.fd`).
+    pub fn find_secure_in(dir: &Path) -> Option<Ovmf> {
+        let code = dir.join("OVMF_CODE_4M.secboot.fd");
+        let vars_template = dir.join("OVMF_VARS_4M.ms.fd");
+        (code.is_file() && vars_template.is_file()).then_some(Ovmf { code, vars_template })
+    }
 }
 
 /// What the mapping needs to know about the host.
@@ -40,6 +49,19 @@ pub struct HostFacts {
     pub sandbox: bool,
     /// UEFI firmware, when installed.
     pub ovmf: Option<Ovmf>,
+    /// UEFI firmware with Secure Boot and Microsoft's keys, when installed.
+    pub ovmf_secure: Option<Ovmf>,
+}
+
+impl HostFacts {
+    /// The OVMF pair for a firmware kind (`None` for BIOS or when missing).
+    pub fn ovmf_for(&self, firmware: proto::Firmware) -> Option<&Ovmf> {
+        match firmware {
+            proto::Firmware::Bios => None,
+            proto::Firmware::Efi => self.ovmf.as_ref(),
+            proto::Firmware::EfiSecureBoot => self.ovmf_secure.as_ref(),
+        }
+    }
 }
 
 /// QEMU could not be run or inspected.
@@ -63,6 +85,7 @@ pub fn host_facts() -> Result<&'static HostFacts, HostError> {
         qemu_version: qemu_version()?,
         sandbox: supports_sandbox(),
         ovmf: Ovmf::find_in(Path::new(OVMF_DIR)),
+        ovmf_secure: Ovmf::find_secure_in(Path::new(OVMF_DIR)),
     };
     Ok(FACTS.get_or_init(|| facts))
 }
