@@ -41,7 +41,7 @@ test: build image lint unit smoke e2e
 
 # Runs every cargo-fuzz target for FUZZ_SECONDS each (needs the nightly toolchain).
 FUZZ_SECONDS ?= 60
-FUZZ_DIRS := appliance/fuzz csc/fuzz netbridge/fuzz
+FUZZ_DIRS := appliance/fuzz csc/fuzz netbridge/fuzz proto/fuzz
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz
 	@for d in $(FUZZ_DIRS); do \

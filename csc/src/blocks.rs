@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use proto::transfer::{
-    block_count, block_len, parse_hash, sha256, BlockHash, BlocksReceived, DiskDigest, Frame, FrameDecoder, FrameError, TransferBegin,
-    TransferDone, TransferPlan, TransferStats, BLOCK_SIZE, MAX_TRANSFER_BYTES,
+    block_count, block_len, sha256, BlockHash, BlocksReceived, DiskDigest, Frame, FrameDecoder, FrameError, TransferBegin,
+    TransferDone, TransferPlan, TransferStats, BLOCK_SIZE,
 };
 
 use crate::disks::DiskId;
@@ -544,30 +544,7 @@ impl BlockStore {
 
 /// Checks a manifest from the network; returns index → hash.
 pub fn validate(req: &TransferBegin) -> Result<HashMap<u64, BlockHash>, Error> {
-    let bad = |m: String| Err(Error::BadManifest(m));
-    if req.block_size != BLOCK_SIZE {
-        return bad(format!("block size {} is not {BLOCK_SIZE}", req.block_size));
-    }
-    if req.size > MAX_TRANSFER_BYTES {
-        return bad(format!("disk of {} bytes is above the limit of {MAX_TRANSFER_BYTES}", req.size));
-    }
-    let n = block_count(req.size);
-    let mut m = HashMap::with_capacity(req.blocks.len());
-    let mut last = None;
-    for b in &req.blocks {
-        if b.index >= n {
-            return bad(format!("block {} is beyond the disk's {n} blocks", b.index));
-        }
-        if last.is_some_and(|l| b.index <= l) {
-            return bad(format!("block {} is out of order or repeated", b.index));
-        }
-        last = Some(b.index);
-        let Some(h) = parse_hash(&b.sha256) else {
-            return bad(format!("block {}: sha256 is not 64 hex digits", b.index));
-        };
-        m.insert(b.index, h);
-    }
-    Ok(m)
+    req.checked_blocks().map_err(|e| Error::BadManifest(e.0))
 }
 
 fn read_journal(p: &Path) -> Vec<u64> {

@@ -313,6 +313,42 @@ pub struct TransferBegin {
     pub blocks: Vec<BlockEntry>,
 }
 
+/// A manifest that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("transfer manifest refused: {0}")]
+pub struct ManifestError(pub String);
+
+impl TransferBegin {
+    /// Checks the manifest (block size, disk size limit, indices ascending
+    /// and inside the disk, hashes of 64 hex digits); returns index → hash.
+    pub fn checked_blocks(&self) -> Result<std::collections::HashMap<u64, BlockHash>, ManifestError> {
+        let bad = |m: String| Err(ManifestError(m));
+        if self.block_size != BLOCK_SIZE {
+            return bad(format!("block size {} is not {BLOCK_SIZE}", self.block_size));
+        }
+        if self.size > MAX_TRANSFER_BYTES {
+            return bad(format!("disk of {} bytes is above the limit of {MAX_TRANSFER_BYTES}", self.size));
+        }
+        let n = block_count(self.size);
+        let mut m = std::collections::HashMap::with_capacity(self.blocks.len());
+        let mut last = None;
+        for b in &self.blocks {
+            if b.index >= n {
+                return bad(format!("block {} is beyond the disk's {n} blocks", b.index));
+            }
+            if last.is_some_and(|l| b.index <= l) {
+                return bad(format!("block {} is out of order or repeated", b.index));
+            }
+            last = Some(b.index);
+            let Some(h) = parse_hash(&b.sha256) else {
+                return bad(format!("block {}: sha256 is not 64 hex digits", b.index));
+            };
+            m.insert(b.index, h);
+        }
+        Ok(m)
+    }
+}
+
 /// The node's answer to [`TransferBegin`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransferPlan {

@@ -1,11 +1,12 @@
-//! What the node parses in a block transfer: the frame stream of
-//! `PUT /v1/transfers/{id}/blocks` (cut into pieces of any size, as TCP
-//! delivers it), each frame's zstd payload and hash check, and the JSON
-//! manifest of `POST /v1/transfers/{id}`. Any bytes give frames or an error,
-//! never a panic, and the decoder never buffers more than one frame.
+//! What a cloud node parses in a block transfer (`proto::transfer`): the
+//! frame stream of `PUT /v1/transfers/{id}/blocks`, cut into pieces of any
+//! size as TCP delivers it; each frame's zstd payload and hash check; and the
+//! JSON manifest of `POST /v1/transfers/{id}` with its checks. Any bytes give
+//! frames or an error, never a panic; a decoded block is never longer than
+//! its frame says.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use proto::transfer::FrameDecoder;
+use proto::transfer::{FrameDecoder, TransferBegin, BLOCK_SIZE};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&cut, rest)) = data.split_first() else { return };
@@ -15,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
         loop {
             match d.next_frame() {
                 Ok(Some(f)) => {
+                    assert!(u64::from(f.raw_len) <= BLOCK_SIZE);
                     if let Ok(raw) = f.decode() {
                         assert_eq!(raw.len(), f.raw_len as usize);
                     }
@@ -25,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = d.finish();
-    if let Ok(m) = serde_json::from_slice::<proto::transfer::TransferBegin>(data) {
-        let _ = csc::blocks::validate(&m);
+    if let Ok(m) = serde_json::from_slice::<TransferBegin>(data) {
+        let _ = m.checked_blocks();
     }
 });
