@@ -14,3 +14,4 @@ pub mod moves;
 pub mod pki;
 pub mod source;
 pub mod store;
+pub mod update;

@@ -115,6 +115,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Firmware-style A/B update of the appliance image: verify a signed
+    /// update image, write it into the inactive root slot, boot it once.
+    Update(appliance::update::cli::UpdateArgs),
     /// Administration.
     Admin {
         #[command(subcommand)]
@@ -186,6 +189,9 @@ fn main() -> Result<()> {
             print!("{}", imp.to_table());
         }
         return Ok(());
+    }
+    if let Cmd::Update(args) = &cli.cmd {
+        return Ok(appliance::update::cli::run(args)?);
     }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(run(cli))
@@ -328,6 +334,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Import { .. } => unreachable!("handled before the runtime starts"),
+        Cmd::Update(_) => unreachable!("handled before the runtime starts"),
         Cmd::Admin {
             cmd: AdminCmd::SetPassword,
         } => {

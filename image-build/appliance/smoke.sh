@@ -11,7 +11,13 @@
 #      the old password still logs in, the console certificate verifies
 #      against the CA certificate read offline from the data partition after
 #      the first power-off, and that CA certificate is unchanged afterwards
-#   4. cloud node image (when built): boots with a seed disk holding its
+#   4. A/B update (appliance/src/update/): an update medium with a good signed
+#      image switches to slot b and keeps the store; a tampered image is
+#      refused; a signed image whose slot cannot start rolls back to the old
+#      slot (message on the console and in the log) and is not retried; a
+#      power cut while the slot is written boots the old slot with its data
+#   5. bad input: bad OVF environment values are ignored with a message
+#   6. cloud node image (when built): boots with a seed disk holding its
 #      network settings and the one-time enrolment token (never on the kernel
 #      command line), prints its bootstrap fingerprint on the serial console,
 #      and its API on :8443 presents exactly that certificate
@@ -57,7 +63,7 @@ if [[ -z $NODE_IMG ]]; then
 fi
 
 [[ $(id -u) == 0 ]] || die "must run as root (network namespaces, TAP): sudo make smoke-images"
-for c in qemu-system-x86_64 qemu-img ip curl jq mkfs.vfat mcopy openssl socat debugfs sfdisk; do
+for c in qemu-system-x86_64 qemu-img ip curl jq mkfs.vfat mcopy openssl socat debugfs sfdisk od; do
   command -v "$c" >/dev/null || die "missing $c (run tests/setup/deps.sh)"
 done
 [[ -c /dev/net/tun ]] || die "no /dev/net/tun"
@@ -130,6 +136,9 @@ XML
 mkfs.vfat -C -n CIDATA "$TMP/seed.img" 1024 >/dev/null
 mcopy -i "$TMP/seed.img" "$TMP/ovf-env.xml" ::ovf-env.xml
 
+EXTRA_DRIVES=()
+ALLOW_FAILED=
+SEED_IMG=$TMP/seed.img
 boot() { # boot <round>: starts QEMU, waits for the console URL; sets T_URL
   ROUND=$1
   local serial=$TMP/serial-$ROUND.log t0 i
@@ -139,24 +148,25 @@ boot() { # boot <round>: starts QEMU, waits for the console URL; sets T_URL
     -name "isthmus-appliance-smoke-$ROUND" -display none -monitor none -nodefaults -vga none \
     -serial "file:$serial" -qmp "unix:$TMP/qmp.sock,server=on,wait=off" \
     -drive "file=$TMP/disk.qcow2,format=qcow2,if=ide,index=0" \
-    -drive "file=$TMP/seed.img,format=raw,if=ide,index=1" \
+    -drive "file=$SEED_IMG,format=raw,if=ide,index=1" "${EXTRA_DRIVES[@]}" \
     -netdev tap,id=n0,ifname=tap0,script=no,downscript=no -device e1000,netdev=n0,mac=52:54:00:78:00:02 \
     -netdev tap,id=n1,ifname=tap1,script=no,downscript=no -device e1000,netdev=n1,mac=52:54:00:78:01:02 \
     </dev/null >"$TMP/qemu-$ROUND.out" 2>&1 &
   QEMU_PID=$!
   T_URL=
-  for ((i = 0; i < BOOT_TIMEOUT * 10; i++)); do
+  for ((i = 0; i < ${ROUND_TIMEOUT:-$BOOT_TIMEOUT} * 10; i++)); do
     if grep -qa '^console: https://' "$serial" 2>/dev/null; then
       T_URL=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
       break
     fi
-    grep -qa 'ISTHMUS-FAILED' "$serial" 2>/dev/null && die "round $ROUND: $(grep -a ISTHMUS-FAILED "$serial" | tr -d '\r')"
+    [[ -z $ALLOW_FAILED ]] && grep -qa 'ISTHMUS-FAILED' "$serial" 2>/dev/null && die "round $ROUND: $(grep -a ISTHMUS-FAILED "$serial" | tr -d '\r')"
     kill -0 "$QEMU_PID" 2>/dev/null || die "round $ROUND: QEMU exited early: $(cat "$TMP/qemu-$ROUND.out")"
     sleep 0.1
   done
-  [[ -n $T_URL ]] || die "round $ROUND: no console URL on the serial line within $BOOT_TIMEOUT s"
+  [[ -n $T_URL ]] || die "round $ROUND: no console URL on the serial line within ${ROUND_TIMEOUT:-$BOOT_TIMEOUT} s"
   local url
   url=$(grep -a '^console: https://' "$serial" | tr -d '\r' | tail -n 1)
+  [[ -z ${NEED_LINE:-} ]] || wait_serial "$NEED_LINE" 60
   [[ $url == "console: https://$GUEST_IP:443/" ]] || die "round $ROUND: unexpected console line '$url'"
   log "round $ROUND: QEMU start -> console URL: $T_URL s ($url)"
   grep -qa '^isthmus: seed on ' "$serial" || die "round $ROUND: the seed (OVF environment) was not found"
@@ -184,10 +194,11 @@ login() { # login <round>: POST /login with the saved password, GET / as JSON
 ca_pem_from_disk() { # out-file
   local start
   qemu-img convert -O raw "$TMP/disk.qcow2" "$TMP/disk.raw"
-  start=$(sfdisk -J "$TMP/disk.raw" | jq '.partitiontable.partitions[1].start')
+  start=$(sfdisk -J "$TMP/disk.raw" | jq '.partitiontable.partitions[3].start')
   dd if="$TMP/disk.raw" of="$TMP/data.part" bs=512 skip="$start" conv=sparse status=none
   rm -f "$TMP/disk.raw"
   debugfs -R "cat /isthmus/pki/ca.pem" "$TMP/data.part" >"$1" 2>/dev/null
+  debugfs -R "cat /log/messages" "$TMP/data.part" >"$TMP/messages" 2>/dev/null
   rm -f "$TMP/data.part"
   grep -q 'BEGIN CERTIFICATE' "$1" || die "round $ROUND: no CA certificate on the data partition"
 }
@@ -239,7 +250,137 @@ powerdown
 ca_pem_from_disk "$TMP/ca-2.pem"
 cmp -s "$TMP/ca-1.pem" "$TMP/ca-2.pem" || die "the CA certificate on the data partition changed between boots"
 
-# Round 3: the cloud node image with its seed (network settings + token).
+# Round 3..6: A/B updates. The update images are made here from the build's
+# signed update (its root filesystem, changed with debugfs and signed again
+# with the build host's key, as a release would be).
+wait_serial() { # pattern seconds
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do
+    grep -qaE "$1" "$TMP/serial-$ROUND.log" 2>/dev/null && return 0
+    kill -0 "$QEMU_PID" 2>/dev/null || die "round $ROUND: QEMU exited while waiting for '$1'"
+    sleep 0.1
+  done
+  die "round $ROUND: no '$1' on the serial line within $2 s"
+}
+expect_serial() { # pattern what
+  grep -qaE "$1" "$TMP/serial-$ROUND.log" || die "round $ROUND: $2 (no '$1' on the serial line)"
+}
+UPD=$IMG/appliance-update.img
+[[ -f $UPD ]] || die "no appliance-update.img in $IMG (rebuild with make images)"
+hdr=$(head -n 2 "$UPD" | wc -c)
+tail -c +$((hdr + 1)) "$UPD" >"$TMP/root.img"
+make_update() { # version out [debugfs-commands...]
+  local v=$1 out=$2
+  shift 2
+  cp --sparse=always "$TMP/root.img" "$TMP/root-$v.img"
+  echo "$v" >"$TMP/version"
+  debugfs -w -f - "$TMP/root-$v.img" >/dev/null 2>&1 <<CMDS
+rm /etc/isthmus/version
+write $TMP/version /etc/isthmus/version
+$(printf '%s\n' "$@")
+CMDS
+  bash "$HERE/../common/sign-update.sh" "$TMP/root-$v.img" "$v" "$TMP/upd-$v.img"
+  rm -f "$TMP/root-$v.img"
+  medium "$TMP/upd-$v.img" "$out"
+}
+medium() { # update-image out: a vfat disk holding isthmus-update.img
+  local mib=$(($(stat -c %s "$1") / 1048576 + 16))
+  rm -f "$2"
+  mkfs.vfat -C -n ISTHMUS-UPD "$2" $((mib * 1024)) >/dev/null
+  mcopy -i "$2" "$1" ::isthmus-update.img
+  rm -f "$1"
+}
+medium_drive() { EXTRA_DRIVES=(-drive "file=$1,format=raw,if=ide,index=2"); }
+ROUND_TIMEOUT=$((BOOT_TIMEOUT * 3)) # rounds with an update: boot, write the slot, boot again
+
+# Round 3: a good update: slot a -> b, confirmed once the appliance is up.
+make_update smoke-v2 "$TMP/m2.img"
+medium_drive "$TMP/m2.img"
+NEED_LINE='UPDATE CONFIRMED: slot b \(version smoke-v2\)'
+t_upd=$EPOCHREALTIME
+boot update
+NEED_LINE=
+expect_serial 'update: writing slot b' "the update was not written to slot b"
+expect_serial 'rebooting into the updated slot' "no reboot into the new slot"
+grep -qa 'one-time admin password' "$TMP/serial-update.log" && die "round update: a new one-time password: the store was lost"
+login
+T_UPDATE=$(awk -v a="$t_upd" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
+log "round update: smoke-v2 written to slot b, booted, confirmed; same password logs in (store kept); ${T_UPDATE} s"
+powerdown
+rm -f "$TMP/m2.img"
+
+# Round 4: a tampered update (one payload byte flipped) and bad OVF values.
+make_update smoke-v5 "$TMP/m5.img"
+mcopy -i "$TMP/m5.img" ::isthmus-update.img "$TMP/u5.img"
+printf '\xff' | dd of="$TMP/u5.img" bs=1 seek=$(($(stat -c %s "$TMP/u5.img") - 4096)) conv=notrunc status=none
+medium "$TMP/u5.img" "$TMP/m5.img"
+medium_drive "$TMP/m5.img"
+mkdir -p "$TMP/bad-env"
+# shellcheck disable=SC2016 # $(reboot) is the bad value, kept literal
+sed -e 's|oe:key="isthmus.gateway" oe:value=""|oe:key="isthmus.gateway" oe:value="10.78.0.300"|' \
+  -e 's|oe:key="isthmus.hostname" oe:value="isthmus-smoke"|oe:key="isthmus.hostname" oe:value="Bad_Host;rm"|' \
+  -e 's|</PropertySection>|  <Property oe:key="isthmus.dns" oe:value="not-an-ip"/>\n    <Property oe:key="isthmus.ntp" oe:value="$(reboot)"/>\n  </PropertySection>|' \
+  "$TMP/ovf-env.xml" >"$TMP/bad-env/ovf-env.xml"
+mkfs.vfat -C -n CIDATA "$TMP/badseed.img" 1024 >/dev/null
+mcopy -i "$TMP/badseed.img" "$TMP/bad-env/ovf-env.xml" ::ovf-env.xml
+SEED_IMG=$TMP/badseed.img
+boot refused
+expect_serial 'UPDATE REFUSED: .*SHA-256' "the tampered update was not refused with its digest"
+expect_serial "ignoring bad gateway '10.78.0.300'" "bad OVF gateway not reported"
+expect_serial "ignoring bad hostname 'Bad_Host;rm'" "bad OVF hostname not reported"
+expect_serial "ignoring bad DNS server 'not-an-ip'" "bad OVF DNS server not reported"
+expect_serial "ignoring bad NTP server" "bad OVF NTP server not reported"
+login
+log "round refused: tampered update refused (digest), bad OVF values reported and ignored, login OK"
+powerdown
+SEED_IMG=$TMP/seed.img
+rm -f "$TMP/m5.img" "$TMP/badseed.img"
+
+# Round 5: a signed update whose slot cannot start (no /sbin/init): written to
+# slot a, tried once, rolled back to slot b; not applied again.
+make_update smoke-v3 "$TMP/m3.img" "rm /sbin/init"
+medium_drive "$TMP/m3.img"
+ALLOW_FAILED=1
+NEED_LINE='already failed to come up'
+boot rollback
+NEED_LINE=
+ALLOW_FAILED=
+expect_serial 'update: writing slot a' "the update was not written to slot a"
+expect_serial 'ISTHMUS-UPDATE-SLOT-BROKEN' "the broken slot did not say why it cannot start"
+expect_serial 'UPDATE FAILED: slot a \(version smoke-v3\) did not come up; rolled back to slot b \(version smoke-v2\)' "no rollback message"
+login
+log "round rollback: broken slot a tried once, rolled back to slot b with a message; not retried; login OK"
+powerdown
+rm -f "$TMP/m3.img"
+
+# Round 6: power cut while slot a is written; the next boot runs slot b with its data.
+make_update smoke-v4 "$TMP/m4.img"
+medium_drive "$TMP/m4.img"
+ROUND='cut'
+ip netns exec "$NS_SW" qemu-system-x86_64 -accel tcg -m "$QEMU_MEM" -smp 1 -display none -monitor none -nodefaults -vga none \
+  -serial "file:$TMP/serial-cut.log" -drive "file=$TMP/disk.qcow2,format=qcow2,if=ide,index=0" \
+  -drive "file=$SEED_IMG,format=raw,if=ide,index=1" "${EXTRA_DRIVES[@]}" \
+  -netdev tap,id=n0,ifname=tap0,script=no,downscript=no -device e1000,netdev=n0,mac=52:54:00:78:00:02 \
+  </dev/null >"$TMP/qemu-cut.out" 2>&1 &
+QEMU_PID=$!
+wait_serial 'update: writing slot a' "$BOOT_TIMEOUT"
+sleep 2
+kill -9 "$QEMU_PID"
+wait "$QEMU_PID" 2>/dev/null || true
+QEMU_PID=
+log "round cut: QEMU killed (power cut) while slot a was being written"
+EXTRA_DRIVES=()
+boot aftercut
+expect_serial 'UPDATE INTERRUPTED: writing version smoke-v4 into slot a did not finish' "no message about the interrupted update"
+login
+powerdown
+ca_pem_from_disk "$TMP/ca-3.pem"
+cmp -s "$TMP/ca-1.pem" "$TMP/ca-3.pem" || die "the CA certificate changed across the updates"
+grep -q 'UPDATE INTERRUPTED' "$TMP/messages" || die "the interrupted update is not in /data/log/messages"
+grep -q 'UPDATE FAILED: slot a' "$TMP/messages" || die "the rollback is not in /data/log/messages"
+log "round aftercut: old slot b booted with its data (same CA, same password); both messages in /data/log/messages"
+
+# Round 7: the cloud node image with its seed (network settings + token).
 T_NODE=null
 if [[ -n $NODE_IMG && -f $NODE_IMG/cloud-node.qcow2 ]]; then
   ROUND=node
@@ -289,5 +430,5 @@ else
   log "round node: skipped (no cloud node image built: make images)"
 fi
 ROUND=
-log "PASS: boot to console URL ${T_FIRST} s (first boot), ${T_SECOND} s (reboot); cloud node to fingerprint ${T_NODE} s"
-printf '{"boot_to_url_first_s": %s, "boot_to_url_reboot_s": %s, "node_boot_to_fingerprint_s": %s}\n' "$T_FIRST" "$T_SECOND" "$T_NODE"
+log "PASS: boot to console URL ${T_FIRST} s (first boot), ${T_SECOND} s (reboot); update round ${T_UPDATE} s; cloud node to fingerprint ${T_NODE} s"
+printf '{"boot_to_url_first_s": %s, "boot_to_url_reboot_s": %s, "update_round_s": %s, "node_boot_to_fingerprint_s": %s}\n' "$T_FIRST" "$T_SECOND" "$T_UPDATE" "$T_NODE"

@@ -6,7 +6,7 @@
 #   PACKAGES         Debian packages extracted into the root (with dependencies)
 #   BINARIES         host paths of the Isthmus binaries to install in /usr/bin
 #   ROOT_MODULES     kernel modules the root keeps (with their dependencies)
-#   ROOT_MB DISK_MB  root partition size, whole disk size (rest = data partition)
+#   ROOT_MB DISK_MB  size of each root slot, whole disk size (rest = data partition)
 #   APT_PREFS        apt preferences for the stage (optional; e.g. QEMU from backports)
 # Techniques come from image-build/test-server/build.sh (mmdebstrap
 # --variant=extract, busybox applets, fixed filesystem UUIDs derived from the
@@ -28,6 +28,12 @@ INITRD_MODULES=(crc32c_generic crct10dif_generic crc64_rocksoft_generic sd_mod e
 BASE_MODULES=("${INITRD_MODULES[@]}" e1000 e1000e 8139too 8139cp vmxnet3 pcnet32 virtio_net
   af_packet sr_mod cdrom isofs vfat nls_cp437 nls_ascii nls_utf8 button evdev)
 KERNEL_CMDLINE_EXTRA="console=tty0 console=ttyS0,115200 quiet panic=10"
+# Disk layout (msdos): p1 boot (GRUB config + environment), p2 root slot a,
+# p3 root slot b (A/B updates, appliance/src/update/), p4 data.
+BOOT_MB=16
+# Ed25519 key that signs update images: it stays on the build host (never in
+# an image); the image carries only the public half.
+UPDATE_KEY=${ISTHMUS_UPDATE_KEY:-$CACHE_ROOT/keys/update-ed25519.pem}
 
 log() { printf '%s: %s\n' "$NAME" "$*" >&2; }
 die() {
@@ -46,11 +52,24 @@ recipe_hash() { # dirs...
       (cd "$d" && find . -type f ! -name '*.md' ! -name 'smoke.sh' ! -name 'bench.sh' ! -name '.*' -print0 |
         LC_ALL=C sort -z | xargs -0 -r sha256sum)
     done
-    printf 'PREFS=%s\nSUITE=%s\nPACKAGES=%s\nROOT_MB=%s\nDISK_MB=%s\nMODULES=%s\nEPOCH=%s\n' \
-      "${APT_PREFS:-}" "$SUITE" "${PACKAGES[*]}" "$ROOT_MB" "$DISK_MB" "${ROOT_MODULES[*]}" "$SOURCE_DATE_EPOCH"
+    printf 'PREFS=%s\nSUITE=%s\nPACKAGES=%s\nROOT_MB=%s\nDISK_MB=%s\nMODULES=%s\nEPOCH=%s\nUPDATE_PUB=%s\n' \
+      "${APT_PREFS:-}" "$SUITE" "${PACKAGES[*]}" "$ROOT_MB" "$DISK_MB" "${ROOT_MODULES[*]}" "$SOURCE_DATE_EPOCH" "$UPDATE_PUB"
     local b
     for b in "${BINARIES[@]}"; do printf '%s %s\n' "$(basename "$b")" "$(sha256sum <"$b" | cut -c1-64)"; done
   ) | sha256sum | cut -c1-16
+}
+
+# The update signing key (made once per build host, 0600) and its public half
+# as 64 hex digits in UPDATE_PUB.
+update_key() {
+  if [[ ! -f $UPDATE_KEY ]]; then
+    mkdir -p "$(dirname "$UPDATE_KEY")"
+    chmod 700 "$(dirname "$UPDATE_KEY")"
+    (umask 077 && openssl genpkey -algorithm ed25519 -out "$UPDATE_KEY.tmp") && mv "$UPDATE_KEY.tmp" "$UPDATE_KEY"
+    log "new update signing key $UPDATE_KEY (keep it: images built with another key refuse its updates)"
+  fi
+  UPDATE_PUB=$(openssl pkey -in "$UPDATE_KEY" -pubout -outform DER | tail -c 32 | od -An -v -tx1 | tr -d ' \n')
+  [[ ${#UPDATE_PUB} == 64 ]] || die "cannot read the Ed25519 key $UPDATE_KEY"
 }
 
 # A version-4-shaped UUID derived from a string: same recipe, same UUID.
@@ -176,8 +195,10 @@ make_root() {
   mkdir -p "$ROOT/lib/modules"
   add_busybox_and_modules "$ROOT" "${ROOT_MODULES[@]}"
   cp -a "$OVERLAY/." "$ROOT/"
-  mkdir -p "$ROOT"/{data,boot/grub,etc/isthmus,var/log,var/lib,mnt}
+  mkdir -p "$ROOT"/{data,bootpart,boot,etc/isthmus,var/log,var/lib,mnt}
   echo "$ROLE" >"$ROOT/etc/isthmus/role"
+  echo "$HASH" >"$ROOT/etc/isthmus/version"
+  echo "$UPDATE_PUB" >"$ROOT/etc/isthmus/update-key.pub"
   local b
   for b in "${BINARIES[@]}"; do
     install -m 755 "$b" "$ROOT/usr/bin/$(basename "$b")"
@@ -192,30 +213,14 @@ make_root() {
   ln -sfn /tmp "$ROOT/var/tmp"
   cat >"$ROOT/etc/fstab" <<FSTAB
 # The root stays read-only; /data holds the store, keys and logs.
-UUID=$ROOT_UUID  /      ext4  ro                0  1
-UUID=$DATA_UUID  /data  ext4  rw,nosuid,nodev   0  2
+# (/ is slot a or b, chosen by GRUB; rcS mounts these two.)
+UUID=$DATA_UUID  /data      ext4  rw,nosuid,nodev          0  2
+UUID=$BOOT_UUID  /bootpart  ext4  rw,noatime,nosuid,nodev  0  0
 FSTAB
   cp "$STAGE/boot/vmlinuz-$KVER" "$ROOT/boot/vmlinuz-$KVER"
   cp "$WORK/initrd.img" "$ROOT/boot/initrd.img-$KVER"
   ln -s "vmlinuz-$KVER" "$ROOT/boot/vmlinuz"
   ln -s "initrd.img-$KVER" "$ROOT/boot/initrd.img"
-  # GRUB modules the core image loads from /boot/grub (linux16, search, ...).
-  mkdir -p "$ROOT/boot/grub/i386-pc"
-  cp /usr/lib/grub/i386-pc/*.mod /usr/lib/grub/i386-pc/*.lst "$ROOT/boot/grub/i386-pc/"
-  cat >"$ROOT/boot/grub/grub.cfg" <<GRUB
-set default=0
-set timeout=0
-set timeout_style=hidden
-insmod part_msdos
-insmod ext2
-search --no-floppy --fs-uuid --set=root $ROOT_UUID
-# linux16/initrd16: under TCG the decompressor runs ~5 s faster entered this
-# way than via GRUB's 32-bit linux (measured for the test server).
-menuentry "Isthmus $ROLE ($KVER)" {
-  linux16 /boot/vmlinuz-$KVER root=UUID=$ROOT_UUID ro $KERNEL_CMDLINE_EXTRA
-  initrd16 /boot/initrd.img-$KVER
-}
-GRUB
   # Reproducible file times.
   find "$ROOT" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
   local used
@@ -224,37 +229,59 @@ GRUB
   ((used + 16 < ROOT_MB)) || die "root tree ($used MiB) does not fit ROOT_MB=$ROOT_MB: raise ROOT_MB in build.sh"
 }
 
-# 4. Disk: msdos label; p1 root (ext4, read-only at run time), p2 data (ext4); GRUB in the MBR gap.
-make_disk() {
-  RAW=$WORK/disk.raw
-  truncate -s "${DISK_MB}M" "$RAW"
-  printf 'label: dos\nlabel-id: 0x%s\nstart=2048, size=%sMiB, type=83, bootable\ntype=83\n' \
-    "${HASH:0:8}" "$ROOT_MB" | sfdisk -q "$RAW"
-  # Each filesystem is written straight into its partition (mkfs -E offset):
-  # no loop device, no mount.
-  local parts r_off r_blocks d_off d_blocks
-  parts=$(sfdisk -J "$RAW")
-  r_off=$(($(jq '.partitiontable.partitions[0].start' <<<"$parts") * 512))
-  r_blocks=$(($(jq '.partitiontable.partitions[0].size' <<<"$parts") / 8))
-  d_off=$(($(jq '.partitiontable.partitions[1].start' <<<"$parts") * 512))
-  d_blocks=$(($(jq '.partitiontable.partitions[1].size' <<<"$parts") / 8))
+# The boot partition's tree: GRUB modules, grub.cfg (A/B slot choice with a
+# one-shot trial and fallback), the 1024-byte environment block.
+make_bootpart() {
+  BOOTP=$WORK/bootpart
+  mkdir -p "$BOOTP/boot/grub/i386-pc"
+  cp /usr/lib/grub/i386-pc/*.mod /usr/lib/grub/i386-pc/*.lst "$BOOTP/boot/grub/i386-pc/"
+  sed -e "s|@CMDLINE@|$KERNEL_CMDLINE_EXTRA|" -e "s|@ROLE@|$ROLE|" "$COMMON/grub.cfg.in" >"$BOOTP/boot/grub/grub.cfg"
+  { printf '# GRUB Environment Block\nslot=a\n'; head -c 1024 /dev/zero | tr '\0' '#'; } | head -c 1024 >"$BOOTP/boot/grub/grubenv"
+  find "$BOOTP" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+}
+
+# ext4 of a tree at a byte offset of a file, with every time pinned (mkfs -d
+# copies each file's ctime and atime of this build: debugfs sets them).
+mkfs_tree() { # file offset blocks label uuid tree
+  local file=$1 off=$2 blocks=$3 label=$4 uuid=$5 tree=$6
   # E2FSPROGS_FAKE_TIME + fixed UUID and hash seed: reproducible superblocks.
-  E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -F -b 4096 -L isthmus-root -U "$ROOT_UUID" \
+  E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -F -b 4096 -L "$label" -U "$uuid" \
     -O '^metadata_csum_seed,^orphan_file,^has_journal' -m 0 \
-    -E "offset=$r_off,lazy_itable_init=0,hash_seed=$ROOT_UUID" -d "$ROOT" "$RAW" "$r_blocks"
-  # mkfs -d copies each file's ctime and atime (times of this build): set them all.
+    -E "offset=$off,lazy_itable_init=0,hash_seed=$uuid" -d "$tree" "$file" "$blocks"
   {
     echo 'sif / ctime @'"$SOURCE_DATE_EPOCH"
-    (cd "$ROOT" && find . -mindepth 1 | LC_ALL=C sort | sed 's|^\.||') |
+    (cd "$tree" && find . -mindepth 1 | LC_ALL=C sort | sed 's|^\.||') |
       while IFS= read -r f; do printf 'sif "%s" ctime @%s\nsif "%s" ctime_extra 0\nsif "%s" atime @%s\nsif "%s" atime_extra 0\n' \
         "$f" "$SOURCE_DATE_EPOCH" "$f" "$f" "$SOURCE_DATE_EPOCH" "$f"; done
   } >"$WORK/ctime.debugfs"
   echo "ssv wtime @$SOURCE_DATE_EPOCH" >>"$WORK/ctime.debugfs"
-  E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH debugfs -w -f "$WORK/ctime.debugfs" "$RAW?offset=$r_off" >/dev/null 2>"$WORK/debugfs.err" ||
+  E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH debugfs -w -f "$WORK/ctime.debugfs" "$file?offset=$off" >/dev/null 2>"$WORK/debugfs.err" ||
     die "debugfs could not set file times: $(tail -n 3 "$WORK/debugfs.err")"
+}
+
+# 4. Disk: msdos label; p1 boot, p2/p3 root slots a/b (ext4, read-only at run
+# time; b starts empty), p4 data (ext4); GRUB in the MBR gap. The root
+# filesystem is also kept alone (root.img): the payload of the update image.
+make_disk() {
+  RAW=$WORK/disk.raw
+  truncate -s "${DISK_MB}M" "$RAW"
+  printf 'label: dos\nlabel-id: 0x%s\nstart=2048, size=%sMiB, type=83, bootable\nsize=%sMiB, type=83\nsize=%sMiB, type=83\ntype=83\n' \
+    "${HASH:0:8}" "$BOOT_MB" "$ROOT_MB" "$ROOT_MB" | sfdisk -q "$RAW"
+  # Each filesystem is written straight into its partition (mkfs -E offset):
+  # no loop device, no mount.
+  local parts off=() blocks=() i
+  parts=$(sfdisk -J "$RAW")
+  for i in 0 1 2 3; do
+    off[i]=$(($(jq ".partitiontable.partitions[$i].start" <<<"$parts") * 512))
+    blocks[i]=$(($(jq ".partitiontable.partitions[$i].size" <<<"$parts") / 8))
+  done
+  mkfs_tree "$RAW" "${off[0]}" "${blocks[0]}" isthmus-boot "$BOOT_UUID" "$BOOTP"
+  truncate -s "$((blocks[1] * 4096))" "$WORK/root.img"
+  mkfs_tree "$WORK/root.img" 0 "${blocks[1]}" isthmus-root "$ROOT_UUID" "$ROOT"
+  dd if="$WORK/root.img" of="$RAW" bs=1M seek="$((off[1] / 1048576))" conv=notrunc,sparse status=none
   E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -F -b 4096 -L isthmus-data -U "$DATA_UUID" \
     -O '^metadata_csum_seed,^orphan_file' \
-    -E "offset=$d_off,lazy_itable_init=0,lazy_journal_init=0,hash_seed=$DATA_UUID" "$RAW" "$d_blocks"
+    -E "offset=${off[3]},lazy_itable_init=0,lazy_journal_init=0,hash_seed=$DATA_UUID" "$RAW" "${blocks[3]}"
   install_grub_mbr_gap "$RAW"
 }
 
@@ -298,6 +325,12 @@ finish_image() {
   local out=$WORK/out size
   mkdir -p "$out"
   qemu-img convert -c -O qcow2 -o compression_type=zstd "$RAW" "$out/$NAME.qcow2"
+  local update_json=
+  if [[ $ROLE == appliance ]]; then
+    # The signed update image of this build (what `isthmus update` takes).
+    bash "$COMMON/sign-update.sh" "$WORK/root.img" "$HASH" "$out/$NAME-update.img" "$UPDATE_KEY"
+    update_json="\"update_image\": \"$NAME-update.img\", \"update_key\": \"$UPDATE_PUB\","
+  fi
   cp "$STAGE/boot/vmlinuz-$KVER" "$out/vmlinuz"
   cp "$WORK/initrd.img" "$out/initrd.img"
   size=$(stat -c %s "$out/$NAME.qcow2")
@@ -318,6 +351,10 @@ finish_image() {
   "kernel": "$KVER",
   "root_uuid": "$ROOT_UUID",
   "data_uuid": "$DATA_UUID",
+  "boot_uuid": "$BOOT_UUID",
+  "version": "$HASH",
+  "root_sha256": "$(sha256sum <"$WORK/root.img" | cut -c1-64)",
+  $update_json
   "kernel_cmdline": "root=UUID=$ROOT_UUID ro $KERNEL_CMDLINE_EXTRA"
 }
 JSON
@@ -336,6 +373,7 @@ build_product_image() { # recipe-dirs...
   done
   # A fixed default (2025-01-01): file times must not depend on when we build.
   export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1735689600}
+  update_key
   HASH=$(recipe_hash "$@")
   if [[ -n ${ISTHMUS_CACHED_ONLY:-} ]]; then
     # Only answer whether this recipe is built (exit 3 if not).
@@ -350,10 +388,12 @@ build_product_image() { # recipe-dirs...
   START=$SECONDS
   ROOT_UUID=$(derived_uuid "isthmus-$NAME-root-$HASH")
   DATA_UUID=$(derived_uuid "isthmus-$NAME-data-$HASH")
+  BOOT_UUID=$(derived_uuid "isthmus-$NAME-boot-$HASH")
   log "building $FINAL"
   stage_packages
   make_initramfs
   make_root
+  make_bootpart
   make_disk
   finish_image
   echo "$FINAL" >&3

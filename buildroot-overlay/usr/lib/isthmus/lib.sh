@@ -95,3 +95,46 @@ load_seed() { # boot-disk-name
     done
   done
 }
+
+# An update medium (any non-boot disk/CD with isthmus-update.img, vfat or
+# iso9660): `isthmus update` verifies and writes it to the inactive slot,
+# then the appliance reboots into it once. Skipped when it is the running
+# version; refused when bad (signature, digest) or when it failed before.
+apply_update_medium() { # boot-disk-name
+  mkdir -p "$RUN/update"
+  for s in /sys/class/block/*; do
+    d=${s##*/}
+    case "$d" in loop*|ram*|"$1"*) continue ;; esac
+    [ -b "/dev/$d" ] || continue
+    for t in iso9660 vfat; do
+      mount -t "$t" -o ro "/dev/$d" "$RUN/update" 2>/dev/null || continue
+      if [ ! -f "$RUN/update/isthmus-update.img" ]; then
+        umount "$RUN/update"
+        break
+      fi
+      say "isthmus: update medium on /dev/$d: applying isthmus-update.img"
+      : >"$RUN/update.out"
+      # Lines go to the consoles as they come (progress of a long write).
+      (
+        /usr/bin/isthmus update "$RUN/update/isthmus-update.img" 2>"$RUN/update.err"
+        echo "$?" >"$RUN/update.rc"
+      ) | while IFS= read -r l; do
+        say "isthmus: $l"
+        echo "$l" >>"$RUN/update.out"
+      done
+      rc=$(cat "$RUN/update.rc")
+      umount "$RUN/update"
+      cat "$RUN/update.err" >>/data/log/isthmus-update.log
+      if [ "$rc" -ne 0 ]; then
+        say "isthmus: UPDATE REFUSED: $(sed -n 's/^Error: //p' "$RUN/update.err" | head -n 1)"
+        say "isthmus: the appliance keeps running its current version; remove the update medium"
+      elif grep -q 'written to slot' "$RUN/update.out"; then
+        say "isthmus: rebooting into the updated slot"
+        sync
+        umount /data 2>/dev/null
+        reboot -f
+      fi
+      return 0
+    done
+  done
+}
