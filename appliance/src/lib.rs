@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cloud;
 pub mod console;
 pub mod daemon;
+pub mod inspect;
 pub mod inventory;
 pub mod lcg;
 pub mod local_api;

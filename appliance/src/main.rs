@@ -115,6 +115,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Inspect disk images (raw, qcow2, VMDK) without booting: partitions,
+    /// filesystems, hostname, fstab, network config, and the risks a move
+    /// would hit. Needs no running appliance.
+    Inspect {
+        /// Image files.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// JSON array for scripts (schema in the README, "Inspect schema").
+        #[arg(long)]
+        json: bool,
+    },
     /// Firmware-style A/B update of the appliance image: verify a signed
     /// update image, write it into the inactive root slot, boot it once.
     Update(appliance::update::cli::UpdateArgs),
@@ -187,6 +198,15 @@ fn main() -> Result<()> {
             }
         } else {
             print!("{}", imp.to_table());
+        }
+        return Ok(());
+    }
+    if let Cmd::Inspect { images, json } = &cli.cmd {
+        let facts = appliance::inspect::inspect_all(images)?;
+        if *json {
+            println!("{}", serde_json::to_string_pretty(&facts)?);
+        } else {
+            facts.iter().for_each(|f| print!("{}", appliance::inspect::to_table(f)));
         }
         return Ok(());
     }
@@ -335,6 +355,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Import { .. } => unreachable!("handled before the runtime starts"),
         Cmd::Update(_) => unreachable!("handled before the runtime starts"),
+        Cmd::Inspect { .. } => unreachable!("handled before the runtime starts"),
         Cmd::Admin {
             cmd: AdminCmd::SetPassword,
         } => {
