@@ -9,6 +9,7 @@
 pub mod csum;
 pub mod gso;
 pub mod packet;
+pub mod ring;
 
 use std::time::{Duration, Instant};
 
@@ -60,6 +61,15 @@ pub(crate) struct Flushed {
     pub error: Option<std::io::Error>,
 }
 
+/// The LAN port reads through a TPACKET_V3 ring when it can (the packet
+/// rate of the LCG is decided there); guest ports keep `recvmmsg`.
+fn open_socket(spec: &PortSpec) -> Result<PacketSocket, Error> {
+    match spec {
+        PortSpec::Lan { .. } => PacketSocket::open_with_rx_ring(spec.ifname()),
+        PortSpec::Guest { .. } => PacketSocket::open(spec.ifname()),
+    }
+}
+
 /// A local port of a running bridge.
 #[derive(Debug)]
 pub(crate) struct Port {
@@ -76,7 +86,7 @@ pub(crate) struct Port {
 impl Port {
     /// Opens the port's socket.
     pub fn open(id: PortId, spec: PortSpec) -> Result<Self, Error> {
-        let sock = PacketSocket::open(spec.ifname())?;
+        let sock = open_socket(&spec)?;
         Ok(Port {
             id,
             spec,
@@ -140,6 +150,24 @@ impl Port {
         self.spec.ifname()
     }
 
+    /// Takes the socket's receive ring out, if it has one, so it can be
+    /// walked while the bridge switches frames; give it back with
+    /// [`Port::put_ring`] before anything can reopen the port.
+    pub fn take_ring(&mut self) -> Option<ring::RxRing> {
+        match &mut self.state {
+            State::Open(s) => s.take_ring(),
+            State::Gone { .. } => None,
+        }
+    }
+
+    /// Gives back the ring from [`Port::take_ring`] (dropped, i.e. unmapped,
+    /// if the socket went away meanwhile).
+    pub fn put_ring(&mut self, ring: ring::RxRing) {
+        if let State::Open(s) = &mut self.state {
+            s.put_ring(ring);
+        }
+    }
+
     /// The socket, if open.
     pub fn socket(&self) -> Option<&PacketSocket> {
         match &self.state {
@@ -173,7 +201,7 @@ impl Port {
         if now < retry_at {
             return false;
         }
-        match PacketSocket::open(self.ifname()) {
+        match open_socket(&self.spec) {
             Ok(s) => {
                 tracing::info!(ifname = self.ifname(), "interface back; port reopened");
                 self.state = State::Open(s);

@@ -8,8 +8,10 @@
 use std::io;
 use std::mem::{size_of, size_of_val};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::gso::GsoKind;
+use super::ring::RxRing;
 
 /// Bytes kept free in front of a received frame, so a VLAN tag the kernel
 /// moved into metadata can be put back without copying the frame.
@@ -124,8 +126,54 @@ pub struct RecvInfo {
 /// Length of `struct virtio_net_hdr` (virtio spec 5.1.6), which
 /// PACKET_VNET_HDR puts in front of every frame (legacy layout, host byte
 /// order): flags, gso_type, hdr_len, gso_size, csum_start, csum_offset.
-const VNET_HDR_LEN: usize = 10;
+pub(crate) const VNET_HDR_LEN: usize = 10;
 const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+
+/// setsockopt(2) of a plain-data `value` on `fd`.
+pub(crate) fn set_option<T>(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: `value` points to a live T of `size_of::<T>()` bytes; the
+    // kernel only reads it during the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast::<libc::c_void>(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Reads the virtio header's checksum and GSO fields into `info`.
+pub(crate) fn vnet_describe(vnet_hdr: &[u8; VNET_HDR_LEN], info: &mut RecvInfo) {
+    let u16_at = |i: usize| u16::from_ne_bytes([vnet_hdr[i], vnet_hdr[i + 1]]);
+    if vnet_hdr[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+        info.csum = Some((u16_at(6) as usize, u16_at(8) as usize));
+    }
+    info.gso = GsoKind::from_virtio(vnet_hdr[1]).map(|k| (k, u16_at(4)));
+}
+
+/// The kernel took the 802.1Q tag out of the frame at
+/// `buf[HEADROOM..HEADROOM + info.len]` into metadata (VLAN offload); puts
+/// it back between the source MAC and the EtherType, using the headroom, so
+/// the far side sees the frame as sent. Truncated or runt frames are left.
+pub(crate) fn vlan_reinsert(buf: &mut [u8], info: &mut RecvInfo, tpid: u16, tci: u16) {
+    if info.truncated || info.len < 12 || info.start != HEADROOM || buf.len() < HEADROOM + info.len {
+        return;
+    }
+    buf.copy_within(HEADROOM..HEADROOM + 12, 0);
+    buf[12..14].copy_from_slice(&tpid.to_be_bytes());
+    buf[14..16].copy_from_slice(&tci.to_be_bytes());
+    info.start = 0;
+    info.len += 4;
+    // The checksum offsets were relative to the untagged frame.
+    info.csum = info.csum.map(|(start, off)| (start + 4, off));
+}
 
 /// An AF_PACKET socket on one interface, in promiscuous mode.
 #[derive(Debug)]
@@ -135,6 +183,9 @@ pub struct PacketSocket {
     ifindex: u32,
     /// PACKET_VNET_HDR is on: frames come and go with a virtio header.
     vnet: bool,
+    /// The TPACKET_V3 receive ring, if set up ([`Self::open_with_rx_ring`]);
+    /// then frames are read from it, not with `recvmsg`.
+    ring: Option<RxRing>,
 }
 
 impl AsFd for PacketSocket {
@@ -172,6 +223,7 @@ impl PacketSocket {
             ifname: ifname.to_string(),
             ifindex,
             vnet: false,
+            ring: None,
         };
 
         // The virtio header tells us about super-frames (GRO/TSO) and pending
@@ -215,23 +267,53 @@ impl PacketSocket {
         Ok(sock)
     }
 
-    fn set_option<T>(&self, level: libc::c_int, name: libc::c_int, value: &T) -> Result<(), ()> {
-        // SAFETY: `value` points to a live T of `size_of::<T>()` bytes; the
-        // kernel only reads it during the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                level,
-                name,
-                (value as *const T).cast::<libc::c_void>(),
-                size_of::<T>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            Err(())
-        } else {
-            Ok(())
+    /// Like [`Self::open`], with a TPACKET_V3 receive ring
+    /// ([`RxRing`]). If the ring cannot be set up (old kernel, locked-memory
+    /// limit, `NETBRIDGE_RX_RING=0`), says why once per process and returns
+    /// a plain socket read with `recvmmsg`.
+    pub fn open_with_rx_ring(ifname: &str) -> Result<Self, Error> {
+        static LOGGED: AtomicBool = AtomicBool::new(false);
+        if std::env::var_os("NETBRIDGE_RX_RING").is_some_and(|v| v == "0") {
+            if !LOGGED.swap(true, Ordering::Relaxed) {
+                tracing::info!(ifname, "NETBRIDGE_RX_RING=0: LAN port read with recvmmsg");
+            }
+            return Self::open(ifname);
         }
+        let mut sock = Self::open(ifname)?;
+        match RxRing::setup(sock.fd.as_fd(), sock.vnet) {
+            Ok(ring) => {
+                sock.ring = Some(ring);
+                Ok(sock)
+            }
+            Err(e) => {
+                if !LOGGED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(ifname, error = %e, "no TPACKET_V3 receive ring; reading the LAN port with recvmmsg instead");
+                }
+                // The failed socket may have a ring but no mapping: start over.
+                drop(sock);
+                Self::open(ifname)
+            }
+        }
+    }
+
+    /// Takes the receive ring out (to walk it while the socket's owner is
+    /// borrowed elsewhere); give it back with [`Self::put_ring`].
+    pub fn take_ring(&mut self) -> Option<RxRing> {
+        self.ring.take()
+    }
+
+    /// Gives back a ring taken with [`Self::take_ring`] from this socket.
+    pub fn put_ring(&mut self, ring: RxRing) {
+        self.ring = Some(ring);
+    }
+
+    /// True if frames arrive through a receive ring.
+    pub fn has_ring(&self) -> bool {
+        self.ring.is_some()
+    }
+
+    fn set_option<T>(&self, level: libc::c_int, name: libc::c_int, value: &T) -> Result<(), ()> {
+        set_option(self.fd.as_fd(), level, name, value).map_err(|_| ())
     }
 
     /// The interface name.
@@ -309,11 +391,7 @@ impl PacketSocket {
             csum_not_ready: false,
         };
         if self.vnet {
-            let u16_at = |i: usize| u16::from_ne_bytes([vnet_hdr[i], vnet_hdr[i + 1]]);
-            if vnet_hdr[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
-                info.csum = Some((u16_at(6) as usize, u16_at(8) as usize));
-            }
-            info.gso = GsoKind::from_virtio(vnet_hdr[1]).map(|k| (k, u16_at(4)));
+            vnet_describe(vnet_hdr, &mut info);
         }
         let mut vlan = None;
         // SAFETY: `msg` was filled by a successful recvmsg; CMSG_FIRSTHDR and
@@ -342,18 +420,7 @@ impl PacketSocket {
             c = unsafe { libc::CMSG_NXTHDR(msg, c) };
         }
         if let Some((tpid, tci)) = vlan {
-            if !truncated && info.len >= 12 {
-                // The kernel took the 802.1Q tag out of the frame into
-                // metadata (VLAN offload); put it back between the source
-                // MAC and the EtherType so the far side sees the frame as sent.
-                buf.copy_within(HEADROOM..HEADROOM + 12, 0);
-                buf[12..14].copy_from_slice(&tpid.to_be_bytes());
-                buf[14..16].copy_from_slice(&tci.to_be_bytes());
-                info.start = 0;
-                info.len += 4;
-                // The checksum offsets were relative to the untagged frame.
-                info.csum = info.csum.map(|(start, off)| (start + 4, off));
-            }
+            vlan_reinsert(buf, &mut info, tpid, tci);
         }
         info
     }

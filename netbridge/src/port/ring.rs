@@ -1,0 +1,384 @@
+//! A TPACKET_V3 receive ring (`PACKET_RX_RING`, packet(7)) on an AF_PACKET
+//! socket: the kernel writes frames into mmap'd blocks and hands each full
+//! (or timed-out) block to us at once; we walk its frames in place, without a
+//! syscall or a copy per frame, and give the block back.
+//!
+//! The ring's contents are treated as untrusted input: every offset and
+//! length the kernel writes is checked against the block before use, and a
+//! bad one ends the walk of that block (counted), never a panic.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::packet::{set_option, vlan_reinsert, vnet_describe, RecvInfo, HEADROOM, VNET_HDR_LEN};
+
+/// `TPACKET_V3` in `enum tpacket_versions` (linux/if_packet.h).
+const TPACKET_V3: libc::c_int = 2;
+const PACKET_VERSION: libc::c_int = 10;
+const PACKET_RX_RING: libc::c_int = 5;
+/// Block owned by the kernel / handed to user space (`block_status`).
+const TP_STATUS_KERNEL: u32 = 0;
+const TP_STATUS_USER: u32 = 1;
+const TP_STATUS_CSUMNOTREADY: u32 = 1 << 3;
+const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
+
+/// Bytes per block: a multiple of the page size, large enough for a 64 KiB
+/// GRO/TSO super-frame with its headers.
+pub const BLOCK_SIZE: usize = 1 << 18;
+/// Blocks in the ring (4 MiB in all, like the socket buffer it replaces).
+pub const BLOCK_COUNT: usize = 16;
+/// A block that is not full is handed over after this many milliseconds:
+/// the extra latency a lone frame can see.
+pub const RETIRE_TIMEOUT_MS: u32 = 1;
+
+/// Offsets in `struct tpacket_block_desc` (version, offset_to_priv, then
+/// `struct tpacket_hdr_v1`).
+const BLK_STATUS: usize = 8;
+const BLK_NUM_PKTS: usize = 12;
+const BLK_FIRST_PKT: usize = 16;
+/// `sizeof(struct tpacket_block_desc)` rounded to 8.
+const BLK_HDR_LEN: usize = 48;
+/// Offsets in `struct tpacket3_hdr`.
+const TP_NEXT_OFFSET: usize = 0;
+const TP_SNAPLEN: usize = 12;
+const TP_LEN: usize = 16;
+const TP_STATUS: usize = 20;
+const TP_MAC: usize = 24;
+const TP_VLAN_TCI: usize = 32;
+const TP_VLAN_TPID: usize = 36;
+/// `TPACKET_ALIGN(sizeof(struct tpacket3_hdr))`: where the `sockaddr_ll` is.
+const TP_HDR_LEN: usize = 48;
+/// `sll_pkttype` in the `sockaddr_ll` after the header; its end.
+const SLL_PKTTYPE: usize = TP_HDR_LEN + 10;
+const SLL_END: usize = TP_HDR_LEN + 20;
+
+/// `struct tpacket_req3`.
+#[repr(C)]
+struct TpacketReq3 {
+    block_size: u32,
+    block_nr: u32,
+    frame_size: u32,
+    frame_nr: u32,
+    retire_blk_tov: u32,
+    sizeof_priv: u32,
+    feature_req_word: u32,
+}
+
+/// What one [`RxRing::walk`] saw.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Walked {
+    /// Blocks returned to the kernel.
+    pub blocks: usize,
+    /// Frames handed to the callback.
+    pub frames: usize,
+    /// Frame headers that did not fit their block (the rest of such a block
+    /// is skipped).
+    pub malformed: usize,
+}
+
+/// The mapped ring of one socket. The mapping keeps the socket's ring alive
+/// by itself (it holds a reference on the socket's file), so it stays valid
+/// even if the fd is closed first; it is unmapped on drop.
+#[derive(Debug)]
+pub struct RxRing {
+    map: *mut u8,
+    len: usize,
+    /// The block we expect the kernel to hand over next.
+    next: usize,
+    /// The socket has PACKET_VNET_HDR: a virtio header precedes each frame.
+    vnet: bool,
+}
+
+// SAFETY: RxRing exclusively owns its mapping (no other handle to it exists
+// in this process); moving it to another thread moves that ownership.
+unsafe impl Send for RxRing {}
+
+impl Drop for RxRing {
+    fn drop(&mut self) {
+        // SAFETY: `map`/`len` are exactly what mmap returned in `setup`, and
+        // no reference into the mapping outlives `&mut self` borrows.
+        unsafe {
+            libc::munmap(self.map.cast::<libc::c_void>(), self.len);
+        }
+    }
+}
+
+impl RxRing {
+    /// Switches `fd` (a bound AF_PACKET socket with nothing mapped yet) to
+    /// TPACKET_V3 and maps its receive ring. On error the socket may be left
+    /// half set up: the caller must not use it for `recvmsg` afterwards
+    /// (open a fresh one).
+    pub fn setup(fd: BorrowedFd<'_>, vnet: bool) -> io::Result<RxRing> {
+        set_option(fd, libc::SOL_PACKET, PACKET_VERSION, &TPACKET_V3)?;
+        let frame_size = 2048u32;
+        let req = TpacketReq3 {
+            block_size: BLOCK_SIZE as u32,
+            block_nr: BLOCK_COUNT as u32,
+            frame_size,
+            frame_nr: (BLOCK_SIZE / frame_size as usize * BLOCK_COUNT) as u32,
+            retire_blk_tov: RETIRE_TIMEOUT_MS,
+            sizeof_priv: 0,
+            feature_req_word: 0,
+        };
+        set_option(fd, libc::SOL_PACKET, PACKET_RX_RING, &req)?;
+        let len = BLOCK_SIZE * BLOCK_COUNT;
+        // SAFETY: a fresh shared mapping of the socket's ring (the kernel
+        // checks `len` against the ring it just made); the result is checked.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(RxRing {
+            map: map.cast::<u8>(),
+            len,
+            next: 0,
+            vnet,
+        })
+    }
+
+    fn status(&self, block: usize) -> &AtomicU32 {
+        // SAFETY: block < BLOCK_COUNT, so the offset is inside the mapping;
+        // blocks start page-aligned and BLK_STATUS is a multiple of 4, so the
+        // pointer is aligned for AtomicU32. The kernel accesses the word
+        // concurrently, which is why it is only touched atomically.
+        unsafe { AtomicU32::from_ptr(self.map.add(block * BLOCK_SIZE + BLK_STATUS).cast::<u32>()) }
+    }
+
+    /// Hands every frame of up to `max_blocks` blocks that the kernel has
+    /// filled to `f` (frame at `buf[info.start..info.start + info.len]`, a
+    /// VLAN tag the kernel took out put back, as [`RecvInfo`] describes),
+    /// then returns each block to the kernel.
+    pub fn walk(&mut self, max_blocks: usize, mut f: impl FnMut(&mut [u8], RecvInfo)) -> Walked {
+        let mut w = Walked::default();
+        for _ in 0..max_blocks {
+            let b = self.next;
+            // Acquire: the kernel's writes to the block happen before it sets
+            // TP_STATUS_USER, so they are visible once we see it.
+            if self.status(b).load(Ordering::Acquire) & TP_STATUS_USER == 0 {
+                break;
+            }
+            {
+                // SAFETY: the block lies inside the mapping; while its status
+                // says TP_STATUS_USER the kernel does not write to it, and
+                // this is the only reference to it until the status is reset
+                // below (the slice is dropped first).
+                let block = unsafe { std::slice::from_raw_parts_mut(self.map.add(b * BLOCK_SIZE), BLOCK_SIZE) };
+                walk_block(block, self.vnet, &mut f, &mut w);
+            }
+            // Release: our reads of the block happen before the kernel may
+            // reuse it.
+            self.status(b).store(TP_STATUS_KERNEL, Ordering::Release);
+            self.next = (b + 1) % BLOCK_COUNT;
+            w.blocks += 1;
+        }
+        w
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+/// Walks the frames of one user-owned block. Public to the crate for the
+/// fuzz-style unit tests below (arbitrary bytes as a block).
+pub(crate) fn walk_block(block: &mut [u8], vnet: bool, f: &mut impl FnMut(&mut [u8], RecvInfo), w: &mut Walked) {
+    let (Some(num), Some(first)) = (u32_at(block, BLK_NUM_PKTS), u32_at(block, BLK_FIRST_PKT)) else {
+        w.malformed += 1;
+        return;
+    };
+    let mut off = first as usize;
+    if off < BLK_HDR_LEN {
+        w.malformed += usize::from(num > 0);
+        return;
+    }
+    for i in 0..num {
+        match frame_at(block, off, vnet) {
+            Some((range, info)) => {
+                f(&mut block[range], info);
+                w.frames += 1;
+            }
+            None => {
+                w.malformed += 1;
+                return;
+            }
+        }
+        if i + 1 == num {
+            break;
+        }
+        // The next header must lie further on: no loops, no going back.
+        match u32_at(block, off + TP_NEXT_OFFSET) {
+            Some(next) if next as usize >= TP_HDR_LEN => off += next as usize,
+            _ => {
+                w.malformed += 1;
+                return;
+            }
+        }
+    }
+}
+
+/// Checks and describes the frame whose header is at `off`: the range of
+/// `block` to hand out (HEADROOM bytes before the frame included) and its
+/// [`RecvInfo`]. Puts back a VLAN tag the kernel moved into the header.
+fn frame_at(block: &mut [u8], off: usize, vnet: bool) -> Option<(std::ops::Range<usize>, RecvInfo)> {
+    let hdr = block.get(off..off.checked_add(SLL_END)?)?;
+    let snaplen = u32_at(hdr, TP_SNAPLEN)? as usize;
+    let len = u32_at(hdr, TP_LEN)? as usize;
+    let status = u32_at(hdr, TP_STATUS)?;
+    let mac = usize::from(u16_at(hdr, TP_MAC)?);
+    let tci = u32_at(hdr, TP_VLAN_TCI)?;
+    let tpid = u16_at(hdr, TP_VLAN_TPID)?;
+    let outgoing = hdr[SLL_PKTTYPE] == libc::PACKET_OUTGOING;
+    // The frame, the virtio header and our headroom must all lie after the
+    // header and the sockaddr_ll, and inside the block.
+    let before = if vnet { VNET_HDR_LEN } else { 0 }.max(HEADROOM);
+    if mac < SLL_END + before {
+        return None;
+    }
+    let frame_at = off + mac;
+    let end = frame_at.checked_add(snaplen)?;
+    if end > block.len() {
+        return None;
+    }
+    let mut info = RecvInfo {
+        start: HEADROOM,
+        len: snaplen,
+        outgoing,
+        truncated: len > snaplen,
+        csum: None,
+        gso: None,
+        csum_not_ready: !vnet && status & TP_STATUS_CSUMNOTREADY != 0,
+    };
+    if vnet {
+        let v: [u8; VNET_HDR_LEN] = block[frame_at - VNET_HDR_LEN..frame_at].try_into().ok()?;
+        vnet_describe(&v, &mut info);
+    }
+    let range = frame_at - HEADROOM..end;
+    if status & TP_STATUS_VLAN_VALID != 0 {
+        let tpid = if status & TP_STATUS_VLAN_TPID_VALID != 0 { tpid } else { 0x8100 };
+        // The virtio header was read above: its bytes may now be overwritten.
+        vlan_reinsert(&mut block[range.clone()], &mut info, tpid, tci as u16);
+    }
+    Some((range, info))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A block of `frames` laid out as the kernel does (vnet on).
+    fn block_with(frames: &[(&[u8], Option<u16>)]) -> Vec<u8> {
+        let mut b = vec![0u8; 8192];
+        b[BLK_NUM_PKTS..BLK_NUM_PKTS + 4].copy_from_slice(&(frames.len() as u32).to_ne_bytes());
+        b[BLK_FIRST_PKT..BLK_FIRST_PKT + 4].copy_from_slice(&(BLK_HDR_LEN as u32).to_ne_bytes());
+        let mut off = BLK_HDR_LEN;
+        for (frame, vlan) in frames {
+            let mac = 92usize;
+            let next = (mac + frame.len()).next_multiple_of(16);
+            let h = &mut b[off..];
+            h[TP_NEXT_OFFSET..4].copy_from_slice(&(next as u32).to_ne_bytes());
+            h[TP_SNAPLEN..TP_SNAPLEN + 4].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+            h[TP_LEN..TP_LEN + 4].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+            let status = if vlan.is_some() { TP_STATUS_VLAN_VALID } else { 0 };
+            h[TP_STATUS..TP_STATUS + 4].copy_from_slice(&status.to_ne_bytes());
+            h[TP_MAC..TP_MAC + 2].copy_from_slice(&(mac as u16).to_ne_bytes());
+            h[TP_VLAN_TCI..TP_VLAN_TCI + 4].copy_from_slice(&u32::from(vlan.unwrap_or(0)).to_ne_bytes());
+            h[mac..mac + frame.len()].copy_from_slice(frame);
+            off += next;
+        }
+        b
+    }
+
+    fn collect(block: &mut [u8]) -> (Vec<Vec<u8>>, Walked) {
+        let mut out = Vec::new();
+        let mut w = Walked::default();
+        walk_block(
+            block,
+            true,
+            &mut |buf: &mut [u8], i: RecvInfo| out.push(buf[i.start..i.start + i.len].to_vec()),
+            &mut w,
+        );
+        (out, w)
+    }
+
+    #[test]
+    fn frames_come_out_whole_and_vlan_tags_go_back_in() {
+        let a: Vec<u8> = (0..60u8).collect();
+        let b: Vec<u8> = (0..200u8).collect();
+        let mut block = block_with(&[(&a, None), (&b, Some(0x2007))]);
+        let (out, w) = collect(&mut block);
+        assert_eq!(
+            w,
+            Walked {
+                blocks: 0,
+                frames: 2,
+                malformed: 0
+            }
+        );
+        assert_eq!(out[0], a);
+        let mut tagged = b[..12].to_vec();
+        tagged.extend_from_slice(&[0x81, 0x00, 0x20, 0x07]);
+        tagged.extend_from_slice(&b[12..]);
+        assert_eq!(out[1], tagged);
+    }
+
+    #[test]
+    fn lying_headers_are_counted_not_followed() {
+        let a: Vec<u8> = (0..60u8).collect();
+        // snaplen past the end of the block
+        let mut block = block_with(&[(&a, None)]);
+        let at = BLK_HDR_LEN + TP_SNAPLEN;
+        block[at..at + 4].copy_from_slice(&u32::MAX.to_ne_bytes());
+        assert_eq!(collect(&mut block).1.malformed, 1);
+        // tp_mac inside the header
+        let mut block = block_with(&[(&a, None)]);
+        let at = BLK_HDR_LEN + TP_MAC;
+        block[at..at + 2].copy_from_slice(&10u16.to_ne_bytes());
+        assert_eq!(
+            collect(&mut block).1,
+            Walked {
+                blocks: 0,
+                frames: 0,
+                malformed: 1
+            }
+        );
+        // more packets claimed than there are, next offset 0 (a loop)
+        let mut block = block_with(&[(&a, None)]);
+        block[BLK_NUM_PKTS..BLK_NUM_PKTS + 4].copy_from_slice(&u32::MAX.to_ne_bytes());
+        block[BLK_HDR_LEN..BLK_HDR_LEN + 4].copy_from_slice(&0u32.to_ne_bytes());
+        assert_eq!(
+            collect(&mut block).1,
+            Walked {
+                blocks: 0,
+                frames: 1,
+                malformed: 1
+            }
+        );
+    }
+
+    #[test]
+    fn arbitrary_blocks_never_panic() {
+        use proptest::prelude::*;
+        proptest!(|(mut bytes in proptest::collection::vec(any::<u8>(), 0..4096), vnet in any::<bool>())| {
+            let mut w = Walked::default();
+            walk_block(&mut bytes, vnet, &mut |buf: &mut [u8], i: RecvInfo| {
+                assert!(i.start + i.len <= buf.len());
+            }, &mut w);
+        });
+    }
+}
