@@ -137,9 +137,26 @@ impl RealEffects {
                     .expect("progress lock")
                     .insert(move_id.clone(), (done, total));
             });
+            // The timeline gets the copy's progress every PROGRESS_EVERY.
+            let sending = transfer::send_disk(&client, &id, path, &work, &opts, progress);
             let got = self
                 .rt
-                .block_on(transfer::send_disk(&client, &id, path, &work, &opts, progress))
+                .block_on(async {
+                    tokio::pin!(sending);
+                    let started = Instant::now();
+                    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+                    loop {
+                        tokio::select! {
+                            r = &mut sending => break r,
+                            _ = tick.tick() => {
+                                let p = self.app.copy_progress.lock().expect("progress lock").get(&mv.id).copied();
+                                if let Some((done, total)) = p {
+                                    log(progress_line(i, done, total, started.elapsed()));
+                                }
+                            }
+                        }
+                    }
+                })
                 .map_err(e)?;
             let d = &got.done;
             log(format!(
@@ -171,6 +188,26 @@ impl RealEffects {
             wire as f64 / 1048576.0
         ))
     }
+}
+
+/// How often a running copy adds its progress to the timeline.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// "disk 0: 120.0/400.0 MiB (30%), 12.3 MiB/s, about 23 s left".
+fn progress_line(disk: usize, done: u64, total: u64, took: Duration) -> String {
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let rate = mib(done) / took.as_secs_f64().max(0.001);
+    let pct = if total == 0 { 100 } else { done * 100 / total };
+    let left = if rate > 0.0 {
+        format!(", about {:.0} s left", mib(total.saturating_sub(done)) / rate)
+    } else {
+        String::new()
+    };
+    format!(
+        "disk {disk}: {:.1}/{:.1} MiB ({pct}%), {rate:.1} MiB/s{left}",
+        mib(done),
+        mib(total)
+    )
 }
 
 fn fmt_macs(s: &ServerRecord) -> String {
