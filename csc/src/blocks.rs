@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use proto::transfer::{
-    block_count, block_len, sha256, BlockHash, BlocksReceived, DiskDigest, Frame, FrameDecoder, FrameError, TransferBegin,
-    TransferDone, TransferPlan, TransferStats, BLOCK_SIZE,
+    block_count, block_len, sha256, BlockHash, BlocksReceived, DiskDigest, Frame, FrameDecoder, FrameError, TransferBegin, TransferDone,
+    TransferPlan, TransferStats, BLOCK_SIZE,
 };
 
 use crate::disks::DiskId;

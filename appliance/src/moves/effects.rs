@@ -197,7 +197,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 fn progress_line(disk: usize, done: u64, total: u64, took: Duration) -> String {
     let mib = |b: u64| b as f64 / 1048576.0;
     let rate = mib(done) / took.as_secs_f64().max(0.001);
-    let pct = if total == 0 { 100 } else { done * 100 / total };
+    let pct = (done * 100).checked_div(total).unwrap_or(100);
     let left = if rate > 0.0 {
         format!(", about {:.0} s left", mib(total.saturating_sub(done)) / rate)
     } else {
