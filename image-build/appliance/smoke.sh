@@ -16,7 +16,10 @@
 #      refused; a signed image whose slot cannot start rolls back to the old
 #      slot (message on the console and in the log) and is not retried; a
 #      power cut while the slot is written boots the old slot with its data
-#   5. bad input: bad OVF environment values are ignored with a message
+#   5. bad input: bad OVF environment values are ignored with a message; a
+#      full data partition (filled offline up to root's reserve after a clean
+#      power-off) is reported, relieved (rotated logs removed), and the
+#      appliance boots with its store and keys
 #   6. cloud node image (when built): boots with a seed disk holding its
 #      network settings and the one-time enrolment token (never on the kernel
 #      command line), prints its bootstrap fingerprint on the serial console,
@@ -63,7 +66,7 @@ if [[ -z $NODE_IMG ]]; then
 fi
 
 [[ $(id -u) == 0 ]] || die "must run as root (network namespaces, TAP): sudo make smoke-images"
-for c in qemu-system-x86_64 qemu-img ip curl jq mkfs.vfat mcopy openssl socat debugfs sfdisk od; do
+for c in qemu-system-x86_64 qemu-img ip curl jq mkfs.vfat mcopy openssl socat debugfs dumpe2fs e2fsck sfdisk od; do
   command -v "$c" >/dev/null || die "missing $c (run tests/setup/deps.sh)"
 done
 [[ -c /dev/net/tun ]] || die "no /dev/net/tun"
@@ -380,7 +383,39 @@ grep -q 'UPDATE INTERRUPTED' "$TMP/messages" || die "the interrupted update is n
 grep -q 'UPDATE FAILED: slot a' "$TMP/messages" || die "the rollback is not in /data/log/messages"
 log "round aftercut: old slot b booted with its data (same CA, same password); both messages in /data/log/messages"
 
-# Round 7: the cloud node image with its seed (network settings + token).
+# Round 7: a full data partition (a log flood left rotated logs until only
+# root's reserve was free): rcS removes rotated logs, says so, the appliance
+# boots with its data. Filled offline with debugfs (no loop device, no mount).
+ROUND='full'
+qemu-img convert -O raw "$TMP/disk.qcow2" "$TMP/disk.raw"
+start=$(sfdisk -J "$TMP/disk.raw" | jq '.partitiontable.partitions[3].start')
+size=$(sfdisk -J "$TMP/disk.raw" | jq '.partitiontable.partitions[3].size')
+dd if="$TMP/disk.raw" of="$TMP/data.part" bs=512 skip="$start" count="$size" conv=sparse status=none
+# A clean power-off leaves nothing to recover; say so if it did not.
+e2fsck -fy "$TMP/data.part" >"$TMP/e2fsck0.out" 2>&1 || true
+grep -q 'recovering journal' "$TMP/e2fsck0.out" && die "round full: the data partition was not unmounted cleanly at power-off (its journal needed recovery)"
+free=$(dumpe2fs -h "$TMP/data.part" 2>/dev/null | awk -F: '/^Free blocks/ { print $2 + 0 }')
+reserved=$(dumpe2fs -h "$TMP/data.part" 2>/dev/null | awk -F: '/^Reserved block count/ { print $2 + 0 }')
+head -c $(((free - reserved) * 4096 - 4 * 1048576)) /dev/urandom >"$TMP/filler"
+debugfs -w -R "write $TMP/filler /log/messages.2" "$TMP/data.part" >"$TMP/debugfs.out" 2>&1
+rm -f "$TMP/filler"
+# debugfs leaves the group summaries to e2fsck (as after any offline edit).
+e2fsck -fy "$TMP/data.part" >"$TMP/e2fsck.out" 2>&1 || true
+left=$(dumpe2fs -h "$TMP/data.part" 2>/dev/null | awk -F: '/^Free blocks/ { print $2 + 0 }')
+((left < reserved + 2048)) || die "round full: could not fill the data partition ($left blocks free): $(tail -n 3 "$TMP/debugfs.out")"
+log "round full: data partition filled offline: $left blocks free, root reserve $reserved"
+dd if="$TMP/data.part" of="$TMP/disk.raw" bs=512 seek="$start" conv=notrunc,sparse status=none
+rm -f "$TMP/data.part" "$TMP/disk.qcow2"
+qemu-img convert -O qcow2 "$TMP/disk.raw" "$TMP/disk.qcow2"
+rm -f "$TMP/disk.raw"
+boot full
+expect_serial 'WARNING: the data partition is [0-9]+% full \(rotated logs removed\)' "no message about the full data partition"
+login
+console_cert_signed_by "$TMP/ca-1.pem" || die "round full: the console certificate is not signed by the first boot's CA"
+log "round full: full data partition reported and relieved (rotated logs removed); store and keys kept, login OK"
+powerdown
+
+# Round 8: the cloud node image with its seed (network settings + token).
 T_NODE=null
 if [[ -n $NODE_IMG && -f $NODE_IMG/cloud-node.qcow2 ]]; then
   ROUND=node
