@@ -61,11 +61,21 @@ pub(crate) struct Flushed {
     pub error: Option<std::io::Error>,
 }
 
-/// The LAN port reads through a TPACKET_V3 ring when it can (the packet
-/// rate of the LCG is decided there); guest ports keep `recvmmsg`.
+/// True if LAN ports read through a TPACKET_V3 receive ring
+/// (`NETBRIDGE_RX_RING=1`). Off by default: the ring raises the packet rate
+/// under load, but a frame waits in a block until the block fills or the
+/// kernel's retire timer fires (one jiffy or more: +1 to +4 ms of RTT
+/// measured, see PERFORMANCE.md), which breaks the latency target.
+pub fn rx_ring_enabled() -> bool {
+    std::env::var_os("NETBRIDGE_RX_RING").is_some_and(|v| v == "1")
+}
+
+/// The LAN port reads through a TPACKET_V3 ring if enabled
+/// ([`rx_ring_enabled`]); otherwise, and for guest ports, `recvmmsg`.
 fn open_socket(spec: &PortSpec) -> Result<PacketSocket, Error> {
     match spec {
-        PortSpec::Lan { .. } => PacketSocket::open_with_rx_ring(spec.ifname()),
+        PortSpec::Lan { .. } if rx_ring_enabled() => PacketSocket::open_with_rx_ring(spec.ifname()),
+        PortSpec::Lan { .. } => PacketSocket::open(spec.ifname()),
         PortSpec::Guest { .. } => PacketSocket::open(spec.ifname()),
     }
 }

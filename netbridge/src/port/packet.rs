@@ -268,17 +268,11 @@ impl PacketSocket {
     }
 
     /// Like [`Self::open`], with a TPACKET_V3 receive ring
-    /// ([`RxRing`]). If the ring cannot be set up (old kernel, locked-memory
-    /// limit, `NETBRIDGE_RX_RING=0`), says why once per process and returns
-    /// a plain socket read with `recvmmsg`.
+    /// ([`RxRing`]). If the ring cannot be set up (old kernel, memory
+    /// limits), says why once per process and returns a plain socket read
+    /// with `recvmmsg`.
     pub fn open_with_rx_ring(ifname: &str) -> Result<Self, Error> {
         static LOGGED: AtomicBool = AtomicBool::new(false);
-        if std::env::var_os("NETBRIDGE_RX_RING").is_some_and(|v| v == "0") {
-            if !LOGGED.swap(true, Ordering::Relaxed) {
-                tracing::info!(ifname, "NETBRIDGE_RX_RING=0: LAN port read with recvmmsg");
-            }
-            return Self::open(ifname);
-        }
         let mut sock = Self::open(ifname)?;
         match RxRing::setup(sock.fd.as_fd(), sock.vnet) {
             Ok(ring) => {
