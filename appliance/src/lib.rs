@@ -15,4 +15,5 @@ pub mod moves;
 pub mod pki;
 pub mod source;
 pub mod store;
+pub mod topology;
 pub mod update;

@@ -114,6 +114,19 @@ enum Cmd {
         /// JSON array for scripts (schema in the README, "Import schema").
         #[arg(long)]
         json: bool,
+        /// Record the servers in the topology store (data dir), with history.
+        #[arg(long)]
+        record: bool,
+    },
+    /// The topology store (servers, disks, NICs, segments, clouds) with the
+    /// history of what imports and inspections saw; `import --record` and
+    /// `inspect --record` feed it. Needs no running appliance.
+    Topology {
+        /// Export format: json, dot or svg (svg needs Graphviz).
+        #[arg(long, default_value = "json")]
+        format: String,
+        #[command(subcommand)]
+        cmd: Option<TopologyCmd>,
     },
     /// Inspect disk images (raw, qcow2, VMDK) without booting: partitions,
     /// filesystems, hostname, fstab, network config, and the risks a move
@@ -125,6 +138,9 @@ enum Cmd {
         /// JSON array for scripts (schema in the README, "Inspect schema").
         #[arg(long)]
         json: bool,
+        /// Record what was found in the topology store (data dir), as server SERVER.
+        #[arg(long, value_name = "SERVER")]
+        record: Option<String>,
     },
     /// Firmware-style A/B update of the appliance image: verify a signed
     /// update image, write it into the inactive root slot, boot it once.
@@ -133,6 +149,18 @@ enum Cmd {
     Admin {
         #[command(subcommand)]
         cmd: AdminCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopologyCmd {
+    /// What changed when, for one server or all.
+    History {
+        /// Server name.
+        server: Option<String>,
+        /// JSON for scripts.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -189,8 +217,16 @@ fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     // Pure file readers: no daemon, no runtime.
-    if let Cmd::Import { file, json } = &cli.cmd {
+    if let Cmd::Import { file, json, record } = &cli.cmd {
         let imp = appliance::inventory::import_file(file)?;
+        if *record {
+            let store = appliance::topology::open_store(&cli.data_dir)?;
+            let t = appliance::topology::Topology::new(&store)?;
+            for s in &imp.servers {
+                let o = t.record_import(s, &file.display().to_string())?;
+                eprintln!("recorded {}: {} change(s)", s.name, o.changes.len());
+            }
+        }
         if *json {
             println!("{}", serde_json::to_string_pretty(&imp.servers)?);
             for n in &imp.notes {
@@ -201,8 +237,19 @@ fn main() -> Result<()> {
         }
         return Ok(());
     }
-    if let Cmd::Inspect { images, json } = &cli.cmd {
+    if let Cmd::Update(args) = &cli.cmd {
+        return Ok(appliance::update::cli::run(args)?);
+    }
+    if let Cmd::Inspect { images, json, record } = &cli.cmd {
         let facts = appliance::inspect::inspect_all(images)?;
+        if let Some(server) = record {
+            let store = appliance::topology::open_store(&cli.data_dir)?;
+            let t = appliance::topology::Topology::new(&store)?;
+            for f in &facts {
+                let o = t.record_inspect(server, f)?;
+                eprintln!("recorded {} for {server}: {} change(s)", f.image, o.changes.len());
+            }
+        }
         if *json {
             println!("{}", serde_json::to_string_pretty(&facts)?);
         } else {
@@ -210,8 +257,19 @@ fn main() -> Result<()> {
         }
         return Ok(());
     }
-    if let Cmd::Update(args) = &cli.cmd {
-        return Ok(appliance::update::cli::run(args)?);
+    if let Cmd::Topology { format, cmd } = &cli.cmd {
+        let store = appliance::topology::open_store(&cli.data_dir)?;
+        let t = appliance::topology::Topology::new(&store)?;
+        match cmd {
+            Some(TopologyCmd::History { server, json: true }) => {
+                println!("{}", serde_json::to_string_pretty(&t.history(server.as_deref())?)?)
+            }
+            Some(TopologyCmd::History { server, json: false }) => {
+                print!("{}", appliance::topology::history_table(&t.history(server.as_deref())?))
+            }
+            None => print!("{}", appliance::topology::render(&t, format)?),
+        }
+        return Ok(());
     }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(run(cli))
@@ -354,8 +412,9 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Import { .. } => unreachable!("handled before the runtime starts"),
-        Cmd::Update(_) => unreachable!("handled before the runtime starts"),
         Cmd::Inspect { .. } => unreachable!("handled before the runtime starts"),
+        Cmd::Topology { .. } => unreachable!("handled before the runtime starts"),
+        Cmd::Update(_) => unreachable!("handled before the runtime starts"),
         Cmd::Admin {
             cmd: AdminCmd::SetPassword,
         } => {

@@ -64,7 +64,8 @@ pub struct Table<T> {
 }
 
 impl<T> Table<T> {
-    const fn new(name: &'static str) -> Self {
+    /// A table named `name` (other modules, e.g. `topology`, declare their own).
+    pub const fn new(name: &'static str) -> Self {
         Table {
             def: TableDefinition::new(name),
             name,
@@ -102,6 +103,14 @@ impl Store {
         }
         tx.commit().map_err(db_err)?;
         Ok(Store { db })
+    }
+
+    /// Creates a table declared outside this module if it does not exist yet.
+    pub fn ensure<T>(&self, table: &Table<T>) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        tx.open_table(table.def).map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(())
     }
 
     /// Writes one record (insert or replace) in its own committed transaction.

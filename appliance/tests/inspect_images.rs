@@ -326,3 +326,42 @@ fn real_test_server_image() {
     assert_eq!(f.network[0].addresses, vec![manifest["ip_cidr"].as_str().expect("ip").to_string()]);
     assert_eq!(codes(&f), vec!["fstab-device-path", "net-bound-to-mac"]);
 }
+
+#[test]
+fn topology_records_import_and_inspect_with_history() {
+    let dir = cached("mbr", MBR_RECIPE);
+    let data = tempfile::tempdir().expect("data dir");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_isthmus"))
+            .env("ISTHMUS_DATA_DIR", data.path())
+            .args(args)
+            .output()
+            .expect("run isthmus");
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let vmx = root().join("tests/data/inventory/vmx-esxi7-pvscsi.vmx");
+    run(&["import", "--record", vmx.to_str().expect("path")]);
+    let topo: serde_json::Value = serde_json::from_str(&run(&["topology"])).expect("json");
+    let server = topo["servers"][0]["name"].as_str().expect("server name").to_string();
+    assert!(!topo["servers"][0]["nics"].as_array().expect("nics").is_empty());
+    run(&["inspect", "--record", &server, dir.join("disk.qcow2").to_str().expect("path")]);
+    let h: serde_json::Value = serde_json::from_str(&run(&["topology", "history", &server, "--json"])).expect("json");
+    assert_eq!(h.as_array().map(Vec::len), Some(2));
+    assert_eq!(h[0]["source"], "import");
+    assert_eq!(h[1]["source"], "inspect");
+    assert!(h[1]["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .any(|c| c["field"] == "hostname" && c["new"] == "alpha"));
+    let dot = run(&["topology", "--format", "dot"]);
+    assert!(
+        dot.starts_with("graph topology {") && dot.contains(&format!("\"server:{server}\" -- \"segment:")),
+        "{dot}"
+    );
+    if Command::new("dot").arg("-V").output().is_ok_and(|o| o.status.success()) {
+        let svg = run(&["topology", "--format", "svg"]);
+        assert!(svg.contains("<svg") && svg.contains(&server), "{svg}");
+    }
+}

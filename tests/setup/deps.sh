@@ -35,6 +35,7 @@ need grub-install grub2-common
 need cpio cpio
 need zstd zstd
 need jq jq
+need dot graphviz          # isthmus topology --format svg
 need ping iputils-ping
 need arping arping
 # Headless Chromium drives the web console in the end-to-end tests.
