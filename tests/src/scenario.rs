@@ -237,6 +237,36 @@ impl Lab {
         Ok((fp, token))
     }
 
+    /// A lab with the node and the appliance up, the node enrolled and the
+    /// source server booted in the data center: where every move test starts.
+    pub fn with_source(tag: &'static str) -> Result<Lab> {
+        preflight()?;
+        let mut lab = Lab::up(Options { tag, ..Default::default() })?;
+        let (fp, token) = lab.start_node()?;
+        lab.start_appliance()?;
+        lab.enroll(&fp, &token)?;
+        lab.add_and_boot_source()?;
+        Ok(lab)
+    }
+
+    /// Fails unless exactly one copy of the server runs, the cloud one: it
+    /// answers with the server's MAC, its serial console shows the facts
+    /// line, and the source QEMU is gone.
+    pub fn check_only_cloud_copy_runs(&self) -> Result<()> {
+        let body = self.wait_client(Duration::from_secs(120))?;
+        if fact(&body, "mac").as_deref() != Some(SERVER_MAC) {
+            bail!("the server answers with another MAC: {body}");
+        }
+        if !self.cloud_serial().contains("ISTHMUS-FACTS") {
+            bail!("the cloud copy is not the one running");
+        }
+        let pid = std::fs::read_to_string(self.work.join("appliance/sources/web1/qemu.pid")).unwrap_or_default();
+        if !pid.trim().is_empty() && Path::new(&format!("/proc/{}", pid.trim())).exists() {
+            bail!("the source QEMU (pid {}) still runs next to the moved copy", pid.trim());
+        }
+        Ok(())
+    }
+
     /// Starts `isthmus serve` (logging to `log` in the work dir) and waits until it is ready.
     pub fn spawn_appliance(&mut self, log: &str) -> Result<()> {
         self.spawn_appliance_env(log, &[])
