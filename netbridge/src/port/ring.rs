@@ -195,9 +195,11 @@ fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
 
-/// Walks the frames of one user-owned block. Public to the crate for the
-/// fuzz-style unit tests below (arbitrary bytes as a block).
-pub(crate) fn walk_block(block: &mut [u8], vnet: bool, f: &mut impl FnMut(&mut [u8], RecvInfo), w: &mut Walked) {
+/// Walks the frames of one block (its bytes as the kernel laid them out)
+/// and hands each to `f`, as [`RxRing::walk`] does; headers that do not fit
+/// the block are counted in `w.malformed`. Public for the `ring_block` fuzz
+/// target: the ring's contents are treated as untrusted input.
+pub fn walk_block(block: &mut [u8], vnet: bool, f: &mut impl FnMut(&mut [u8], RecvInfo), w: &mut Walked) {
     let (Some(num), Some(first)) = (u32_at(block, BLK_NUM_PKTS), u32_at(block, BLK_FIRST_PKT)) else {
         w.malformed += 1;
         return;
