@@ -240,8 +240,14 @@ impl Lab {
     /// A lab with the node and the appliance up, the node enrolled and the
     /// source server booted in the data center: where every move test starts.
     pub fn with_source(tag: &'static str) -> Result<Lab> {
+        Lab::with_source_opts(Options { tag, ..Default::default() })
+    }
+
+    /// [`Lab::with_source`] with every lab option (e.g. a cloud QEMU that
+    /// fails to start, to exercise rollback).
+    pub fn with_source_opts(options: Options) -> Result<Lab> {
         preflight()?;
-        let mut lab = Lab::up(Options { tag, ..Default::default() })?;
+        let mut lab = Lab::up(options)?;
         let (fp, token) = lab.start_node()?;
         lab.start_appliance()?;
         lab.enroll(&fp, &token)?;

@@ -140,16 +140,11 @@ fn move_keeps_ip_mac_disk_name_and_leaks_no_plaintext() {
 
 #[test]
 fn a_failing_cloud_start_rolls_back_to_the_source() {
-    scenario::preflight().expect("preflight");
-    let mut lab = Lab::up(Options {
+    let mut lab = Lab::with_source_opts(Options {
         tag: "r",
         break_cloud_qemu: true,
     })
-    .expect("lab up");
-    let (fp, token) = lab.start_node().expect("node");
-    lab.start_appliance().expect("appliance");
-    lab.enroll(&fp, &token).expect("enrol");
-    lab.add_and_boot_source().expect("source boots");
+    .expect("lab with a running source");
     let moved = lab.move_server().expect("move ran");
     assert_eq!(moved["move"]["step"], "rolled-back", "{moved:#}");
     let failure = moved["move"]["failure"].as_str().unwrap_or_default().to_string();
@@ -185,16 +180,7 @@ fn wait_step(lab: &Lab, steps: &[&str], timeout: Duration) -> serde_json::Value 
 
 #[test]
 fn an_appliance_killed_mid_move_resumes_after_restart() {
-    scenario::preflight().expect("preflight");
-    let mut lab = Lab::up(Options {
-        tag: "k",
-        ..Default::default()
-    })
-    .expect("lab up");
-    let (fp, token) = lab.start_node().expect("node");
-    lab.start_appliance().expect("appliance");
-    lab.enroll(&fp, &token).expect("enrol");
-    lab.add_and_boot_source().expect("source boots");
+    let mut lab = Lab::with_source("k").expect("lab with a running source");
     lab.isthmus(&["move", "web1", "--to", "cloud1", "--no-wait"]).expect("move starts");
     // Verify waits for the cloud guest to boot: a wide window to crash in.
     wait_step(&lab, &["verify"], Duration::from_secs(180));
@@ -211,16 +197,6 @@ fn an_appliance_killed_mid_move_resumes_after_restart() {
         "verify must have started once before the crash and once after: {events:#?}"
     );
     // Exactly one copy runs: the cloud one answers with the server's MAC, the source is down.
-    let body = lab
-        .wait_client(Duration::from_secs(60))
-        .expect("server answers after the resumed move");
-    assert_eq!(fact(&body, "mac").as_deref(), Some(SERVER_MAC));
-    assert!(lab.cloud_serial().contains("ISTHMUS-FACTS"), "cloud copy is not the one running");
-    let pidfile = lab.work.join("appliance/sources/web1/qemu.pid");
-    let pid = std::fs::read_to_string(&pidfile).unwrap_or_default();
-    assert!(
-        pid.trim().is_empty() || !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists(),
-        "the source QEMU (pid {pid}) still runs next to the moved copy"
-    );
+    lab.check_only_cloud_copy_runs().expect("only the cloud copy runs");
     assert_eq!(v["servers"][0]["location"]["name"], "cloud1");
 }
