@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build image demo test unit e2e smoke lint fmt fuzz clean-cache bench-netbridge bench-netbridge-deps images smoke-images bench-images bench-hv
+.PHONY: all deps build image demo test unit e2e smoke lint fmt fuzz clean-cache bench-netbridge bench-netbridge-deps images smoke-images bench-images bench-hv bench-move
 
 all: build
 
@@ -65,6 +65,15 @@ bench-netbridge: bench-netbridge-deps
 # save/load, QEMU RSS (never part of `make test`); last line JSON. Root only.
 bench-hv: deps
 	$(CARGO) run -q -p hv --example bench_hv
+
+# Disk moves on the lab's internet link shaped to 1 Gbit/s (tc tbf): Isthmus's
+# block transfer (`isthmus stage`) beside iperf3, rsync --sparse (daemon) and
+# qemu-img convert to qemu-nbd; dedup of a same-base image; outage of a real
+# move seen by 100 ms pings (never part of `make test`); last line JSON. Root only.
+bench-move: deps image
+	@bash tests/bench/move-deps.sh
+	$(CARGO) build --release -p appliance --bin isthmus -p csc --bin isthmus-node -p isthmus-lab --example bench_move
+	./target/release/examples/bench_move
 
 # The product images (image-build/README.md): appliance qcow2, cloud node
 # qcow2 and the appliance OVA, from the release binaries; cached under
