@@ -13,6 +13,7 @@ pub mod local_api;
 pub mod model;
 pub mod moves;
 pub mod pki;
+pub mod scan;
 pub mod source;
 pub mod store;
 pub mod topology;

@@ -142,6 +142,30 @@ enum Cmd {
         #[arg(long, value_name = "SERVER")]
         record: Option<String>,
     },
+    /// Live scan of a LAN segment: ARP sweep of the interface's IPv4 subnet,
+    /// ICMP echo, TCP connect probe of common ports; joined with the
+    /// inventory (unknown hosts, IP and MAC conflicts flagged). Needs root
+    /// (raw sockets), no running appliance.
+    Scan {
+        /// Interface on the segment (with an IPv4 address, a /16 or narrower).
+        #[arg(long)]
+        iface: String,
+        /// JSON object for scripts (schema in the README, "Scan schema").
+        #[arg(long)]
+        json: bool,
+        /// Packets per second (ARP, ICMP and TCP SYNs together).
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        /// TCP ports to probe, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "22,80,443,445,3389,5432,3306,8080")]
+        ports: Vec<u16>,
+        /// Stop after this many seconds and report what was found.
+        #[arg(long, default_value_t = 120)]
+        max_time: u64,
+        /// Record what was seen in the topology store (data dir).
+        #[arg(long)]
+        record: bool,
+    },
     /// Firmware-style A/B update of the appliance image: verify a signed
     /// update image, write it into the inactive root slot, boot it once.
     Update(appliance::update::cli::UpdateArgs),
@@ -257,6 +281,17 @@ fn main() -> Result<()> {
         }
         return Ok(());
     }
+    if let Cmd::Scan {
+        iface,
+        json,
+        rate,
+        ports,
+        max_time,
+        record,
+    } = &cli.cmd
+    {
+        return scan(&cli.data_dir, iface, *json, *rate, ports, *max_time, *record);
+    }
     if let Cmd::Topology { format, cmd } = &cli.cmd {
         let store = appliance::topology::open_store(&cli.data_dir)?;
         let t = appliance::topology::Topology::new(&store)?;
@@ -273,6 +308,38 @@ fn main() -> Result<()> {
     }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(run(cli))
+}
+
+/// `isthmus scan`: runs the scan, records it if asked, prints it.
+fn scan(data_dir: &std::path::Path, iface: &str, json: bool, rate: u32, ports: &[u16], max_time: u64, record: bool) -> Result<()> {
+    let opts = appliance::scan::Options {
+        iface: iface.into(),
+        rate,
+        ports: ports.to_vec(),
+        max_time: Duration::from_secs(max_time),
+        ..Default::default()
+    };
+    let known = appliance::scan::Known::load(data_dir);
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(indicatif::ProgressStyle::with_template(
+        "{spinner} {msg:10} {bar:40} {pos}/{len} packets",
+    )?);
+    let report = appliance::scan::run(&opts, &known, &bar)?;
+    bar.finish_and_clear();
+    if record {
+        let store = appliance::topology::open_store(data_dir)?;
+        let t = appliance::topology::Topology::new(&store)?;
+        for (server, facts) in report.facts() {
+            let o = t.record_scan(&server, iface, facts)?;
+            eprintln!("recorded {server}: {} change(s)", o.changes.len());
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(())
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -414,6 +481,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Import { .. } => unreachable!("handled before the runtime starts"),
         Cmd::Inspect { .. } => unreachable!("handled before the runtime starts"),
         Cmd::Topology { .. } => unreachable!("handled before the runtime starts"),
+        Cmd::Scan { .. } => unreachable!("handled before the runtime starts"),
         Cmd::Update(_) => unreachable!("handled before the runtime starts"),
         Cmd::Admin {
             cmd: AdminCmd::SetPassword,

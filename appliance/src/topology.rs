@@ -342,6 +342,13 @@ impl<'a> Topology<'a> {
         self.observe(server, "inspect", &g.image, &guest, inspect_facts(g))
     }
 
+    /// Records what a live scan (`isthmus scan --record`) saw of `server`:
+    /// `scan.*` facts (IP, MAC, ICMP, open ports per answer), `origin` the
+    /// interface.
+    pub fn record_scan(&self, server: &str, origin: &str, facts: BTreeMap<String, String>) -> Result<Observation, StoreError> {
+        self.observe(server, "scan", origin, &|k: &str| k.starts_with("scan."), facts)
+    }
+
     /// Records a cloud and the servers running there.
     pub fn record_cloud(&self, c: &TopoCloud) -> Result<(), StoreError> {
         self.store.put(&CLOUDS, &c.name, c)
