@@ -421,25 +421,11 @@ fn move_with_pings(lab: &mut Lab) -> Result<(f64, f64, f64)> {
     if step != "done" {
         bail!("the move ended {step}: {}", moved["move"]["failure"]);
     }
-    let mut copy_s = -1.0;
-    let mut started = None;
-    for e in moved["events"].as_array().cloned().unwrap_or_default() {
-        let (ts, st, msg) = (
-            e["t_s"].as_f64().unwrap_or(0.0),
-            e["step"].as_str().unwrap_or(""),
-            e["message"].as_str().unwrap_or(""),
-        );
-        if st == "copy-disks" && msg.ends_with("started") {
-            started = Some(ts);
-        }
-        if st == "copy-disks" && msg.contains(": ok in") {
-            copy_s = r3(ts - started.unwrap_or(ts));
-        }
-    }
+    let copy_s = scenario::copy_seconds(&moved);
     lab.wait_client(Duration::from_secs(120))?;
     std::thread::sleep(Duration::from_millis(1500));
     pinger.stop();
     let outage = scenario::outage_from_poll_log(&pinger.log_text()).unwrap_or(-1.0);
     lab.check_only_cloud_copy_runs()?;
-    Ok((r3(boot_s), outage, copy_s))
+    Ok((r3(boot_s), outage, r3(copy_s)))
 }

@@ -564,6 +564,27 @@ pub fn outage_from_poll_log(text: &str) -> Option<f64> {
     last_ok.map(|_| round(worst))
 }
 
+/// Seconds the move's disk copy took, from its timeline (`copy-disks`
+/// started → `…: ok in …`); 0 when the timeline holds no finished copy.
+pub fn copy_seconds(moved: &serde_json::Value) -> f64 {
+    let mut copy_s = 0.0;
+    let mut started: Option<f64> = None;
+    for e in moved["events"].as_array().cloned().unwrap_or_default() {
+        let (ts, st, msg) = (
+            e["t_s"].as_f64().unwrap_or(0.0),
+            e["step"].as_str().unwrap_or(""),
+            e["message"].as_str().unwrap_or(""),
+        );
+        if st == "copy-disks" && msg.ends_with("started") {
+            started = Some(ts);
+        }
+        if st == "copy-disks" && msg.contains(": ok in") {
+            copy_s = round(ts - started.unwrap_or(ts));
+        }
+    }
+    copy_s
+}
+
 /// Value of `key=` in the server's HTTP answer or facts line.
 pub fn fact(text: &str, key: &str) -> Option<String> {
     text.split(['\n', ' '])
@@ -700,21 +721,7 @@ pub fn run_skeleton(lab: &mut Lab) -> Result<Report> {
     std::thread::sleep(Duration::from_millis(600));
     let moved = lab.move_server()?;
     let step = moved["move"]["step"].as_str().unwrap_or_default().to_string();
-    let mut copy_s = 0.0;
-    let mut started: Option<f64> = None;
-    for e in moved["events"].as_array().cloned().unwrap_or_default() {
-        let (ts, st, msg) = (
-            e["t_s"].as_f64().unwrap_or(0.0),
-            e["step"].as_str().unwrap_or(""),
-            e["message"].as_str().unwrap_or(""),
-        );
-        if st == "copy-disks" && msg.ends_with("started") {
-            started = Some(ts);
-        }
-        if st == "copy-disks" && msg.contains(": ok in") {
-            copy_s = round(ts - started.unwrap_or(ts));
-        }
-    }
+    let copy_s = copy_seconds(&moved);
     lab.note(
         &format!("move web1 → cloud1 ({step})"),
         t,
