@@ -563,6 +563,8 @@ impl Guest {
         let deadline = Instant::now() + timeout;
         loop {
             if !self.is_running() && threads_gone(self.pid) {
+                // QEMU is gone: its cgroup (if it had limits) is empty now.
+                crate::isolation::remove_cgroup(Path::new(CGROUP_ROOT), &self.name);
                 return true;
             }
             if Instant::now() >= deadline {

@@ -244,7 +244,14 @@ fn two_guests_isolated_at_once() {
         assert_ne!(guests[0].0.pid(), guests[1].0.pid());
         for (g, _, name) in &guests {
             g.kill().unwrap();
-            hv::isolation::remove_cgroup(Path::new(hv::isolation::CGROUP_ROOT), name);
+            // A stopped guest leaves no cgroup behind.
+            for d in [
+                Path::new("/sys/fs/cgroup/isthmus").join(name),
+                Path::new("/sys/fs/cgroup/cpu/isthmus").join(name),
+                Path::new("/sys/fs/cgroup/memory/isthmus").join(name),
+            ] {
+                assert!(!d.exists(), "{} left behind after the guest stopped", d.display());
+            }
         }
     });
 }
