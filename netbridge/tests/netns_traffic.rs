@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use anyhow::{bail, Context, Result};
-use common::{enter, in_ns, must, spawn_in_ns, stream_byte, wait_for};
+use common::{enter, in_ns, must, spawn_in_ns, stream_byte, wait_for, wire_line};
 use netbridge::keys::StaticKeypair;
 use netbridge::{BridgeConfig, BridgeHandle, PortSpec, Role};
 use proto::MacAddr;
@@ -104,25 +104,7 @@ fn lab_with(tag: &str, impair: Option<&Arc<Impaired>>) -> Result<(Lab, BridgeHan
         lab.namespaces.push(ns.clone());
         must(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
     }
-    // Straight into their namespaces: no names in the root namespace.
-    must(&[
-        "ip", "-n", &a, "link", "add", "eth0", "type", "veth", "peer", "name", "lan0", "netns", &l,
-    ])?;
-    must(&[
-        "ip", "-n", &l, "link", "add", "und0", "type", "veth", "peer", "name", "und0", "netns", &c,
-    ])?;
-    must(&[
-        "ip", "-n", &c, "link", "add", "gst0", "type", "veth", "peer", "name", "eth0", "netns", &b,
-    ])?;
-    must(&["ip", "-n", &a, "link", "set", "eth0", "address", &MAC_A.to_string()])?;
-    must(&["ip", "-n", &b, "link", "set", "eth0", "address", &MAC_B.to_string()])?;
-    must(&["ip", "-n", &a, "addr", "add", "10.99.0.1/24", "dev", "eth0"])?;
-    must(&["ip", "-n", &b, "addr", "add", "10.99.0.2/24", "dev", "eth0"])?;
-    must(&["ip", "-n", &l, "addr", "add", "192.0.2.1/30", "dev", "und0"])?;
-    must(&["ip", "-n", &c, "addr", "add", "192.0.2.2/30", "dev", "und0"])?;
-    for (ns, dev) in [(&a, "eth0"), (&l, "lan0"), (&l, "und0"), (&c, "und0"), (&c, "gst0"), (&b, "eth0")] {
-        must(&["ip", "-n", ns, "link", "set", dev, "up"])?;
-    }
+    wire_line(&a, &l, &c, &b, &MAC_A.to_string(), &MAC_B.to_string())?;
 
     let mut peer: std::net::SocketAddr = "192.0.2.2:51820".parse()?;
     if let Some(counts) = impair {

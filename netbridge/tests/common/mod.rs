@@ -188,3 +188,21 @@ pub fn veth(ns1: &str, d1: &str, ns2: &str, d2: &str) -> Result<()> {
     must(&["ip", "-n", ns2, "link", "set", d2, "up"])?;
     Ok(())
 }
+
+/// The line both bridge tests stand on: host `a` (eth0, `mac_a`, 10.99.0.1)
+/// – LCG `l` (lan0; und0 192.0.2.1) – underlay – cloud node `c` (und0
+/// 192.0.2.2; gst0) – host `b` (eth0, `mac_b`, 10.99.0.2). The veth pairs
+/// are created straight into their namespaces (no names in the root
+/// namespace, so parallel runs cannot collide); every link is up.
+pub fn wire_line(a: &str, l: &str, c: &str, b: &str, mac_a: &str, mac_b: &str) -> Result<()> {
+    veth(a, "eth0", l, "lan0")?;
+    veth(l, "und0", c, "und0")?;
+    veth(c, "gst0", b, "eth0")?;
+    must(&["ip", "-n", a, "link", "set", "eth0", "address", mac_a])?;
+    must(&["ip", "-n", b, "link", "set", "eth0", "address", mac_b])?;
+    must(&["ip", "-n", a, "addr", "add", "10.99.0.1/24", "dev", "eth0"])?;
+    must(&["ip", "-n", b, "addr", "add", "10.99.0.2/24", "dev", "eth0"])?;
+    must(&["ip", "-n", l, "addr", "add", "192.0.2.1/30", "dev", "und0"])?;
+    must(&["ip", "-n", c, "addr", "add", "192.0.2.2/30", "dev", "und0"])?;
+    Ok(())
+}
