@@ -24,6 +24,13 @@
 #      network settings and the one-time enrolment token (never on the kernel
 #      command line), prints its bootstrap fingerprint on the serial console,
 #      and its API on :8443 presents exactly that certificate
+#   7. enrolment through the images: the appliance image enrols the running
+#      cloud node image over the management bridge (the underlay) with
+#      POST /api/clouds after an HTTPS login: a wrong token is refused (the
+#      console's answer says so, the node's serial console says so, both logs
+#      have it) and the node keeps waiting; the right token then enrols it,
+#      the overview lists cloud1, the node refuses clients without a
+#      certificate from the appliance CA, and it stays enrolled across a reboot
 # The password is read from the serial log into a 0600 file and never printed.
 # Usage: smoke.sh [--if-cached] [APPLIANCE_IMAGE_DIR [CLOUD_NODE_IMAGE_DIR]]
 #   --if-cached: run only if the image of the current recipe is built, else say
@@ -79,6 +86,7 @@ NS_CL=$PFX-cl # the admin's browser
 TMP=$(mktemp -d "/tmp/$PFX.XXXXXX")
 chmod 700 "$TMP"
 QEMU_PID=
+NODE_PID=
 ROUND=
 
 stop_qemu() { # by the PID we started, only
@@ -95,6 +103,10 @@ cleanup() {
   local rc=$?
   set +e
   stop_qemu
+  if [[ -n $NODE_PID ]]; then # the cloud node's QEMU, by the PID we started
+    kill "$NODE_PID" 2>/dev/null
+    wait "$NODE_PID" 2>/dev/null
+  fi
   ip netns del "$NS_SW" 2>/dev/null
   ip netns del "$NS_CL" 2>/dev/null
   if ((rc != 0)) && [[ -n $ROUND && -f $TMP/serial-$ROUND.log ]]; then
@@ -192,18 +204,31 @@ login() { # login <round>: POST /login with the saved password, GET / as JSON
   log "round $ROUND: login OK (303), overview: appliance $(jq -c .appliance "$TMP/overview.json" | head -c 200)"
 }
 
-# The appliance CA certificate as stored on the data partition of the (powered
-# off) disk: read offline with debugfs, no loop device or mount needed.
-ca_pem_from_disk() { # out-file
-  local start
-  qemu-img convert -O raw "$TMP/disk.qcow2" "$TMP/disk.raw"
+# Files from the data partition (partition 4) of a powered-off disk, read
+# with debugfs: no loop device or mount needed.
+data_files() { # disk.qcow2 path out [path out ...]
+  local disk=$1 start
+  shift
+  qemu-img convert -O raw "$disk" "$TMP/disk.raw"
   start=$(sfdisk -J "$TMP/disk.raw" | jq '.partitiontable.partitions[3].start')
   dd if="$TMP/disk.raw" of="$TMP/data.part" bs=512 skip="$start" conv=sparse status=none
   rm -f "$TMP/disk.raw"
-  debugfs -R "cat /isthmus/pki/ca.pem" "$TMP/data.part" >"$1" 2>/dev/null
-  debugfs -R "cat /log/messages" "$TMP/data.part" >"$TMP/messages" 2>/dev/null
+  while (($# >= 2)); do
+    debugfs -R "cat $1" "$TMP/data.part" >"$2" 2>/dev/null
+    shift 2
+  done
   rm -f "$TMP/data.part"
+}
+
+# The appliance CA certificate as stored on the data partition (and its logs).
+ca_pem_from_disk() { # out-file
+  data_files "$TMP/disk.qcow2" /isthmus/pki/ca.pem "$1" /log/messages "$TMP/messages" /log/isthmus.log "$TMP/isthmus.log"
   grep -q 'BEGIN CERTIFICATE' "$1" || die "round $ROUND: no CA certificate on the data partition"
+}
+
+# The cloud node's log, from its data partition.
+node_log_from_disk() { # out-file
+  data_files "$TMP/node.qcow2" /log/isthmus-node.log "$1"
 }
 
 # Verifies the console's certificate against a CA certificate.
@@ -213,15 +238,19 @@ console_cert_signed_by() { # ca.pem
   openssl verify -CAfile "$1" -partial_chain "$TMP/console.pem" >/dev/null 2>&1
 }
 
-powerdown() {
+# ACPI power button over QMP; waits until that QEMU exits.
+power_button() { # qmp-socket pid
   local i
   printf '{"execute":"qmp_capabilities"}\n{"execute":"system_powerdown"}\n' |
-    socat -t 2 - "UNIX-CONNECT:$TMP/qmp.sock" >/dev/null || die "round $ROUND: QMP system_powerdown failed"
-  for ((i = 0; i < 300; i++)); do kill -0 "$QEMU_PID" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$QEMU_PID" 2>/dev/null && die "round $ROUND: still running 30 s after the ACPI power button"
-  wait "$QEMU_PID" 2>/dev/null || true
-  QEMU_PID=
+    socat -t 2 - "UNIX-CONNECT:$1" >/dev/null || die "round $ROUND: QMP system_powerdown failed"
+  for ((i = 0; i < 300; i++)); do kill -0 "$2" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$2" 2>/dev/null && die "round $ROUND: still running 30 s after the ACPI power button"
+  wait "$2" 2>/dev/null || true
   log "round $ROUND: powered off cleanly"
+}
+powerdown() { # the appliance
+  power_button "$TMP/qmp.sock" "$QEMU_PID"
+  QEMU_PID=
 }
 
 # Round 1: first boot.
@@ -415,10 +444,15 @@ console_cert_signed_by "$TMP/ca-1.pem" || die "round full: the console certifica
 log "round full: full data partition reported and relieved (rotated logs removed); store and keys kept, login OK"
 powerdown
 
-# Round 8: the cloud node image with its seed (network settings + token).
+# Round 8: the cloud node image with its seed (network settings + token),
+# enrolled by the appliance image over the underlay (the management bridge):
+# the admin logs in over HTTPS and enrols it with POST /api/clouds, first with
+# a wrong token (refused with a message on both sides; the node keeps waiting),
+# then with the right one; the node then refuses clients without a certificate
+# from the appliance's CA, and a reboot keeps its enrolment.
 T_NODE=null
+T_ENROL=null
 if [[ -n $NODE_IMG && -f $NODE_IMG/cloud-node.qcow2 ]]; then
-  ROUND=node
   log "round node: booting $NODE_IMG"
   mkdir -m 700 "$TMP/nodeseed"
   (
@@ -428,26 +462,35 @@ if [[ -n $NODE_IMG && -f $NODE_IMG/cloud-node.qcow2 ]]; then
   )
   mkfs.vfat -C -n CIDATA "$TMP/nodeseed.img" 1024 >/dev/null
   mcopy -i "$TMP/nodeseed.img" "$TMP/nodeseed/token" "$TMP/nodeseed/isthmus.conf" ::
+  qemu-img create -q -f qcow2 -b "$NODE_IMG/cloud-node.qcow2" -F qcow2 "$TMP/node.qcow2"
   ip -n "$NS_SW" tuntap add dev tap2 mode tap
   ip -n "$NS_SW" link set tap2 master br0
   ip -n "$NS_SW" link set tap2 up
+  node_boot() { # round: starts the node's QEMU (NODE_PID), serial in serial-<round>.log
+    ip netns exec "$NS_SW" qemu-system-x86_64 -accel tcg -m 1024 -smp 1 \
+      -name "isthmus-node-smoke-$1" -display none -monitor none -nodefaults -vga none \
+      -serial "file:$TMP/serial-$1.log" -qmp "unix:$TMP/qmp-node.sock,server=on,wait=off" \
+      -drive "file=$TMP/node.qcow2,format=qcow2,if=ide,index=0" \
+      -drive "file=$TMP/nodeseed.img,format=raw,if=ide,index=1" \
+      -netdev tap,id=n0,ifname=tap2,script=no,downscript=no -device e1000,netdev=n0,mac=52:54:00:78:00:03 \
+      </dev/null >"$TMP/qemu-$1.out" 2>&1 &
+    NODE_PID=$!
+  }
+  node_wait() { # pattern seconds: waits for a line on the node's serial console
+    local i
+    for ((i = 0; i < $2 * 10; i++)); do
+      grep -qaE "$1" "$TMP/serial-$NODE_ROUND.log" 2>/dev/null && return 0
+      kill -0 "$NODE_PID" 2>/dev/null || die "round $NODE_ROUND: the node's QEMU exited: $(cat "$TMP/qemu-$NODE_ROUND.out")"
+      sleep 0.1
+    done
+    die "round $NODE_ROUND: no '$1' on the node's serial line within $2 s"
+  }
+  NODE_ROUND=node
+  ROUND=node
   t0=$EPOCHREALTIME
-  ip netns exec "$NS_SW" qemu-system-x86_64 -accel tcg -m 1024 -smp 1 \
-    -name isthmus-node-smoke -display none -monitor none -nodefaults -vga none \
-    -serial "file:$TMP/serial-node.log" -snapshot \
-    -drive "file=$NODE_IMG/cloud-node.qcow2,format=qcow2,if=ide,index=0" \
-    -drive "file=$TMP/nodeseed.img,format=raw,if=ide,index=1" \
-    -netdev tap,id=n0,ifname=tap2,script=no,downscript=no -device e1000,netdev=n0,mac=52:54:00:78:00:03 \
-    </dev/null >"$TMP/qemu-node.out" 2>&1 &
-  QEMU_PID=$!
-  fp=
-  for ((i = 0; i < BOOT_TIMEOUT * 10; i++)); do
-    fp=$(grep -a '^bootstrap fingerprint: sha256:' "$TMP/serial-node.log" 2>/dev/null | tr -d '\r' | tail -n 1 | sed 's/.*sha256://') || fp=
-    [[ -n $fp ]] && break
-    kill -0 "$QEMU_PID" 2>/dev/null || die "round node: QEMU exited early: $(cat "$TMP/qemu-node.out")"
-    sleep 0.1
-  done
-  [[ -n $fp ]] || die "round node: no bootstrap fingerprint on the serial line within $BOOT_TIMEOUT s"
+  node_boot node
+  node_wait '^bootstrap fingerprint: sha256:' "$BOOT_TIMEOUT"
+  fp=$(grep -a '^bootstrap fingerprint: sha256:' "$TMP/serial-node.log" | tr -d '\r' | tail -n 1 | sed 's/.*sha256://')
   T_NODE=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
   log "round node: QEMU start -> bootstrap fingerprint: $T_NODE s"
   grep -qa 'seed on .*token' "$TMP/serial-node.log" || die "round node: the token on the seed disk was not found"
@@ -460,10 +503,73 @@ if [[ -n $NODE_IMG && -f $NODE_IMG/cloud-node.qcow2 ]]; then
   done
   [[ $got == "$fp" ]] || die "round node: the API on $NODE_IP:8443 presents $got, the console said $fp"
   log "round node: API at https://$NODE_IP:8443 presents the printed bootstrap certificate"
-  stop_qemu
+
+  # The appliance (same disk as all rounds above) enrols the node.
+  boot enrol
+  login
+  enrol() { # token-file out: POST /api/clouds as the logged-in admin; prints the HTTP status
+    (
+      umask 077
+      jq -n --arg u "https://$NODE_IP:8443" --arg f "sha256:$fp" --rawfile t "$1" \
+        '{name: "cloud1", url: $u, fingerprint: $f, token: ($t | rtrimstr("\n"))}' >"$TMP/enrol.json"
+    )
+    curl_cl -b "$TMP/jar" -H 'Content-Type: application/json' -H 'Accept: application/json' \
+      -o "$2" -w '%{http_code}' --data-binary "@$TMP/enrol.json" "https://$GUEST_IP/api/clouds"
+    rm -f "$TMP/enrol.json"
+  }
+  (
+    umask 077
+    head -c 32 /dev/urandom | base64 >"$TMP/wrong.token"
+  )
+  code=$(enrol "$TMP/wrong.token" "$TMP/enrol-wrong.json") || die "round enrol: POST /api/clouds (wrong token) failed"
+  [[ $code =~ ^(4|5) ]] || die "round enrol: a wrong token was answered $code: $(head -c 300 "$TMP/enrol-wrong.json")"
+  jq -e '.error | test("token does not match")' "$TMP/enrol-wrong.json" >/dev/null ||
+    die "round enrol: the console's answer to a wrong token does not say so: $(head -c 300 "$TMP/enrol-wrong.json")"
+  NODE_ROUND=node
+  node_wait 'ENROLMENT REFUSED: an appliance tried to enrol this node with a wrong token' 30
+  log "round enrol: wrong token refused ($code: $(jq -c . "$TMP/enrol-wrong.json" | head -c 240)); the node's console says so"
+  t_en=$EPOCHREALTIME
+  code=$(enrol "$TMP/nodeseed/token" "$TMP/enrol-ok.json") || die "round enrol: POST /api/clouds failed"
+  [[ $code == 200 ]] || die "round enrol: enrolment with the right token answered $code: $(head -c 300 "$TMP/enrol-ok.json")"
+  T_ENROL=$(awk -v a="$t_en" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
+  jq -e '.name == "cloud1"' "$TMP/enrol-ok.json" >/dev/null || die "round enrol: unexpected answer $(head -c 300 "$TMP/enrol-ok.json")"
+  node_wait 'ENROLLED: this node now accepts only clients with certificates' 30
+  curl_cl -b "$TMP/jar" -H 'Accept: application/json' -o "$TMP/overview.json" "https://$GUEST_IP/" ||
+    die "round enrol: GET / failed"
+  jq -e '.clouds | map(select(.name == "cloud1")) | length == 1' "$TMP/overview.json" >/dev/null ||
+    die "round enrol: cloud1 not in the overview: $(jq -c .clouds "$TMP/overview.json")"
+  if ip netns exec "$NS_CL" curl -sk --max-time 10 "https://$NODE_IP:8443/v1/node" 2>/dev/null | grep -q accel; then
+    die "round enrol: the enrolled node answered a client without a certificate"
+  fi
+  log "round enrol: retry with the right token enrolled cloud1 in $T_ENROL s ($(jq -c . "$TMP/enrol-ok.json"));" \
+    "the node refuses anonymous clients now"
+  powerdown
+  ca_pem_from_disk "$TMP/ca-4.pem"
+  grep -q 'token does not match' "$TMP/messages" "$TMP/isthmus.log" 2>/dev/null ||
+    die "round enrol: the refused enrolment is not in the appliance's log"
+
+  # The node: power-off, then a boot from the same disk keeps the enrolment.
+  ROUND=node
+  power_button "$TMP/qmp-node.sock" "$NODE_PID"
+  NODE_PID=
+  node_log_from_disk "$TMP/node-1.log"
+  grep -q 'enrolment attempt with a wrong token' "$TMP/node-1.log" || die "round node: the wrong token is not in the node's log"
+  grep -q 'enrolment finished' "$TMP/node-1.log" || die "round node: the enrolment is not in the node's log"
+  NODE_ROUND=noderb
+  ROUND=noderb
+  node_boot noderb
+  node_wait '^node API: https://' "$BOOT_TIMEOUT"
+  sleep 5
+  grep -qa '^bootstrap fingerprint' "$TMP/serial-noderb.log" && die "round noderb: the node forgot its enrolment at reboot"
+  anon=$(ip netns exec "$NS_CL" curl -sk --max-time 10 "https://$NODE_IP:8443/v1/node" 2>&1) || true
+  grep -q accel <<<"$anon" && die "round noderb: the rebooted node answered a client without a certificate"
+  log "round noderb: the node rebooted enrolled (no bootstrap fingerprint, no anonymous access)"
+  kill "$NODE_PID" 2>/dev/null || true
+  wait "$NODE_PID" 2>/dev/null || true
+  NODE_PID=
 else
   log "round node: skipped (no cloud node image built: make images)"
 fi
 ROUND=
-log "PASS: boot to console URL ${T_FIRST} s (first boot), ${T_SECOND} s (reboot); update round ${T_UPDATE} s; cloud node to fingerprint ${T_NODE} s"
-printf '{"boot_to_url_first_s": %s, "boot_to_url_reboot_s": %s, "update_round_s": %s, "node_boot_to_fingerprint_s": %s}\n' "$T_FIRST" "$T_SECOND" "$T_UPDATE" "$T_NODE"
+log "PASS: boot to console URL ${T_FIRST} s (first boot), ${T_SECOND} s (reboot); update round ${T_UPDATE} s; cloud node to fingerprint ${T_NODE} s; enrolment ${T_ENROL} s"
+printf '{"boot_to_url_first_s": %s, "boot_to_url_reboot_s": %s, "update_round_s": %s, "node_boot_to_fingerprint_s": %s, "enrol_s": %s}\n' "$T_FIRST" "$T_SECOND" "$T_UPDATE" "$T_NODE" "$T_ENROL"
