@@ -87,6 +87,7 @@ mkfs.ext4 -q -F -E offset=1048576 -U 11111111-2222-3333-4444-555555555555 -L alp
 qemu-img convert -f raw -O qcow2 disk.raw disk.qcow2
 qemu-img convert -f raw -O vmdk -o subformat=monolithicSparse disk.raw sparse.vmdk
 qemu-img convert -f raw -O vmdk -o subformat=monolithicFlat disk.raw flat.vmdk
+qemu-img convert -f raw -O vmdk -o subformat=streamOptimized disk.raw stream.vmdk
 "#;
 
 const GPT_RECIPE: &str = r#"
@@ -173,7 +174,12 @@ fn mbr_ifupdown_raw_qcow2_vmdk() {
     assert!(raw.risks[0].message.contains("fstab names /dev/sda1") && raw.risks[0].message.contains("SCSI/SATA"));
     assert!(raw.risks[5].message.contains("52:54:00:ab:cd:01") && raw.risks[5].message.contains("MAC must be kept"));
 
-    for (file, fmt) in [("disk.qcow2", "qcow2"), ("sparse.vmdk", "vmdk-sparse"), ("flat.vmdk", "vmdk-flat")] {
+    for (file, fmt) in [
+        ("disk.qcow2", "qcow2"),
+        ("sparse.vmdk", "vmdk-sparse"),
+        ("flat.vmdk", "vmdk-flat"),
+        ("stream.vmdk", "vmdk-stream"),
+    ] {
         let f = inspect(&dir.join(file));
         assert_eq!(f.format, fmt, "{file}");
         same_guest(&raw, &f);
@@ -276,6 +282,41 @@ fn cli_json_and_bad_vmdk() {
     assert!(e.contains("holds 4096 bytes"), "{e}");
 }
 
+#[test]
+fn zstd_qcow2_refused_with_the_fix() {
+    let t = tempfile::tempdir().expect("tmp");
+    let run = |args: &[&str]| {
+        let st = Command::new("qemu-img")
+            .args(args)
+            .current_dir(t.path())
+            .status()
+            .expect("qemu-img");
+        assert!(st.success(), "qemu-img {args:?}");
+    };
+    let zstd = t.path().join("z.qcow2");
+    run(&["create", "-q", "-f", "qcow2", "-o", "compression_type=zstd", "z.qcow2", "1M"]);
+    let e = appliance::inspect::inspect(&zstd, &|_| {}).expect_err("zstd refused").to_string();
+    assert!(e.contains(&zstd.display().to_string()), "{e}");
+    assert!(
+        e.contains("zstd") && e.contains("qemu-img convert -O qcow2 -c -o compression_type=zlib"),
+        "{e}"
+    );
+    // The conversion the message names gives an image that is read.
+    run(&[
+        "convert",
+        "-q",
+        "-O",
+        "qcow2",
+        "-c",
+        "-o",
+        "compression_type=zlib",
+        "z.qcow2",
+        "zlib.qcow2",
+    ]);
+    let f = appliance::inspect::inspect(&t.path().join("zlib.qcow2"), &|_| {}).expect("zlib qcow2 is read");
+    assert_eq!((f.format.as_str(), f.virtual_size_bytes), ("qcow2", 1 << 20));
+}
+
 /// The cached test-server image: what `image-build/test-server/build.sh` prints last.
 fn test_server_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("ISTHMUS_TEST_SERVER_DIR") {
@@ -307,7 +348,7 @@ fn real_test_server_image() {
     let e = appliance::inspect::inspect(&ts.join("disk.qcow2"), &|_| {})
         .expect_err("zstd qcow2")
         .to_string();
-    assert!(e.contains("qemu-img convert"), "{e}");
+    assert!(e.contains("zstd") && e.contains("compression_type=zlib"), "{e}");
     let hash = manifest["hash"].as_str().expect("hash");
     let dir = cached(
         &format!("test-server-{hash}"),

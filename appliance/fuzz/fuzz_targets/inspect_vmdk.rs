@@ -1,6 +1,7 @@
 //! VMDK readers: the text descriptor parser, and the sparse extent header,
-//! grain directory and grain tables over any bytes; reads stay in bounds or
-//! fail with an error.
+//! footer, grain directory and grain tables over any bytes, with plain and
+//! deflate-compressed (streamOptimized) grains; reads stay in bounds or fail
+//! with an error.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 

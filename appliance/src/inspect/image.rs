@@ -16,7 +16,7 @@ pub trait DiskImage: Send + Sync {
     fn size(&self) -> u64;
     /// Fills `buf` from `offset`; an error when the range passes the end.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
-    /// Container format name (`raw`, `qcow2`, `vmdk-sparse`, `vmdk-flat`).
+    /// Container format name (`raw`, `qcow2`, `vmdk-sparse`, `vmdk-stream`, `vmdk-flat`).
     fn format(&self) -> &'static str;
 }
 
@@ -112,6 +112,18 @@ impl DiskImage for Qcow2Image {
     }
 }
 
+/// The qcow2 compression type from a header (qcow2 spec: version 3,
+/// incompatible feature bit 3, byte 104): `None` when the header does not
+/// set one (zlib), `Some(1)` for zstd.
+pub fn qcow2_compression(head: &[u8]) -> Option<u8> {
+    let be32 = |o: usize| head.get(o..o + 4).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
+    let be64 = |o: usize| head.get(o..o + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+    if be32(4)? < 3 || be64(72)? & (1 << 3) == 0 || be32(100)? <= 104 {
+        return None;
+    }
+    head.get(104).copied()
+}
+
 /// Opens an image, telling the format from its first bytes (qcow2 `QFI\xfb`,
 /// VMDK sparse `KDMV`, a VMDK text descriptor) and else taking it as raw.
 pub fn open(path: &Path) -> Result<Box<dyn DiskImage>, InspectError> {
@@ -124,10 +136,20 @@ pub fn open(path: &Path) -> Result<Box<dyn DiskImage>, InspectError> {
     let mut head = vec![0u8; len.min(1024) as usize];
     file.read_exact_at(&mut head, 0).map_err(io_err)?;
     if head.starts_with(b"QFI\xfb") {
+        if qcow2_compression(&head) == Some(1) {
+            return Err(InspectError::Format {
+                path: path.to_path_buf(),
+                message: "qcow2 with zstd-compressed clusters (compression_type=zstd) is not read here \
+                          (the qcow2 reader, imago, reads zlib only); convert it: \
+                          qemu-img convert -O qcow2 -c -o compression_type=zlib IN OUT \
+                          (or without -c for an uncompressed copy)"
+                    .into(),
+            });
+        }
         let img = Qcow2Image::open(path).map_err(|e| InspectError::Format {
             path: path.to_path_buf(),
             message: format!(
-                "qcow2: {e}. Images with a backing file or zstd compression cannot be read here; \
+                "qcow2: {e}. Images with a backing file or an external data file cannot be read here; \
                  flatten first: qemu-img convert -O qcow2 IN OUT"
             ),
         })?;

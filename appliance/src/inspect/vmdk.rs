@@ -1,5 +1,7 @@
-//! VMDK: text descriptor, monolithic sparse (hosted sparse extent, `KDMV`)
-//! and flat extents, after VMware's "Virtual Disk Format 5.0" paper. Every
+//! VMDK: text descriptor, monolithic sparse (hosted sparse extent, `KDMV`),
+//! streamOptimized (deflate-compressed grains with markers, what OVAs carry;
+//! grain directory in the header or in the footer) and flat extents, after
+//! VMware's "Virtual Disk Format 5.0" paper. Every
 //! offset and count read from the file is checked before use; extent file
 //! names must be plain names in the descriptor's directory.
 
@@ -7,6 +9,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use super::image::{check_range, DiskImage, RawImage};
 use super::InspectError;
@@ -20,6 +23,12 @@ const MAX_GD_ENTRIES: u64 = 1 << 22;
 const MAX_DESCRIPTOR: u64 = 1 << 20;
 /// Most extents in one descriptor.
 const MAX_EXTENTS: usize = 4096;
+/// Grain directory offset meaning "in the footer" (stream-written files).
+const GD_AT_END: u64 = u64::MAX;
+/// Header flag: grains are compressed.
+const FLAG_COMPRESSED: u32 = 1 << 16;
+/// Decompressed grains kept for reuse (ext reads are small and clustered).
+const GRAIN_CACHE: usize = 32;
 
 /// An extent line of a descriptor.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,6 +166,11 @@ pub struct SparseHeader {
 }
 
 impl SparseHeader {
+    /// Whether grains are deflate-compressed (streamOptimized).
+    pub fn compressed(&self) -> bool {
+        self.compress == 1
+    }
+
     /// Number of grain directory entries this header implies.
     pub fn gd_entries(&self) -> u64 {
         let grains = self.capacity.div_ceil(self.grain_size);
@@ -198,11 +212,17 @@ pub fn parse_sparse_header(b: &[u8]) -> Result<SparseHeader, String> {
     if !(1..=65536).contains(&h.gtes_per_gt) {
         return Err(format!("{} grain table entries per table is out of range", h.gtes_per_gt));
     }
-    if h.flags & (1 << 16) != 0 || h.compress != 0 {
-        return Err("compressed (streamOptimized) VMDK is not read here; convert it: qemu-img convert -O qcow2 IN OUT".into());
+    match (h.flags & FLAG_COMPRESSED != 0, h.compress) {
+        (false, 0) | (true, 1) => {}
+        (true, 0) | (false, 1) => return Err("header flags and compression algorithm disagree (compressed grains need deflate)".into()),
+        (_, c) => {
+            return Err(format!(
+                "compression algorithm {c} is not deflate; convert the disk: qemu-img convert -O qcow2 IN OUT"
+            ))
+        }
     }
-    if h.gd_offset == u64::MAX || h.gd_offset == 0 {
-        return Err("grain directory is at the end of the file (stream format); convert it with qemu-img first".into());
+    if h.gd_offset == 0 {
+        return Err("grain directory offset is 0".into());
     }
     if h.gd_entries() > MAX_GD_ENTRIES {
         return Err(format!("grain directory of {} entries is too large", h.gd_entries()));
@@ -216,6 +236,8 @@ pub struct SparseExtent {
     file_len: u64,
     header: SparseHeader,
     gd: Vec<u32>,
+    /// Decompressed grains by grain number (compressed extents only).
+    cache: Mutex<Vec<(u64, Vec<u8>)>>,
 }
 
 impl SparseExtent {
@@ -224,7 +246,20 @@ impl SparseExtent {
         let file_len = file.size();
         let mut hb = [0u8; 512];
         file.read_at(&mut hb, 0).map_err(|e| format!("header: {e}"))?;
-        let header = parse_sparse_header(&hb)?;
+        let mut header = parse_sparse_header(&hb)?;
+        if header.gd_offset == GD_AT_END {
+            // Stream-written: the real header is the footer, 1024 bytes
+            // before the end (then the end-of-stream marker).
+            let at = file_len
+                .checked_sub(1024)
+                .ok_or("grain directory is in a footer the file is too short to hold")?;
+            file.read_at(&mut hb, at).map_err(|e| format!("footer: {e}"))?;
+            let footer = parse_sparse_header(&hb).map_err(|e| format!("footer: {e}"))?;
+            if footer.gd_offset == GD_AT_END || footer.capacity != header.capacity || footer.grain_size != header.grain_size {
+                return Err("footer does not match the header or has no grain directory".into());
+            }
+            header = footer;
+        }
         let n = header.gd_entries();
         let off = header
             .gd_offset
@@ -239,7 +274,57 @@ impl SparseExtent {
             file_len,
             header,
             gd,
+            cache: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Fills `now` from compressed grain `grain` (its marker at sector
+    /// `gte`), starting `within` bytes into the grain.
+    fn read_compressed(&self, now: &mut [u8], grain: u64, gte: u64, within: u64) -> io::Result<()> {
+        let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
+        let grain_bytes = self.header.grain_size * SECTOR;
+        let copy = |data: &[u8], now: &mut [u8]| {
+            // A last grain may decompress short of a full grain: zeros after it.
+            let from = (within as usize).min(data.len());
+            let n = (data.len() - from).min(now.len());
+            now[..n].copy_from_slice(&data[from..from + n]);
+            now[n..].fill(0);
+        };
+        if let Ok(cache) = self.cache.lock() {
+            if let Some((_, data)) = cache.iter().find(|(g, _)| *g == grain) {
+                copy(data, now);
+                return Ok(());
+            }
+        }
+        // Grain marker: virtual sector (u64), compressed size (u32), data.
+        let at = gte * SECTOR;
+        let mut m = [0u8; 12];
+        if at.checked_add(12).is_none_or(|end| end > self.file_len) {
+            return Err(bad(format!("grain marker at sector {gte} lies outside the file")));
+        }
+        self.file.read_at(&mut m, at)?;
+        let (lba, size) = (le64(&m, 0), le32(&m, 8) as u64);
+        if lba != grain * self.header.grain_size {
+            return Err(bad(format!(
+                "grain marker at sector {gte} is for sector {lba}, the grain table says {}",
+                grain * self.header.grain_size
+            )));
+        }
+        if size == 0 || size > 2 * grain_bytes + 1024 || at + 12 + size > self.file_len {
+            return Err(bad(format!("compressed grain at sector {gte} of {size} bytes is out of bounds")));
+        }
+        let mut z = vec![0u8; size as usize];
+        self.file.read_at(&mut z, at + 12)?;
+        let data = miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(&z, grain_bytes as usize)
+            .map_err(|e| bad(format!("compressed grain at sector {gte} does not inflate: {e}")))?;
+        copy(&data, now);
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= GRAIN_CACHE {
+                cache.remove(0);
+            }
+            cache.push((grain, data));
+        }
+        Ok(())
     }
 
     /// The header.
@@ -291,6 +376,8 @@ impl SparseExtent {
             if gte <= 1 {
                 // 0: never written; 1: zeroed grain (version 2+).
                 now.fill(0);
+            } else if self.header.compressed() {
+                self.read_compressed(now, grain, gte, within)?;
             } else {
                 let at = gte * SECTOR + within;
                 if at + n as u64 > self.file_len {
@@ -356,6 +443,11 @@ pub fn open(path: &Path) -> Result<VmdkImage, InspectError> {
             return Err(fail(format!("delta disk of {p:?}; inspect the parent or a consolidated copy")));
         }
         let size = sparse.size();
+        let format = if sparse.header().compressed() {
+            "vmdk-stream"
+        } else {
+            "vmdk-sparse"
+        };
         return Ok(VmdkImage {
             extents: vec![Extent {
                 start: 0,
@@ -363,7 +455,7 @@ pub fn open(path: &Path) -> Result<VmdkImage, InspectError> {
                 backing: Backing::Sparse(sparse),
             }],
             size,
-            format: "vmdk-sparse",
+            format,
             descriptor,
         });
     }
@@ -477,6 +569,67 @@ mod tests {
         assert!(parse_descriptor("RW x FLAT \"a\"").unwrap_err().contains("line 1"));
         assert!(extent_path(Path::new("/d"), "../etc/passwd").is_err());
         assert!(extent_path(Path::new("/d"), "/etc/passwd").is_err());
+    }
+
+    /// A stream-written file as VMware writes it: grain directory in the
+    /// footer, grain 1 of 2 present and compressed, grain 0 never written.
+    fn stream_file(grain1: &[u8], marker_lba: u64) -> Vec<u8> {
+        let header = |gd: u64| {
+            let mut h = vec![0u8; 512];
+            h[0..4].copy_from_slice(b"KDMV");
+            h[4..8].copy_from_slice(&3u32.to_le_bytes());
+            h[8..12].copy_from_slice(&(FLAG_COMPRESSED | 1 << 17 | 3).to_le_bytes());
+            h[12..20].copy_from_slice(&256u64.to_le_bytes());
+            h[20..28].copy_from_slice(&128u64.to_le_bytes());
+            h[44..48].copy_from_slice(&512u32.to_le_bytes());
+            h[56..64].copy_from_slice(&gd.to_le_bytes());
+            h[77..79].copy_from_slice(&1u16.to_le_bytes());
+            h
+        };
+        let mut f = header(GD_AT_END);
+        // Sector 1 is left free: a grain table entry of 1 means "zeroed grain".
+        f.extend([0u8; 512]);
+        let z = miniz_oxide::deflate::compress_to_vec_zlib(grain1, 6);
+        f.extend(marker_lba.to_le_bytes());
+        f.extend((z.len() as u32).to_le_bytes());
+        f.extend(&z);
+        f.resize(f.len().div_ceil(512) * 512, 0);
+        let gt_sector = (f.len() / 512) as u32;
+        let mut gt = vec![0u8; 2048];
+        gt[4..8].copy_from_slice(&2u32.to_le_bytes());
+        f.extend(gt);
+        let gd_sector = (f.len() / 512) as u64;
+        let mut gd = vec![0u8; 512];
+        gd[0..4].copy_from_slice(&gt_sector.to_le_bytes());
+        f.extend(gd);
+        f.extend([0u8; 512]); // footer marker
+        f.extend(header(gd_sector));
+        f.extend([0u8; 512]); // end-of-stream marker
+        f
+    }
+
+    #[test]
+    fn stream_optimized_footer_and_compressed_grains() {
+        use super::super::image::MemImage;
+        let grain1: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+        let s = SparseExtent::open(Box::new(MemImage(stream_file(&grain1, 128)))).unwrap();
+        assert!(s.header().compressed());
+        assert_eq!(s.size(), 256 * 512);
+        let mut buf = vec![0xffu8; 1000];
+        s.read_at(&mut buf, 65536 - 500).unwrap();
+        assert!(buf[..500].iter().all(|&b| b == 0));
+        assert_eq!(&buf[500..], &grain1[..500]);
+        // Again from the cache, at the end of the grain.
+        s.read_at(&mut buf[..10], 131072 - 10).unwrap();
+        assert_eq!(&buf[..10], &grain1[65526..]);
+        // A marker for another sector than the grain table says is refused.
+        let s = SparseExtent::open(Box::new(MemImage(stream_file(&grain1, 0)))).unwrap();
+        let e = s.read_at(&mut buf, 65536).unwrap_err().to_string();
+        assert!(e.contains("is for sector 0"), "{e}");
+        // A grain that inflates past a grain's size is refused.
+        let big = vec![7u8; 70000];
+        let s = SparseExtent::open(Box::new(MemImage(stream_file(&big, 128)))).unwrap();
+        assert!(s.read_at(&mut buf, 65536).is_err());
     }
 
     #[test]
