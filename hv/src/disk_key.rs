@@ -53,9 +53,8 @@ impl DiskKey {
         Ok(DiskKey(bytes))
     }
 
-    /// The key bytes.
-    #[cfg(test)]
-    fn expose(&self) -> &[u8] {
+    /// The key bytes (for hv's own ciphers, e.g. the suspend state file).
+    pub(crate) fn expose(&self) -> &[u8] {
         &self.0
     }
 

@@ -207,7 +207,22 @@ impl Guest {
     /// device, unprivileged ids and cgroup limits (QEMU joins its cgroup
     /// before it executes, so it never runs outside it), or a start from saved
     /// state (QEMU starts with `-S`, loads the snapshot, then runs).
+    /// A resume from disk ([`crate::Restore::Suspended`]) needs the state
+    /// key: use [`Guest::resume_from_disk`].
     pub fn launch_with(spec: &GuestSpec, keys: &[Option<DiskKey>], opts: &LaunchOptions) -> Result<Guest, Error> {
+        Guest::launch_inner(spec, keys, opts, None)
+    }
+
+    /// [`Guest::launch_with`], plus the key of a suspend state to resume.
+    pub(crate) fn launch_inner(
+        spec: &GuestSpec,
+        keys: &[Option<DiskKey>],
+        opts: &LaunchOptions,
+        state_key: Option<&DiskKey>,
+    ) -> Result<Guest, Error> {
+        if opts.restore == Some(crate::Restore::Suspended) && state_key.is_none() {
+            return Err(crate::suspend::SuspendError::KeyMissing(spec.name.clone()).into());
+        }
         let plan = crate::qemu::plan_with(spec, opts)?;
         if let Some(r) = &opts.run_as {
             r.check(&spec.name)?;
@@ -231,7 +246,13 @@ impl Guest {
             }
             .into());
         }
-        for stale in [run.qmp_socket(), run.pidfile(), run.serial_socket(), run.vnc_socket()] {
+        for stale in [
+            run.qmp_socket(),
+            run.pidfile(),
+            run.serial_socket(),
+            run.vnc_socket(),
+            run.agent_socket(),
+        ] {
             match std::fs::remove_file(&stale) {
                 Ok(()) => tracing::debug!(path = %stale.display(), "removed stale file"),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -297,7 +318,7 @@ impl Guest {
             }
         }
         if let Some(restore) = &opts.restore {
-            let restored = guest.restore(restore);
+            let restored = guest.restore(restore, state_key);
             let deleted = if incoming {
                 plan.blockdevs.iter().try_for_each(|b| {
                     guest

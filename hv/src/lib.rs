@@ -10,16 +10,22 @@
 //!   [`create_encrypted_image`] makes such disks.
 //! - [`Guest::powerdown`]: ACPI power button, wait, then hard stop.
 //! - [`SerialConsole`]: the guest's ttyS0 over its unix socket.
-//! - [`lifecycle`]: pause/resume, reset, snapshots, suspend to disk,
+//! - [`lifecycle`]: pause/resume, reset, snapshots,
 //!   block/process/TAP counters; [`events`]: the typed event stream.
 //! - [`Guest::launch_with`] + [`LaunchOptions`]: pvpanic, unprivileged ids,
 //!   cgroup limits ([`isolation`]), start from saved state.
+//! - [`AliveWatch`]: is the guest alive? Guest agent ping, else serial
+//!   console / disk activity; reports the alive → hung transition.
+//! - [`Guest::suspend_to_disk`] / [`Guest::resume_from_disk`]: machine
+//!   state sealed by hv ([`vmstate`]), never plaintext on the node's disk.
 //! - [`restart`]: restart-on-crash policy and the [`Supervisor`] applying it.
 //! - [`probe_accel`]: does KVM boot a real Linux guest here? Otherwise TCG.
 //! - [`create_tap`] / [`delete_tap`]: persistent TAP devices the guest's NICs
 //!   use (QEMU opens them by name, netbridge attaches to them).
 
 pub mod accel;
+pub mod agent;
+pub mod alive;
 pub mod console;
 pub mod disk_key;
 pub mod events;
@@ -31,9 +37,12 @@ pub mod qemu;
 pub mod restart;
 pub mod run_dir;
 pub mod spec;
+pub mod suspend;
 pub mod tap;
+pub mod vmstate;
 
 pub use accel::{probe_accel, probe_accel_with, AccelProbe, ProbeOptions};
+pub use alive::{AliveChange, AliveConfig, AliveSource, AliveStatus, AliveWatch};
 pub use console::SerialConsole;
 pub use disk_key::DiskKey;
 pub use events::GuestEvent;
@@ -84,6 +93,9 @@ pub enum Error {
     /// Isolating the guest (ids, cgroup) failed.
     #[error(transparent)]
     Isolation(#[from] isolation::IsolationError),
+    /// Suspending to disk or resuming failed (state file, socket, key).
+    #[error(transparent)]
+    Suspend(#[from] suspend::SuspendError),
     /// Creating or deleting a TAP device failed.
     #[error(transparent)]
     Tap(#[from] tap::TapError),

@@ -2,7 +2,6 @@
 //! reset, internal snapshots (QMP `snapshot-save`/`-load`/`-delete` jobs),
 //! block and process counters, TAP counters.
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -177,46 +176,8 @@ impl Guest {
         self.execute("system_reset", None).map(drop)
     }
 
-    /// Suspends to disk: stops the vCPUs, streams the machine state with
-    /// QMP `migrate` to `suspend.vmstate` in the run directory (mode 0600,
-    /// owned by QEMU's uid; the node's private directory), then ends QEMU.
-    /// The disks stay as they are (LUKS ones encrypted). Resume with
-    /// [`crate::Restore::Suspended`], which deletes the state file once
-    /// loaded. The state file holds guest memory unencrypted: QEMU 10.0.2
-    /// aborts when it writes machine state into a LUKS qcow2
-    /// (`qcow2_co_encdec: Assertion QEMU_IS_ALIGNED(len, sector_size)`), so
-    /// an internal snapshot on the encrypted disk is not an option.
-    pub fn suspend_to_disk(&self) -> Result<(), Error> {
-        let state = crate::run_dir::RunDir::new(self.run_dir()).suspend_state();
-        let uid_gid = self.process_ids();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&state)
-            .and_then(|_| match uid_gid {
-                Some((u, g)) => std::os::unix::fs::chown(&state, Some(u), Some(g)),
-                None => Ok(()),
-            })
-            .map_err(|source| LifecycleError::StateFile {
-                path: state.clone(),
-                source,
-            })?;
-        self.pause()?;
-        let uri = format!("file:{}", state.display());
-        self.execute("migrate", Some(json!({ "uri": uri })))?;
-        self.wait_migration("suspend")?;
-        self.with_qmp(|q| q.quit())?;
-        if !self.wait_exit(Duration::from_secs(10)) {
-            self.kill()?;
-        }
-        tracing::info!(guest = %self.name(), state = %state.display(), "suspended to disk");
-        Ok(())
-    }
-
     /// Real uid and gid of the QEMU process.
-    fn process_ids(&self) -> Option<(u32, u32)> {
+    pub(crate) fn process_ids(&self) -> Option<(u32, u32)> {
         let st = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
         let first = |field: &str| -> Option<u32> {
             st.lines()
@@ -230,7 +191,7 @@ impl Guest {
     }
 
     /// Polls `query-migrate` until the migration completed.
-    fn wait_migration(&self, what: &str) -> Result<(), Error> {
+    pub(crate) fn wait_migration(&self, what: &str) -> Result<(), Error> {
         let deadline = Instant::now() + SNAPSHOT_TIMEOUT;
         loop {
             let st = self.execute("query-migrate", None)?;
@@ -259,22 +220,9 @@ impl Guest {
 
     /// Loads saved state into a QEMU started with `-incoming defer`
     /// (suspend) or `-S` (snapshot), then runs it.
-    pub(crate) fn restore(&self, restore: &crate::Restore) -> Result<(), Error> {
+    pub(crate) fn restore(&self, restore: &crate::Restore, state_key: Option<&crate::DiskKey>) -> Result<(), Error> {
         match restore {
-            crate::Restore::Suspended => {
-                let state = crate::run_dir::RunDir::new(self.run_dir()).suspend_state();
-                let uri = format!("file:{}", state.display());
-                self.execute("migrate-incoming", Some(json!({ "uri": uri })))?;
-                self.wait_migration("resume")?;
-                // The memory image must not outlive the resume.
-                if let Err(e) = std::fs::remove_file(&state) {
-                    tracing::warn!(path = %state.display(), error = %e, "cannot remove the suspend state");
-                }
-                if self.execute("query-status", None)?["running"] != json!(true) {
-                    self.resume()?;
-                }
-                Ok(())
-            }
+            crate::Restore::Suspended => self.resume_state(state_key),
             crate::Restore::Snapshot(tag) => {
                 self.snapshot_load(tag)?;
                 self.resume()

@@ -17,7 +17,8 @@ pub enum PanicDevice {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Restore {
     /// Resume what [`crate::Guest::suspend_to_disk`] saved (QEMU starts
-    /// with `-incoming defer`); the state file is deleted once loaded.
+    /// with `-incoming defer`); the state file is deleted once loaded. Needs
+    /// the state key: start with [`crate::Guest::resume_from_disk`].
     Suspended,
     /// Start from internal snapshot `tag` (e.g. the last known good one);
     /// the snapshot is kept.
@@ -39,11 +40,16 @@ pub struct LaunchOptions {
     pub limits: Option<Limits>,
     /// Start from saved state.
     pub restore: Option<Restore>,
+    /// Give the guest a guest-agent channel (virtio-serial port
+    /// `org.qemu.guest_agent.0`, socket `qga.sock` in the run directory),
+    /// used by [`crate::AliveWatch`]. Only when the source had one (libvirt
+    /// guests usually do): the virtio-serial controller is guest-visible.
+    pub guest_agent: bool,
 }
 
 impl LaunchOptions {
     /// QEMU arguments these options add to the profile's.
-    pub(crate) fn args(&self) -> Vec<Arg> {
+    pub(crate) fn args(&self, run: &crate::run_dir::RunDir) -> Vec<Arg> {
         let mut a = Vec::new();
         match self.panic_device {
             Some(PanicDevice::Pci) => a.push(Arg::PvpanicPci),
@@ -52,6 +58,9 @@ impl LaunchOptions {
         }
         if let Some(r) = self.run_as {
             a.push(Arg::RunWith { uid: r.uid, gid: r.gid });
+        }
+        if self.guest_agent {
+            a.push(Arg::GuestAgent(run.agent_socket()));
         }
         match self.restore {
             Some(Restore::Suspended) => a.push(Arg::IncomingDefer),
@@ -69,15 +78,17 @@ mod tests {
 
     #[test]
     fn option_args() {
-        assert!(LaunchOptions::default().args().is_empty());
+        let run = crate::run_dir::RunDir::new("/run/isthmus/g1");
+        assert!(LaunchOptions::default().args(&run).is_empty());
         let o = LaunchOptions {
             panic_device: Some(PanicDevice::Pci),
             run_as: Some(RunAs { uid: 64001, gid: 64002 }),
             limits: None,
             restore: Some(Restore::Suspended),
+            guest_agent: true,
         };
         assert_eq!(
-            render(&o.args()),
+            render(&o.args(&run)),
             [
                 "-device",
                 "pvpanic-pci",
@@ -85,6 +96,12 @@ mod tests {
                 "panic=pause",
                 "-run-with",
                 "user=64001:64002",
+                "-chardev",
+                "socket,id=qga0,path=/run/isthmus/g1/qga.sock,server=on,wait=off",
+                "-device",
+                "virtio-serial-pci,id=qgaserial0",
+                "-device",
+                "virtserialport,bus=qgaserial0.0,chardev=qga0,name=org.qemu.guest_agent.0",
                 "-incoming",
                 "defer"
             ]
@@ -93,6 +110,6 @@ mod tests {
             restore: Some(Restore::Snapshot("lkg".into())),
             ..Default::default()
         };
-        assert_eq!(render(&o.args()), ["-S"]);
+        assert_eq!(render(&o.args(&run)), ["-S"]);
     }
 }

@@ -33,13 +33,23 @@ impl RunDir {
     pub fn vnc_socket(&self) -> PathBuf {
         self.0.join("vnc.sock")
     }
+    /// Guest agent channel (the guest's `org.qemu.guest_agent.0` port).
+    pub fn agent_socket(&self) -> PathBuf {
+        self.0.join("qga.sock")
+    }
     /// QEMU's pid file.
     pub fn pidfile(&self) -> PathBuf {
         self.0.join("qemu.pid")
     }
-    /// Machine state written by a suspend to disk (deleted on resume).
+    /// Machine state written by a suspend to disk, sealed by hv (deleted on
+    /// resume).
     pub fn suspend_state(&self) -> PathBuf {
         self.0.join("suspend.vmstate")
+    }
+    /// Unix socket the machine state streams through on suspend and resume
+    /// (hv encrypts/decrypts it; QEMU never writes the state file).
+    pub fn vmstate_socket(&self) -> PathBuf {
+        self.0.join("vmstate.sock")
     }
     /// The guest's own UEFI variable store (copied from the OVMF template).
     pub fn efi_vars(&self) -> PathBuf {

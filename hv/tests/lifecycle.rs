@@ -10,26 +10,15 @@ use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use hv::Guest;
 use proto::api::GuestState;
-use support::{ide_e1000_spec, in_fresh_netns, overlay, test_server_dir, unique_tap, QemuReaper, TapGuard};
+use support::{in_fresh_netns, test_server_dir, PlainGuest};
 
 #[test]
 fn pause_snapshot_revert_reset_and_counters() {
     let server = test_server_dir();
     in_fresh_netns(move || {
-        let tmp = tempfile::tempdir().unwrap();
-        let tap = TapGuard::create(&unique_tap());
-        let run_dir = tmp.path().join("run");
-        let _reaper = QemuReaper(run_dir.clone());
-        let spec = ide_e1000_spec(
-            "hvtest-life",
-            overlay(&server.join("disk.qcow2"), tmp.path()),
-            &tap.0,
-            &run_dir,
-            256,
-        );
-        let g = Guest::launch(&spec).unwrap();
+        let pg = PlainGuest::launch("hvtest-life", &server);
+        let g = &pg.guest;
 
         // VNC on a unix socket: the RFB greeting (RFC 6143 §7.1.1).
         let mut vnc = UnixStream::connect(g.vnc_socket()).unwrap();
@@ -91,10 +80,10 @@ fn pause_snapshot_revert_reset_and_counters() {
         let d0 = blocks.iter().find(|b| b.device == "disk0").unwrap_or_else(|| panic!("{blocks:?}"));
         assert!(d0.rd_bytes > 0 && d0.wr_bytes > 0, "{d0:?}");
         // The guest ARPs for an absent neighbour: frames from the guest.
-        let before = hv::tap_stats(&tap.0).unwrap();
+        let before = hv::tap_stats(&pg.tap.0).unwrap();
         con.run("arping -c 3 -w 2 -I eth0 10.77.0.99 >/dev/null 2>&1; true", Duration::from_secs(30))
             .unwrap();
-        let taps = hv::tap_stats(&tap.0).unwrap();
+        let taps = hv::tap_stats(&pg.tap.0).unwrap();
         assert!(
             taps.rx_packets >= before.rx_packets + 3,
             "ARPs from the guest counted: {before:?} -> {taps:?}"

@@ -1,8 +1,9 @@
 //! Lifecycle beyond start/stop, on the real test server, one boot chain:
 //! a LUKS root disk, QEMU under its own uid with pvpanic; suspend to disk
-//! keeps a file and the shell's memory across the resume (state file 0600,
-//! QEMU's uid, deleted on resume; the LUKS disk never holds that memory in
-//! the clear); a kernel panic (sysrq-c on the
+//! keeps a file and the shell's memory across the resume (state file sealed
+//! by hv: 0600, no guest memory in it, only its decryption holds the shell's
+//! marker; a wrong key is refused and keeps the file; deleted on resume; the
+//! LUKS disk never holds that memory in the clear); a kernel panic (sysrq-c on the
 //! serial console) reaches us as GUEST_PANICKED and the supervisor restarts
 //! the guest per policy; a guest power-off ends supervision under OnCrash.
 //! Then isolation: two guests at once, each its own QEMU, TAP, uid, cgroup
@@ -126,7 +127,8 @@ fn suspend_resume_then_panic_restarts_per_policy() {
         // Suspend to disk: QEMU ends; the supervisor sees a host stop and
         // leaves it down.
         let t = Instant::now();
-        sup.guest().suspend_to_disk().unwrap();
+        let state_key = DiskKey::generate().unwrap();
+        sup.guest().suspend_to_disk(&state_key).unwrap();
         let suspend = t.elapsed();
         assert!(!sup.guest().is_running());
         let ended = sup.step(Duration::from_secs(1)).unwrap();
@@ -148,18 +150,34 @@ fn suspend_resume_then_panic_restarts_per_policy() {
         let state = run_dir.join("suspend.vmstate");
         let meta = std::fs::metadata(&state).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-        assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 64101);
+        assert!(std::fs::read(&state).unwrap().starts_with(hv::vmstate::MAGIC));
         assert!(
-            file_contains(&state, b"isthmus-mem-7f3a"),
-            "control: the state holds the shell's memory"
+            !file_contains(&state, b"isthmus-mem-7f3a"),
+            "guest memory in the clear in the suspend state file"
         );
+        let mut plain = Vec::new();
+        hv::vmstate::open(std::fs::File::open(&state).unwrap(), &mut plain, &state_key).unwrap();
+        assert!(
+            plain.windows(16).any(|w| w == b"isthmus-mem-7f3a"),
+            "control: the decrypted state holds the shell's memory"
+        );
+        drop(plain);
 
-        let t = Instant::now();
+        // Without a key, or with the wrong one: refused, the state kept.
         let resumed = LaunchOptions {
             restore: Some(Restore::Suspended),
             ..opts.clone()
         };
-        let g = Guest::launch_with(&spec, &[Some(key())], &resumed).unwrap();
+        let e = Guest::launch_with(&spec, &[Some(key())], &resumed).unwrap_err();
+        assert!(e.to_string().contains("resume_from_disk"), "{e}");
+        let wrong = DiskKey::generate().unwrap();
+        let e = Guest::resume_from_disk(&spec, &[Some(key())], &opts, &wrong).unwrap_err();
+        assert!(e.to_string().contains("does not open with this key"), "{e}");
+        assert!(state.exists(), "a refused resume keeps the state");
+        assert!(hv::guest::running_pid(&run_dir).is_none(), "no QEMU left after a refused resume");
+
+        let t = Instant::now();
+        let g = Guest::resume_from_disk(&spec, &[Some(key())], &opts, &state_key).unwrap();
         let resume = t.elapsed();
         let mut con = g.serial_console(Duration::from_secs(5)).unwrap();
         con.send(b"\n").unwrap();

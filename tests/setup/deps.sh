@@ -54,6 +54,8 @@ need flock util-linux
 # hv: UEFI guests (firmware = "efi") boot OVMF; gcc builds the guest's I/O benchmark.
 need /usr/share/OVMF/OVMF_CODE.fd ovmf
 need gcc gcc
+# hv: the guest-alive test talks to a real qemu-ga (run on the host, unix socket).
+need /usr/sbin/qemu-ga qemu-guest-agent
 
 backports=()
 if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then

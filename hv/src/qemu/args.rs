@@ -89,6 +89,10 @@ pub enum Arg {
     PvpanicPci,
     /// `-device pvpanic` (ISA, I/O port 0x505) + `-action panic=pause`.
     PvpanicIsa,
+    /// A guest-agent channel: `-chardev socket` at the given path, a
+    /// `virtio-serial-pci` controller and a `virtserialport` named
+    /// `org.qemu.guest_agent.0` (what `qemu-ga` in the guest opens).
+    GuestAgent(PathBuf),
     /// `-S`: vCPUs stay stopped until QMP `cont` (restore before run).
     StartStopped,
     /// `-incoming defer`: wait for QMP `migrate-incoming` (resume).
@@ -591,6 +595,24 @@ impl Arg {
                     ),
                 );
                 push("-action", Some("panic=pause".into()));
+            }
+            Arg::GuestAgent(p) => {
+                push(
+                    "-chardev",
+                    Some(
+                        Opts::new("socket")
+                            .kv("id", "qga0")
+                            .kv("path", p.to_string_lossy())
+                            .kv("server", "on")
+                            .kv("wait", "off")
+                            .done(),
+                    ),
+                );
+                push("-device", Some("virtio-serial-pci,id=qgaserial0".into()));
+                push(
+                    "-device",
+                    Some("virtserialport,bus=qgaserial0.0,chardev=qga0,name=org.qemu.guest_agent.0".into()),
+                );
             }
             Arg::StartStopped => push("-S", None),
             Arg::IncomingDefer => push("-incoming", Some("defer".into())),

@@ -42,7 +42,13 @@ pub fn plan_with(spec: &GuestSpec, opts: &crate::LaunchOptions) -> Result<Plan, 
         .collect::<Result<Vec<_>, _>>()?;
     let facts = host::host_facts()?;
     Ok(Plan {
-        argv: args::render(&[devices::build(spec, &disks, facts)?, opts.args()].concat()),
+        argv: args::render(
+            &[
+                devices::build(spec, &disks, facts)?,
+                opts.args(&crate::run_dir::RunDir::new(&spec.run_dir)),
+            ]
+            .concat(),
+        ),
         blockdevs: devices::qmp_blockdevs(spec, &disks),
     })
 }

@@ -153,3 +153,35 @@ pub fn ide_e1000_spec(name: &str, disk: PathBuf, tap: &str, run_dir: &Path, memo
         accel: proto::api::AccelKind::Tcg,
     }
 }
+
+/// A started plain test guest (IDE/e1000, on an overlay of the cached image)
+/// with what it needs kept alive: its temp dir, TAP and reaper. Drop order:
+/// the guest's QEMU is killed before the TAP and the files go.
+pub struct PlainGuest {
+    /// The guest.
+    pub guest: hv::Guest,
+    /// Temp dir holding the overlay and the run directory.
+    pub tmp: tempfile::TempDir,
+    _reaper: QemuReaper,
+    /// Its TAP.
+    pub tap: TapGuard,
+}
+
+impl PlainGuest {
+    /// Starts guest `name` (256 MiB) on an overlay of `server`'s disk, in the
+    /// calling thread's network namespace.
+    pub fn launch(name: &str, server: &Path) -> PlainGuest {
+        let tmp = tempfile::tempdir().unwrap();
+        let tap = TapGuard::create(&unique_tap());
+        let run_dir = tmp.path().join("run");
+        let reaper = QemuReaper(run_dir.clone());
+        let spec = ide_e1000_spec(name, overlay(&server.join("disk.qcow2"), tmp.path()), &tap.0, &run_dir, 256);
+        let guest = hv::Guest::launch(&spec).unwrap();
+        PlainGuest {
+            guest,
+            tmp,
+            _reaper: reaper,
+            tap,
+        }
+    }
+}
