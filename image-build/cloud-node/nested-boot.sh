@@ -8,8 +8,11 @@
 # The node VM is started with init=/bin/sh (a measurement shell, not the
 # product's boot) so that the inner QEMU can be started by hand over the serial
 # line; its root file system, kernel, QEMU and firmware are the image's.
-# Not part of `make test` (a measurement); the last stdout line is JSON:
-#   {"direct_tcg_boot_s": .., "nested_tcg_boot_s": .., "ratio": ..}
+# The same for the tiny guest (the test server's kernel + initramfs alone, to
+# ISTHMUS-INITRD-OK). Not part of `make test` (a measurement); the last stdout
+# line is JSON:
+#   {"direct_tcg_boot_s": .., "nested_tcg_boot_s": .., "ratio": ..,
+#    "direct_tiny_s": .., "nested_tiny_s": ..}
 # Usage: nested-boot.sh [CLOUD_NODE_IMAGE_DIR [TEST_SERVER_DIR]]
 # Env: TIMEOUT (seconds for the nested boot, default 900).
 set -euo pipefail
@@ -27,7 +30,7 @@ NODE=${1:-$(ISTHMUS_CACHED_ONLY=1 bash "$HERE/build.sh" 2>/dev/null | tail -n 1)
 [[ -n $NODE && -f $NODE/cloud-node.qcow2 ]] || die "no cloud node image (build it with make images)"
 SERVER=${2:-$(bash "$REPO/image-build/test-server/build.sh" 2>/dev/null | tail -n 1)}
 [[ -f $SERVER/disk.qcow2 ]] || die "no test server image in '$SERVER'"
-for c in qemu-system-x86_64 qemu-img jq mkfifo; do command -v "$c" >/dev/null || die "missing $c"; done
+for c in qemu-system-x86_64 qemu-img jq mkfifo mkfs.vfat mcopy; do command -v "$c" >/dev/null || die "missing $c"; done
 # The test server checks that its NIC has its MAC (else it stops with ISTHMUS-FAILED).
 MAC=$(jq -r .mac "$SERVER/manifest.json")
 
@@ -69,6 +72,19 @@ DIRECT=$(wait_line "$TMP/direct.log" ISTHMUS-READY 300 "${PIDS[-1]}")
 kill "${PIDS[-1]}"
 wait "${PIDS[-1]}" 2>/dev/null || true
 log "direct TCG: QEMU start -> ISTHMUS-READY in $DIRECT s"
+# The tiny guest: the test server's kernel + initramfs alone (prints ISTHMUS-INITRD-OK).
+T0=$EPOCHREALTIME
+qemu-system-x86_64 -accel tcg -m 256 -smp 1 -display none -monitor none -nodefaults -vga none \
+  -serial "file:$TMP/tiny.log" -kernel "$SERVER/vmlinuz" -initrd "$SERVER/initrd.img" \
+  -append console=ttyS0 -no-reboot </dev/null >/dev/null 2>&1 &
+PIDS+=($!)
+DIRECT_TINY=$(wait_line "$TMP/tiny.log" ISTHMUS-INITRD-OK 300 "${PIDS[-1]}")
+kill "${PIDS[-1]}" 2>/dev/null || true
+wait "${PIDS[-1]}" 2>/dev/null || true
+log "direct TCG, tiny guest: QEMU start -> ISTHMUS-INITRD-OK in $DIRECT_TINY s"
+# ...handed to the node VM on a vfat disk (/dev/sdc).
+mkfs.vfat -C "$TMP/tiny.img" $((($(stat -c %s "$SERVER/vmlinuz") + $(stat -c %s "$SERVER/initrd.img")) / 1024 + 4096)) >/dev/null
+mcopy -i "$TMP/tiny.img" "$SERVER/vmlinuz" "$SERVER/initrd.img" ::
 
 # 2. Nested: the node image (TCG) runs its QEMU (TCG) on the same disk, seen as /dev/sdb.
 root_uuid=$(jq -r .root_uuid "$NODE/manifest.json")
@@ -80,6 +96,7 @@ qemu-system-x86_64 -accel tcg -m 1024 -smp 1 -display none -monitor none -nodefa
   -append "root=UUID=$root_uuid ro console=ttyS0,115200 quiet init=/bin/sh" \
   -drive "file=$TMP/node.qcow2,format=qcow2,if=ide,index=0" \
   -drive "file=$TMP/inner.qcow2,format=qcow2,if=ide,index=1" \
+  -drive "file=$TMP/tiny.img,format=raw,if=ide,index=2" \
   <"$TMP/in" >"$TMP/node.log" 2>&1 &
 PIDS+=($!)
 NODE_PID=${PIDS[-1]}
@@ -96,10 +113,17 @@ grep -qa '^SHELL-UP' "$TMP/node.log" || die "no shell in the node VM: $(tail -n 
 log "node VM shell up after $(awk -v a="$T0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }') s"
 cat >&4 <<'SH'
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev 2>/dev/null; mount -t tmpfs tmpfs /tmp
-modprobe -qa ata_piix sd_mod 2>/dev/null; sleep 1; ls /dev/sdb && echo DISK-OK
+modprobe -qa ata_piix sd_mod vfat nls_cp437 nls_ascii 2>/dev/null; sleep 1; mkdir -p /tmp/tiny; mount -o ro /dev/sdc /tmp/tiny && ls /dev/sdb && echo DISK-OK
 SH
 T0=$EPOCHREALTIME
 wait_line "$TMP/node.log" '^DISK-OK' 120 "$NODE_PID" >/dev/null
+T0=$EPOCHREALTIME
+cat >&4 <<'SH'
+qemu-system-x86_64 -accel tcg -m 256 -smp 1 -display none -monitor none -nodefaults -vga none -serial file:/tmp/t.log -kernel /tmp/tiny/vmlinuz -initrd /tmp/tiny/initrd.img -append console=ttyS0 -no-reboot </dev/null >/tmp/t.out 2>&1 &
+while ! grep -q ISTHMUS-INITRD-OK /tmp/t.log 2>/dev/null; do sleep 0.2; done; echo TINY""-OK
+SH
+NESTED_TINY=$(wait_line "$TMP/node.log" '^TINY-OK' "$TIMEOUT" "$NODE_PID")
+log "nested TCG, tiny guest: inner QEMU start -> ISTHMUS-INITRD-OK in $NESTED_TINY s (direct: $DIRECT_TINY s)"
 T0=$EPOCHREALTIME
 cat >&4 <<SH
 qemu-system-x86_64 -accel tcg -m 256 -smp 1 -display none -monitor none -nodefaults -vga none -serial file:/tmp/s.log -drive file=/dev/sdb,format=raw,if=ide,snapshot=on -netdev user,id=n0,restrict=on -device e1000,netdev=n0,mac=$MAC </dev/null >/tmp/q.out 2>&1 &
@@ -108,4 +132,5 @@ SH
 NESTED=$(wait_line "$TMP/node.log" '^NESTED-READY' "$TIMEOUT" "$NODE_PID")
 log "nested TCG: inner QEMU start -> ISTHMUS-READY in $NESTED s (direct: $DIRECT s)"
 RATIO=$(awk -v a="$NESTED" -v b="$DIRECT" 'BEGIN { printf "%.1f", a / b }')
-printf '{"direct_tcg_boot_s": %s, "nested_tcg_boot_s": %s, "ratio": %s}\n' "$DIRECT" "$NESTED" "$RATIO"
+printf '{"direct_tcg_boot_s": %s, "nested_tcg_boot_s": %s, "ratio": %s, "direct_tiny_s": %s, "nested_tiny_s": %s}\n' \
+  "$DIRECT" "$NESTED" "$RATIO" "$DIRECT_TINY" "$NESTED_TINY"
