@@ -1,37 +1,65 @@
 //! The LCG: carries moved servers' MACs between the LAN and cloud nodes
-//! over the encrypted bridge (one tunnel per enrolled cloud node).
+//! over ONE encrypted bridge on the LAN port, with one tunnel (peer) per
+//! enrolled cloud node. Each carried MAC goes via exactly one peer, the
+//! cloud node its server runs behind, so unicast for it never reaches the
+//! other clouds; broadcast and multicast reach every peer.
+//!
+//! The first cloud opened is the bridge's peer 0; the others are added with
+//! [`netbridge::BridgeHandle::add_peer`]. Tunnel `n` binds the configured
+//! bridge port + `n`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use netbridge::filter::{PeerId, PeerVlans};
 use netbridge::keys::StaticKeypair;
-use netbridge::{Bridge, BridgeConfig, BridgeHandle, PortSpec, Role};
+use netbridge::{Bridge, BridgeConfig, BridgeHandle, Ha, PeerSpec, PeerStatus, PortSpec, Role};
 use proto::MacAddr;
 
 use crate::model::CloudRecord;
-use crate::store::{Store, StoreError, META};
+use crate::store::{Store, StoreError, CLOUDS, META};
 
 /// Errors of the LCG.
 #[derive(Debug, thiserror::Error)]
 pub enum LcgError {
-    /// The bridge could not start.
-    #[error("cannot start the bridge to {cloud} (LAN port {lan}): {source}")]
+    /// The bridge or the tunnel to a cloud could not start.
+    #[error("cannot open the tunnel to {cloud} (LAN port {lan}, UDP {listen}): {source}; check that the LAN interface exists and the UDP port is free")]
     Bridge {
         /// Cloud.
         cloud: String,
         /// LAN interface.
         lan: String,
+        /// UDP address the tunnel binds.
+        listen: SocketAddr,
         /// Cause.
         #[source]
-        source: netbridge::Error,
+        source: Box<netbridge::Error>,
+    },
+    /// The bridge refused to carry (or remove) something.
+    #[error("the LCG bridge refused to {what} for cloud {cloud}: {source}")]
+    Refused {
+        /// What was asked.
+        what: &'static str,
+        /// Cloud.
+        cloud: String,
+        /// Cause.
+        #[source]
+        source: Box<netbridge::Error>,
     },
     /// No tunnel to that cloud.
-    #[error("no bridge to cloud {0}: is it enrolled and is `isthmus serve` running with --lan?")]
+    #[error("no tunnel to cloud {0}: is it enrolled and is `isthmus serve` running with --lan?")]
     NoTunnel(String),
     /// Persisting the carried MACs failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The running bridge and which peer is which cloud.
+struct Running {
+    handle: BridgeHandle,
+    peers: HashMap<String, PeerId>,
+    next: PeerId,
 }
 
 /// The gateway.
@@ -40,7 +68,7 @@ pub struct Lcg {
     listen: SocketAddr,
     key: StaticKeypair,
     store: Arc<Store>,
-    tunnels: Mutex<HashMap<String, BridgeHandle>>,
+    bridge: Mutex<Option<Running>>,
 }
 
 fn carried_key(cloud: &str) -> String {
@@ -56,7 +84,7 @@ impl Lcg {
             listen,
             key,
             store,
-            tunnels: Mutex::new(HashMap::new()),
+            bridge: Mutex::new(None),
         }
     }
 
@@ -70,83 +98,173 @@ impl Lcg {
         self.key.public
     }
 
+    fn lock(&self) -> MutexGuard<'_, Option<Running>> {
+        // Every update of `Running` is one assignment: a panic elsewhere
+        // while holding the lock leaves it consistent.
+        self.bridge.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// MACs carried to `cloud`, as persisted.
     pub fn carried(&self, cloud: &str) -> Result<BTreeSet<MacAddr>, LcgError> {
         let v = self.store.get(&META, &carried_key(cloud))?;
         Ok(v.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default())
     }
 
-    /// Starts the tunnel to a cloud and re-applies the MACs it carried before.
+    fn put_carried(&self, cloud: &str, set: &BTreeSet<MacAddr>) -> Result<(), LcgError> {
+        let v = serde_json::to_value(set).expect("MACs serialize");
+        Ok(self.store.put(&META, &carried_key(cloud), &v)?)
+    }
+
+    /// Opens the tunnel to a cloud (starting the bridge with the first one)
+    /// and re-applies the MACs it carried before.
     pub fn open(&self, cloud: &CloudRecord) -> Result<(), LcgError> {
-        let mut tunnels = self.tunnels.lock().expect("lcg lock");
-        if tunnels.contains_key(&cloud.name) {
+        let mut guard = self.lock();
+        if guard.as_ref().is_some_and(|r| r.peers.contains_key(&cloud.name)) {
             return Ok(());
         }
+        let id = guard.as_ref().map_or(0, |r| r.next);
         let mut listen = self.listen;
-        listen.set_port(self.listen.port().saturating_add(tunnels.len() as u16));
-        let handle = Bridge::spawn(BridgeConfig {
-            local: self.key.clone(),
-            peer_public: cloud.noise_public,
-            psk: cloud.psk,
-            listen,
-            role: Role::Initiator {
-                peer: cloud.bridge_endpoint,
-            },
-            ports: vec![PortSpec::Lan { ifname: self.lan.clone() }],
-        })
-        .map_err(|source| LcgError::Bridge {
+        listen.set_port(self.listen.port().saturating_add(id as u16));
+        let failed = |source| LcgError::Bridge {
             cloud: cloud.name.clone(),
             lan: self.lan.clone(),
-            source,
-        })?;
-        for mac in self.carried(&cloud.name)? {
-            handle.carry_mac(mac);
+            listen,
+            source: Box::new(source),
+        };
+        let role = Role::Initiator {
+            peer: cloud.bridge_endpoint,
+        };
+        match guard.as_mut() {
+            Some(running) => {
+                let spec = PeerSpec {
+                    peer_public: cloud.noise_public,
+                    psk: cloud.psk,
+                    listen,
+                    role,
+                    vlans: PeerVlans::default(),
+                };
+                running.handle.add_peer(id, spec).map_err(failed)?;
+                running.peers.insert(cloud.name.clone(), id);
+                running.next = id + 1;
+            }
+            None => {
+                let cfg = BridgeConfig {
+                    local: self.key.clone(),
+                    peer_public: cloud.noise_public,
+                    psk: cloud.psk,
+                    listen,
+                    role,
+                    ports: vec![PortSpec::Lan { ifname: self.lan.clone() }],
+                };
+                let handle = Bridge::spawn_ha(cfg, Ha::Off).map_err(failed)?;
+                *guard = Some(Running {
+                    handle,
+                    peers: HashMap::from([(cloud.name.clone(), id)]),
+                    next: id + 1,
+                });
+            }
         }
-        tracing::info!(cloud = %cloud.name, %listen, peer = %cloud.bridge_endpoint, "bridge started");
-        tunnels.insert(cloud.name.clone(), handle);
+        let running = guard.as_ref().expect("bridge just started");
+        for mac in self.carried(&cloud.name)? {
+            running
+                .handle
+                .carry_mac_via(mac, id, &[])
+                .map_err(|source| refused("carry a MAC", &cloud.name, source))?;
+        }
+        tracing::info!(cloud = %cloud.name, peer = id, %listen, endpoint = %cloud.bridge_endpoint, "tunnel to cloud opened");
         Ok(())
     }
 
-    fn handle(&self, cloud: &str) -> Result<BridgeHandle, LcgError> {
-        self.tunnels
-            .lock()
-            .expect("lcg lock")
-            .get(cloud)
-            .cloned()
-            .ok_or_else(|| LcgError::NoTunnel(cloud.into()))
+    /// Closes the tunnel to a cloud that is no longer enrolled; the MACs
+    /// carried via it stop crossing (they stay persisted for a re-open).
+    pub fn close(&self, cloud: &str) -> Result<(), LcgError> {
+        let mut guard = self.lock();
+        let Some(running) = guard.as_mut() else {
+            return Ok(());
+        };
+        let Some(id) = running.peers.get(cloud).copied() else {
+            return Ok(());
+        };
+        running
+            .handle
+            .remove_peer(id)
+            .map_err(|source| refused("remove the tunnel", cloud, source))?;
+        running.peers.remove(cloud);
+        tracing::info!(cloud, peer = id, "tunnel to cloud closed");
+        Ok(())
     }
 
-    /// Carries `macs` to `cloud` from now on (persisted first).
+    fn peer(&self, cloud: &str) -> Result<(BridgeHandle, PeerId), LcgError> {
+        let guard = self.lock();
+        let running = guard.as_ref().ok_or_else(|| LcgError::NoTunnel(cloud.into()))?;
+        let id = running.peers.get(cloud).ok_or_else(|| LcgError::NoTunnel(cloud.into()))?;
+        Ok((running.handle.clone(), *id))
+    }
+
+    /// Carries `macs` via the tunnel to `cloud` from now on (persisted
+    /// first); a MAC carried via another cloud before moves over (a move
+    /// between clouds), so each MAC is carried via one cloud only.
     pub fn carry(&self, cloud: &str, macs: &[MacAddr]) -> Result<(), LcgError> {
-        let h = self.handle(cloud)?;
+        let (handle, id) = self.peer(cloud)?;
+        for (other, _) in self.store.list(&CLOUDS)? {
+            if other == cloud {
+                continue;
+            }
+            let mut set = self.carried(&other)?;
+            let before = set.len();
+            set.retain(|m| !macs.contains(m));
+            if set.len() != before {
+                self.put_carried(&other, &set)?;
+            }
+        }
         let mut set = self.carried(cloud)?;
         set.extend(macs.iter().copied());
-        self.store
-            .put(&META, &carried_key(cloud), &serde_json::to_value(&set).expect("macs serialize"))?;
+        self.put_carried(cloud, &set)?;
         for m in macs {
-            h.carry_mac(*m);
+            handle
+                .carry_mac_via(*m, id, &[])
+                .map_err(|source| refused("carry a MAC", cloud, source))?;
         }
         Ok(())
     }
 
-    /// Stops carrying `macs` to `cloud` (persisted first).
+    /// Stops carrying `macs` via `cloud` (persisted first; rollback). A MAC
+    /// carried via another cloud by now is left alone.
     pub fn release(&self, cloud: &str, macs: &[MacAddr]) -> Result<(), LcgError> {
         let mut set = self.carried(cloud)?;
-        for m in macs {
+        let ours: Vec<MacAddr> = macs.iter().copied().filter(|m| set.contains(m)).collect();
+        for m in &ours {
             set.remove(m);
         }
-        self.store
-            .put(&META, &carried_key(cloud), &serde_json::to_value(&set).expect("macs serialize"))?;
-        if let Ok(h) = self.handle(cloud) {
-            for m in macs {
-                h.drop_mac(*m);
+        self.put_carried(cloud, &set)?;
+        if let Ok((handle, _)) = self.peer(cloud) {
+            for m in ours {
+                handle.drop_mac(m);
             }
         }
         Ok(())
     }
 
     /// Counters of the tunnel to `cloud`.
-    pub fn stats(&self, cloud: &str) -> Option<netbridge::Stats> {
-        self.handle(cloud).ok().map(|h| h.stats())
+    pub fn stats(&self, cloud: &str) -> Option<PeerStatus> {
+        let (handle, id) = self.peer(cloud).ok()?;
+        handle.stats().peers.into_iter().find(|p| p.id == id)
+    }
+
+    /// Counters of the whole bridge (LAN safety alarms, totals, each peer),
+    /// with the cloud name of each peer; `None` before the first cloud.
+    pub fn bridge_stats(&self) -> Option<(netbridge::Stats, HashMap<PeerId, String>)> {
+        let guard = self.lock();
+        let running = guard.as_ref()?;
+        let names = running.peers.iter().map(|(n, id)| (*id, n.clone())).collect();
+        Some((running.handle.stats(), names))
+    }
+}
+
+fn refused(what: &'static str, cloud: &str, source: netbridge::Error) -> LcgError {
+    LcgError::Refused {
+        what,
+        cloud: cloud.into(),
+        source: Box::new(source),
     }
 }

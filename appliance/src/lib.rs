@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod inspect;
 pub mod inventory;
 pub mod lcg;
+pub mod lcg_api;
 pub mod local_api;
 pub mod model;
 pub mod moves;

@@ -99,6 +99,7 @@ pub fn router(app: Arc<App>, rt: tokio::runtime::Handle) -> Router {
                 Ok(StatusCode::NO_CONTENT)
             }),
         )
+        .merge(crate::lcg_api::routes())
         .with_state((app, rt))
 }
 

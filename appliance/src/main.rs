@@ -100,6 +100,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The LCG: its tunnels to the clouds and the MACs they carry.
+    Lcg {
+        #[command(subcommand)]
+        cmd: appliance::lcg_api::LcgCmd,
+    },
     /// Show servers, clouds and moves.
     Status {
         /// JSON for scripts.
@@ -414,6 +419,7 @@ async fn run(cli: Cli) -> Result<()> {
                 c.accel.unwrap_or_default()
             );
         }
+        Cmd::Lcg { cmd } => appliance::lcg_api::run(&client, cmd).await?,
         Cmd::Move { server, to, json, no_wait } => {
             let req = MoveRequest { server, to };
             let mv: MoveRecord = client.call("POST", "/v1/moves", Some(serde_json::to_value(&req)?)).await?;

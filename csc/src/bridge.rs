@@ -110,6 +110,9 @@ impl PeerIdentity {
 /// The node's tunnel to the appliance, or why there is none.
 pub struct NodeBridge {
     inner: Mutex<BridgeState>,
+    /// Cloud-side interfaces joined to the segment besides guests' TAPs
+    /// (`isthmus-node serve --bridge-port`), added whenever the tunnel starts.
+    segment_ports: Mutex<Vec<String>>,
 }
 
 enum BridgeState {
@@ -128,7 +131,23 @@ impl NodeBridge {
     pub fn down(reason: impl Into<String>) -> Self {
         NodeBridge {
             inner: Mutex::new(BridgeState::Down(reason.into())),
+            segment_ports: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Joins existing cloud-side interfaces (e.g. a NIC on a subnet of hosts
+    /// that never lived in the data center but share the segment) to the
+    /// bridge like guests' TAPs: unfiltered, both ways. Takes effect now if
+    /// the tunnel runs, else when it starts (at enrolment).
+    pub fn set_segment_ports(&self, ifnames: Vec<String>) -> Result<(), Error> {
+        let st = self.lock();
+        if let BridgeState::Up(h) = &*st {
+            for name in &ifnames {
+                add_port(h, name)?;
+            }
+        }
+        *self.segment_ports.lock().unwrap_or_else(|p| p.into_inner()) = ifnames;
+        Ok(())
     }
 
     /// Starts the tunnel as responder on `listen` with no ports; guests add
@@ -140,6 +159,11 @@ impl NodeBridge {
         }
         match spawn(local, peer, listen) {
             Ok(h) => {
+                for name in self.segment_ports.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                    if let Err(e) = add_port(&h, name) {
+                        tracing::error!(ifname = %name, error = %e, "cannot join the interface to the bridge; check --bridge-port");
+                    }
+                }
                 *st = BridgeState::Up(h);
                 Ok(())
             }

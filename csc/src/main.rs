@@ -78,6 +78,12 @@ struct ServeArgs {
     /// Initrd for the boot probe.
     #[arg(long, value_name = "PATH", requires = "probe_kernel")]
     probe_initrd: Option<PathBuf>,
+    /// Cloud-side interface to join to the extended segment besides the
+    /// guests' TAPs (repeatable), e.g. a NIC on a subnet of cloud hosts
+    /// that must share the LAN; the LCG carries their MACs with
+    /// `isthmus lcg carry`.
+    #[arg(long = "bridge-port", value_name = "IFACE")]
+    bridge_ports: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -111,9 +117,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         probe_initrd: args.probe_initrd,
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let bridge_ports = args.bridge_ports;
     rt.block_on(async move {
         let listen = config.listen;
         let node = Node::open(config).await.context("cannot start the node")?;
+        node.bridge()
+            .set_segment_ports(bridge_ports)
+            .context("cannot join --bridge-port interfaces to the bridge")?;
         if !node.is_enrolled() {
             println!("bootstrap fingerprint: sha256:{}", node.bootstrap_fingerprint());
         }

@@ -198,7 +198,9 @@ impl BridgeHandle {
         self.request(|tx| Command::AddPeer(id, spec, tx))
     }
 
-    /// Removes peer `id` (not 0) with the MACs carried via it.
+    /// Removes peer `id` with the MACs carried via it (its cloud node was
+    /// removed). Peer 0 may go too; under [`Ha::Member`] peer 0 is the
+    /// arbiter, so a member without it holds no lease and forwards nothing.
     pub fn remove_peer(&self, id: PeerId) -> Result<(), Error> {
         self.request(|tx| Command::RemovePeer(id, tx))
     }
@@ -867,7 +869,7 @@ impl Worker {
                 }
                 Ok(Command::RemovePeer(id, reply)) => {
                     let r = match self.links.iter().position(|l| l.id == id) {
-                        Some(i) if id != 0 => {
+                        Some(i) => {
                             self.links.remove(i);
                             self.local.switch.remove_peer(id);
                             self.local.announce.retain(|m, _| self.local.switch.is_carried(m));
@@ -1060,7 +1062,10 @@ impl Worker {
     fn ha_tick(&mut self, now: Instant) {
         self.local.ha_check(now);
         let HaState::Member(m) = &mut self.local.ha else { return };
-        let Some(link) = self.links.first_mut() else { return };
+        // Peer 0 arbitrates; without it no lease is asked for (or held).
+        let Some(link) = self.links.iter_mut().find(|l| l.id == 0) else {
+            return;
+        };
         if !link.tunnel.is_established(now) {
             return;
         }
@@ -1093,7 +1098,7 @@ impl Worker {
             rx_frames: t.rx_frames,
             rx_dropped: t.rx_dropped(),
             replay_rejects: t.rx_replay,
-            established: self.links.iter().all(|l| l.tunnel.is_established(now)),
+            established: !self.links.is_empty() && self.links.iter().all(|l| l.tunnel.is_established(now)),
             handshakes: t.handshakes_completed,
             handshake_inits_sent: t.handshake_inits_sent,
             handshake_wrong_peer: t.handshake_wrong_peer,

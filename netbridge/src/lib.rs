@@ -97,8 +97,8 @@ pub enum Error {
     /// `add_peer` with a number already in use.
     #[error("peer {0} already exists on this bridge")]
     PeerExists(u32),
-    /// A peer number the bridge does not have (or peer 0 for `remove_peer`).
-    #[error("peer {0} is not a (removable) peer of this bridge; add it with add_peer first")]
+    /// A peer number the bridge does not have.
+    #[error("peer {0} is not a peer of this bridge; add it with add_peer first")]
     NoSuchPeer(u32),
     /// The worker thread could not be started.
     #[error("cannot start the bridge worker thread")]
@@ -270,7 +270,7 @@ pub struct Stats {
     pub rx_dropped: u64,
     /// Replayed datagrams rejected.
     pub replay_rejects: u64,
-    /// True while every peer's session can carry frames.
+    /// True while every peer's session can carry frames (false with no peer).
     pub established: bool,
     /// Handshakes completed.
     pub handshakes: u64,
