@@ -162,7 +162,7 @@ impl App {
     /// Client of an enrolled cloud.
     pub fn cloud_client(&self, name: &str) -> Result<CloudClient, AppError> {
         let c = self.cloud(name)?;
-        Ok(CloudClient::new(&c.url, &self.ca)?)
+        Ok(CloudClient::new(&c.url, &self.ca)?.with_disk_keys(crate::moves::disk_keys::DiskKeys::new(&self.data_dir)))
     }
 
     /// Starts a data-center server on its source host.

@@ -35,6 +35,9 @@ pub enum CloudError {
     /// TLS configuration.
     #[error(transparent)]
     Pki(#[from] crate::pki::PkiError),
+    /// The appliance's disk key store failed.
+    #[error("{0}")]
+    Key(String),
     /// Reading a local disk.
     #[error("cannot read disk {path}: {source}")]
     Disk {
@@ -61,6 +64,8 @@ pub enum CloudError {
 pub struct CloudClient {
     base: String,
     http: reqwest::Client,
+    /// Keys of the disks this client sends and starts (see [`CloudClient::with_disk_keys`]).
+    disk_keys: Option<crate::moves::disk_keys::DiskKeys>,
 }
 
 fn client(tls: rustls::ClientConfig) -> reqwest::Client {
@@ -77,15 +82,40 @@ impl CloudClient {
         Ok(CloudClient {
             base: base.trim_end_matches('/').to_string(),
             http: client(ca.mtls_client_config()?),
+            disk_keys: None,
         })
+    }
+
+    /// Uses `keys` for the disks it sends and starts: a transfer begin first
+    /// hands the node the disk's key (made on first use), a guest start the
+    /// keys of its disks. Nodes store disks only encrypted and keep keys in
+    /// memory only, so a client without keys cannot send or start disks.
+    pub fn with_disk_keys(mut self, keys: crate::moves::disk_keys::DiskKeys) -> Self {
+        self.disk_keys = Some(keys);
+        self
+    }
+
+    /// Hands the node the key of disk `id` when this client has one (`create`:
+    /// make it if there is none yet).
+    async fn hand_key(&self, id: &str, create: bool) -> Result<(), CloudError> {
+        let Some(keys) = &self.disk_keys else { return Ok(()) };
+        let key = if create { keys.get_or_create(id).map(Some) } else { keys.get(id) };
+        match key.map_err(|e| CloudError::Key(e.to_string()))? {
+            Some(k) => self.grant_disk_key(id, &k).await,
+            None => Ok(()),
+        }
     }
 
     async fn send<T: serde::de::DeserializeOwned>(&self, what: &str, req: reqwest::RequestBuilder) -> Result<T, CloudError> {
         let url = self.base.clone();
-        let resp = req
-            .send()
-            .await
-            .map_err(|source| CloudError::Transport { url: url.clone(), source })?;
+        let resp = self.checked(what, req).await?;
+        resp.json().await.map_err(|source| CloudError::Transport { url, source })
+    }
+
+    /// Sends `req`; a non-2xx answer becomes [`CloudError::Refused`].
+    async fn checked(&self, what: &str, req: reqwest::RequestBuilder) -> Result<reqwest::Response, CloudError> {
+        let url = self.base.clone();
+        let resp = req.send().await.map_err(|source| CloudError::Transport { url, source })?;
         let status = resp.status();
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
@@ -96,7 +126,7 @@ impl CloudClient {
                 body,
             });
         }
-        resp.json().await.map_err(|source| CloudError::Transport { url, source })
+        Ok(resp)
     }
 
     /// `GET /v1/node`.
@@ -117,6 +147,9 @@ impl CloudClient {
 
     /// `POST /v1/guests`.
     pub async fn start_guest(&self, req: &StartGuest) -> Result<GuestInfo, CloudError> {
+        for id in &req.disk_ids {
+            self.hand_key(id, false).await?;
+        }
         self.send("start guest", self.http.post(format!("{}/v1/guests", self.base)).json(req))
             .await
     }
@@ -138,6 +171,8 @@ impl CloudClient {
         id: &str,
         req: &proto::transfer::TransferBegin,
     ) -> Result<proto::transfer::TransferPlan, CloudError> {
+        // Every attempt: a node that restarted has forgotten the key.
+        self.hand_key(id, true).await?;
         self.send(
             "transfer begin",
             self.http
@@ -146,6 +181,27 @@ impl CloudClient {
                 .json(req),
         )
         .await
+    }
+
+    /// `PUT /v1/disks/{id}/key`: hands the node the key of disk `id` (it
+    /// keeps it in memory only); before every transfer and guest start.
+    pub async fn grant_disk_key(&self, id: &str, key: &proto::transfer::WireKey) -> Result<(), CloudError> {
+        let body = proto::transfer::DiskKeyGrant { key: key.clone() };
+        let req = self
+            .http
+            .put(format!("{}/v1/disks/{id}/key", self.base))
+            .timeout(Duration::from_secs(30))
+            .json(&body);
+        self.checked("disk key", req).await.map(drop)
+    }
+
+    /// `DELETE /v1/disks/{id}/key`: the node forgets the key of disk `id`.
+    pub async fn forget_disk_key(&self, id: &str) -> Result<(), CloudError> {
+        let req = self
+            .http
+            .delete(format!("{}/v1/disks/{id}/key", self.base))
+            .timeout(Duration::from_secs(30));
+        self.checked("forget disk key", req).await.map(drop)
     }
 
     /// `PUT /v1/transfers/{id}/blocks` with a stream of block frames.
@@ -259,6 +315,7 @@ pub async fn enroll(
     let c = CloudClient {
         base: url.trim_end_matches('/').to_string(),
         http: client(PinnedServerCert::new(pin).client_config().map_err(PkiError::Tls)?),
+        disk_keys: None,
     };
     let begin = EnrollBegin {
         token: token.into(),

@@ -1,39 +1,56 @@
 //! Block transfers ([`proto::transfer`]) and the node's content-addressed
 //! block index.
 //!
+//! Disks are stored encrypted: every disk is a LUKS qcow2 written and read
+//! only through [`hv::storage_daemon::EncryptedDisk`] (a `qemu-storage-daemon`
+//! that got the disk's key over QMP, spoken to over NBD on a private unix
+//! socket), so no plaintext block ever reaches a file on this node. Each
+//! disk's key comes from the appliance (`PUT /v1/disks/{id}/key`, before
+//! every transfer and guest start) and is held only in memory
+//! ([`BlockStore::grant_key`]); without it a disk can be neither written,
+//! read for dedup, nor started.
+//!
 //! A transfer of disk `id` lives under `disks/.transfers/` until it is
 //! finished: `id.manifest` (the sender's [`TransferBegin`]), `id.data` (the
-//! sparse raw disk being assembled) and `id.journal` (indices of the blocks
-//! written, 8 bytes each). A broken link or a restart of either side loses
+//! encrypted qcow2 being assembled) and `id.journal` (indices of the blocks
+//! written and flushed, 8 bytes each: the image is flushed every
+//! [`JOURNAL_EVERY`] blocks and at the end of each request, so the journal
+//! never names a block the image could lose in a crash). A broken link or a restart of either side loses
 //! nothing: the next [`BlockStore::begin`] re-reads the journal, re-hashes
 //! those blocks from `id.data` and asks only for the others. At
 //! [`BlockStore::finish`] the node re-reads the whole disk, compares the
 //! whole-disk digest with the sender's, renames it to `disks/id.img` and adds
 //! its blocks to the index (`disks/.block-index`, append-only records of
-//! hash → disk id + block). The index is a hint: every block taken from it is
+//! hash → disk id + block; hashes only, never block content). The index is a hint: every block taken from it is
 //! hashed again before use, so a disk changed by its guest since cannot
 //! corrupt a transfer.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use hv::storage_daemon::{Access, EncryptedDisk, StorageError};
+use hv::DiskKey;
 use proto::transfer::{
     block_count, block_len, sha256, BlockHash, BlocksReceived, DiskDigest, Frame, FrameDecoder, FrameError, TransferBegin, TransferDone,
     TransferPlan, TransferStats, BLOCK_SIZE,
 };
+use zeroize::Zeroizing;
 
 use crate::disks::DiskId;
 use crate::state_dir::{self, SECRET_MODE};
 
 /// Frames queued between the network and the verifying writer.
 const QUEUE_FRAMES: usize = 8;
+
+/// Blocks written between two flushes of the image (then journaled).
+const JOURNAL_EVERY: usize = 64;
 
 /// How long a new attempt waits for the block requests of the previous one.
 const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -87,6 +104,15 @@ pub enum Error {
     /// File I/O failed.
     #[error("cannot use {0}")]
     Io(PathBuf, #[source] io::Error),
+    /// The node holds no key for the disk.
+    #[error("no key for disk {0} on this node (keys live only in memory): the appliance sends it with PUT /v1/disks/{0}/key before a transfer or a start")]
+    NoKey(String),
+    /// A key that is not 16 to 1024 bytes of hex.
+    #[error("disk key for {0} refused: send 16 to 1024 bytes as hex")]
+    BadKey(String),
+    /// The encrypted disk could not be opened, read or written.
+    #[error("encrypted disk {0}")]
+    Disk(PathBuf, #[source] StorageError),
     /// A worker thread died.
     #[error("block writer task failed: {0}")]
     Task(String),
@@ -95,12 +121,21 @@ pub enum Error {
 impl Error {
     /// True when the node's disk is full.
     pub fn is_no_space(&self) -> bool {
-        matches!(self, Error::Io(_, e) if e.kind() == io::ErrorKind::StorageFull)
+        use hv::nbd::NbdError;
+        match self {
+            Error::Io(_, e) => e.kind() == io::ErrorKind::StorageFull,
+            Error::Disk(_, StorageError::Nbd(NbdError::Request { errno, .. })) => *errno == libc::ENOSPC as u32,
+            _ => false,
+        }
     }
 }
 
 fn io_err(p: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
     move |e| Error::Io(p.to_path_buf(), e)
+}
+
+fn disk_err(p: &Path) -> impl FnOnce(StorageError) -> Error + '_ {
+    move |e| Error::Disk(p.to_path_buf(), e)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -114,9 +149,12 @@ struct Transfer {
     manifest: HashMap<u64, BlockHash>,
     held: Mutex<HashSet<u64>>,
     data_path: PathBuf,
-    data: File,
+    /// The encrypted disk being assembled (`None` once closed by finish).
+    data: Mutex<Option<EncryptedDisk>>,
     journal: Mutex<File>,
     journal_path: PathBuf,
+    /// Blocks written but not yet flushed and journaled.
+    unjournaled: Mutex<Vec<u64>>,
     wire_bytes: AtomicU64,
     /// Block requests of this transfer still running.
     receiving: AtomicU64,
@@ -126,12 +164,42 @@ struct Transfer {
 }
 
 impl Transfer {
-    fn write_block(&self, index: u64, raw: &[u8]) -> Result<(), Error> {
-        self.data.write_all_at(raw, index * BLOCK_SIZE).map_err(io_err(&self.data_path))?;
-        self.mark(index)
+    /// Runs `f` on the open encrypted disk.
+    fn with_data<T>(&self, f: impl FnOnce(&mut EncryptedDisk) -> Result<T, StorageError>) -> Result<T, Error> {
+        let mut d = lock(&self.data);
+        let d = d.as_mut().ok_or_else(|| Error::NotStarted(self.id.to_string()))?;
+        f(d).map_err(disk_err(&self.data_path))
     }
 
-    /// Journals block `index` as held.
+    fn write_block(&self, index: u64, raw: &[u8]) -> Result<(), Error> {
+        self.with_data(|d| d.write_at(raw, index * BLOCK_SIZE))?;
+        lock(&self.held).insert(index);
+        let due = {
+            let mut u = lock(&self.unjournaled);
+            u.push(index);
+            u.len() >= JOURNAL_EVERY
+        };
+        if due {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Flushes the image and journals the blocks written before the flush.
+    fn commit(&self) -> Result<(), Error> {
+        let blocks = std::mem::take(&mut *lock(&self.unjournaled));
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        self.with_data(|d| d.flush())?;
+        let mut out = Vec::with_capacity(blocks.len() * 8);
+        for i in blocks {
+            out.extend_from_slice(&i.to_be_bytes());
+        }
+        lock(&self.journal).write_all(&out).map_err(io_err(&self.journal_path))
+    }
+
+    /// Journals block `index` as held (it is durable in the image already).
     fn mark(&self, index: u64) -> Result<(), Error> {
         lock(&self.journal)
             .write_all(&index.to_be_bytes())
@@ -142,9 +210,7 @@ impl Transfer {
 
     fn read_block(&self, index: u64) -> Result<Vec<u8>, Error> {
         let mut buf = vec![0u8; block_len(self.size, index) as usize];
-        self.data
-            .read_exact_at(&mut buf, index * BLOCK_SIZE)
-            .map_err(io_err(&self.data_path))?;
+        self.with_data(|d| d.read_at(&mut buf, index * BLOCK_SIZE))?;
         Ok(buf)
     }
 
@@ -183,6 +249,11 @@ struct Location {
 pub struct BlockStore {
     disks_dir: PathBuf,
     xfer_dir: PathBuf,
+    /// Private directories of the storage daemons.
+    daemons_dir: PathBuf,
+    daemon_seq: AtomicU64,
+    /// Disk keys from the appliance, in memory only.
+    keys: Mutex<HashMap<String, Zeroizing<Vec<u8>>>>,
     index_path: PathBuf,
     index: Mutex<HashMap<BlockHash, Location>>,
     open: Mutex<HashMap<DiskId, Arc<Transfer>>>,
@@ -203,6 +274,9 @@ impl BlockStore {
     /// The block store of the disks under `disks_dir`; loads the index.
     pub fn new(disks_dir: PathBuf) -> Self {
         let xfer_dir = disks_dir.join(".transfers");
+        let daemons_dir = disks_dir.join(".sd");
+        // Daemons an earlier run of the node left behind hold images locked.
+        hv::storage_daemon::reap_stale(&daemons_dir);
         let index_path = disks_dir.join(".block-index");
         let index = match load_index(&index_path) {
             Ok(i) => i,
@@ -214,6 +288,9 @@ impl BlockStore {
         BlockStore {
             disks_dir,
             xfer_dir,
+            daemons_dir,
+            daemon_seq: AtomicU64::new(0),
+            keys: Mutex::default(),
             index_path,
             index: Mutex::new(index),
             open: Mutex::default(),
@@ -231,6 +308,47 @@ impl BlockStore {
             blocks_deduped: self.blocks_deduped.load(Ordering::Relaxed),
             index_blocks: lock(&self.index).len() as u64,
         }
+    }
+
+    /// Keeps the key of disk `id` (in memory only), replacing an earlier one.
+    pub fn grant_key(&self, id: &DiskId, key: Zeroizing<Vec<u8>>) -> Result<(), Error> {
+        if !(hv::disk_key::MIN_KEY_LEN..=hv::disk_key::MAX_KEY_LEN).contains(&key.len()) {
+            return Err(Error::BadKey(id.to_string()));
+        }
+        lock(&self.keys).insert(id.to_string(), key);
+        Ok(())
+    }
+
+    /// Forgets the key of disk `id`; true when one was held.
+    pub fn forget_key(&self, id: &DiskId) -> bool {
+        lock(&self.keys).remove(id.as_str()).is_some()
+    }
+
+    /// The key of disk `id`, if the appliance sent it since the node started.
+    pub fn key(&self, id: &str) -> Option<DiskKey> {
+        let k = lock(&self.keys).get(id).map(|k| k.to_vec())?;
+        DiskKey::from_bytes(k).ok()
+    }
+
+    /// A fresh private directory for one storage daemon (short: socket paths
+    /// are limited to 108 bytes).
+    fn daemon_dir(&self, what: &str) -> PathBuf {
+        let n = self.daemon_seq.fetch_add(1, Ordering::Relaxed);
+        self.daemons_dir.join(format!("{what}{n}"))
+    }
+
+    /// Opens the stored disk `id` read-only (shared with a guest that may run
+    /// on it), with its key. `Ok(None)` when the node has no key for it or
+    /// the disk is gone.
+    pub fn open_stored(&self, id: &str) -> Result<Option<EncryptedDisk>, Error> {
+        let path = self.disks_dir.join(format!("{id}.img"));
+        let Some(key) = self.key(id) else { return Ok(None) };
+        if !path.is_file() {
+            return Ok(None);
+        }
+        EncryptedDisk::open(&path, &key, &self.daemon_dir("r"), Access::ReadShared)
+            .map(Some)
+            .map_err(disk_err(&path))
     }
 
     fn paths(&self, id: &DiskId) -> (PathBuf, PathBuf, PathBuf) {
@@ -272,15 +390,28 @@ impl BlockStore {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .filter(|m: &TransferBegin| m.size == req.size)
             .map(|m| (m, read_journal(&jpath)));
-        let data = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(earlier.is_none())
-            .mode(SECRET_MODE)
-            .open(&dpath)
-            .map_err(io_err(&dpath))?;
-        data.set_len(req.size).map_err(io_err(&dpath))?;
+        let key = self.key(id.as_str()).ok_or_else(|| Error::NoKey(id.to_string()))?;
+        let dir = self.daemon_dir("w");
+        let reopened = match earlier {
+            Some(_) if dpath.is_file() => match EncryptedDisk::open(&dpath, &key, &dir, Access::ReadWrite) {
+                // qcow2 sizes are whole sectors.
+                Ok(d) if d.size() == req.size.next_multiple_of(512) => Some(d),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!(disk = %id, error = %e, "cannot reopen the earlier attempt's disk; starting over");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let earlier = if reopened.is_some() { earlier } else { None };
+        let data = match reopened {
+            Some(d) => d,
+            None => {
+                state_dir::remove_if_exists(&dpath).map_err(|e| Error::Io(dpath.clone(), io::Error::other(e.to_string())))?;
+                EncryptedDisk::create(&dpath, req.size, &key, &dir).map_err(disk_err(&dpath))?
+            }
+        };
         let body = serde_json::to_vec(&req).map_err(|e| Error::BadManifest(e.to_string()))?;
         state_dir::write_atomic(&mpath, &body, SECRET_MODE).map_err(|e| Error::Io(mpath.clone(), io::Error::other(e.to_string())))?;
         let t = Transfer {
@@ -289,7 +420,7 @@ impl BlockStore {
             manifest,
             held: Mutex::default(),
             data_path: dpath,
-            data,
+            data: Mutex::new(Some(data)),
             journal: Mutex::new(
                 OpenOptions::new()
                     .create(true)
@@ -300,6 +431,7 @@ impl BlockStore {
                     .map_err(io_err(&jpath))?,
             ),
             journal_path: jpath,
+            unjournaled: Mutex::default(),
             wire_bytes: AtomicU64::new(0),
             receiving: AtomicU64::new(0),
             sent: AtomicU64::new(0),
@@ -307,7 +439,6 @@ impl BlockStore {
             resumed: AtomicU64::new(0),
         };
         if let Some((_, written)) = earlier {
-            let zeros = vec![0u8; BLOCK_SIZE as usize];
             for index in written.into_iter().collect::<HashSet<_>>() {
                 if index >= block_count(t.size) {
                     continue;
@@ -319,14 +450,12 @@ impl BlockStore {
                     }
                     Some(_) => {}
                     // Zeros now: clear what the earlier attempt wrote.
-                    None => t
-                        .data
-                        .write_all_at(&zeros[..block_len(t.size, index) as usize], index * BLOCK_SIZE)
-                        .map_err(io_err(&t.data_path))?,
+                    None => t.with_data(|d| d.write_zeroes(index * BLOCK_SIZE, block_len(t.size, index) as usize))?,
                 }
             }
         }
         self.dedup(&t)?;
+        t.commit()?;
         let t = Arc::new(t);
         let plan = self.plan(&t);
         open.insert(id, t);
@@ -339,11 +468,13 @@ impl BlockStore {
         for i in lock(&t.held).iter() {
             by_hash.insert(t.manifest[i], *i);
         }
+        // Stored disks opened for reading during this pass (None: no key).
+        let mut readers: HashMap<String, Option<EncryptedDisk>> = HashMap::new();
         for index in t.missing() {
             let want = t.manifest[&index];
             let found = match by_hash.get(&want) {
                 Some(&i) => Some(t.read_block(i)?),
-                None => self.indexed_block(&want)?,
+                None => self.indexed_block(&want, block_len(t.size, index) as usize, &mut readers)?,
             };
             if let Some(raw) = found.filter(|raw| raw.len() as u64 == block_len(t.size, index)) {
                 t.write_block(index, &raw)?;
@@ -355,23 +486,43 @@ impl BlockStore {
         Ok(())
     }
 
-    /// A block with this hash from a stored disk, checked, if the index knows one.
-    fn indexed_block(&self, want: &BlockHash) -> Result<Option<Vec<u8>>, Error> {
+    /// A block of `len` bytes with this hash from a stored disk, checked, if
+    /// the index knows one and the node holds that disk's key.
+    fn indexed_block(
+        &self,
+        want: &BlockHash,
+        len: usize,
+        readers: &mut HashMap<String, Option<EncryptedDisk>>,
+    ) -> Result<Option<Vec<u8>>, Error> {
         let Some(loc) = lock(&self.index).get(want).cloned() else {
             return Ok(None);
         };
-        let path = self.disks_dir.join(format!("{}.img", loc.disk));
-        let Ok(f) = File::open(&path) else {
-            lock(&self.index).remove(want);
+        let reader = match readers.get_mut(&loc.disk) {
+            Some(r) => r,
+            None => {
+                let r = match self.open_stored(&loc.disk) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(disk = %loc.disk, error = %e, "cannot open a stored disk for dedup; its blocks will be sent");
+                        None
+                    }
+                };
+                readers.entry(loc.disk.clone()).or_insert(r)
+            }
+        };
+        let Some(r) = reader else {
+            if !self.disks_dir.join(format!("{}.img", loc.disk)).is_file() {
+                lock(&self.index).remove(want);
+            }
             return Ok(None);
         };
-        let len = f.metadata().map_err(io_err(&path))?.len();
-        if loc.index * BLOCK_SIZE >= len {
+        if loc.index * BLOCK_SIZE + len as u64 > r.size() {
             lock(&self.index).remove(want);
             return Ok(None);
         }
-        let mut buf = vec![0u8; block_len(len, loc.index) as usize];
-        f.read_exact_at(&mut buf, loc.index * BLOCK_SIZE).map_err(io_err(&path))?;
+        let mut buf = vec![0u8; len];
+        let path = r.path().to_path_buf();
+        r.read_at(&mut buf, loc.index * BLOCK_SIZE).map_err(disk_err(&path))?;
         if sha256(&buf) != *want {
             // The disk changed since (its guest wrote to it): forget the entry.
             lock(&self.index).remove(want);
@@ -407,7 +558,12 @@ impl BlockStore {
         let writer = {
             let t = t.clone();
             let me = self.clone();
-            tokio::task::spawn_blocking(move || me.write_frames(&t, rx))
+            tokio::task::spawn_blocking(move || {
+                let written = me.write_frames(&t, rx);
+                // Journal what arrived, also when the stream broke.
+                let committed = t.commit();
+                written.and_then(|n| committed.map(|()| n))
+            })
         };
         let mut dec = FrameDecoder::new();
         let mut wire = 0u64;
@@ -470,12 +626,12 @@ impl BlockStore {
                 missing,
             });
         }
-        t.data.sync_all().map_err(io_err(&t.data_path))?;
+        t.commit()?;
         let mut digest = DiskDigest::new(t.size);
         let mut buf = vec![0u8; BLOCK_SIZE as usize];
         for index in 0..block_count(t.size) {
             let b = &mut buf[..block_len(t.size, index) as usize];
-            t.data.read_exact_at(b, index * BLOCK_SIZE).map_err(io_err(&t.data_path))?;
+            t.with_data(|d| d.read_at(b, index * BLOCK_SIZE))?;
             if b.iter().all(|&x| x == 0) {
                 digest.add(index, None);
             } else {
@@ -483,6 +639,10 @@ impl BlockStore {
             }
         }
         let actual = digest.finish();
+        // Close the image cleanly before it moves (or is discarded).
+        if let Some(d) = lock(&t.data).take() {
+            d.close().map_err(disk_err(&t.data_path))?;
+        }
         let (mpath, dpath, jpath) = self.paths(id);
         if !actual.eq_ignore_ascii_case(expected.trim()) {
             lock(&self.open).remove(id);
@@ -636,6 +796,21 @@ mod tests {
             .collect()
     }
 
+    fn key(store: &BlockStore, id: &DiskId, byte: u8) {
+        store.grant_key(id, Zeroizing::new(vec![byte; 32])).unwrap();
+    }
+
+    /// The first `len` bytes of stored disk `id`, read through its key (the
+    /// image is whole sectors; the rest reads as zeros).
+    fn stored(store: &BlockStore, id: &str, len: usize) -> Vec<u8> {
+        let mut d = store.open_stored(id).unwrap().expect("key and disk");
+        let mut buf = vec![0u8; d.size() as usize];
+        d.read_at(&mut buf, 0).unwrap();
+        assert!(buf[len..].iter().all(|&b| b == 0));
+        buf.truncate(len);
+        buf
+    }
+
     #[tokio::test]
     async fn interrupted_transfer_resumes_and_dedups_a_second_disk() {
         let dir = tempfile::tempdir().unwrap();
@@ -643,6 +818,8 @@ mod tests {
         let a = disk(1, 6);
         let (m, digest) = manifest(&a);
         let id: DiskId = "a".parse().unwrap();
+        assert!(matches!(store.begin(id.clone(), m.clone()), Err(Error::NoKey(_))));
+        key(&store, &id, 1);
         let plan = store.begin(id.clone(), m.clone()).unwrap();
         assert_eq!(plan.need, vec![0, 2, 3, 5, 6]);
         // Two blocks arrive, then the link breaks.
@@ -651,8 +828,9 @@ mod tests {
         let e = store.receive(&id, futures_util::stream::iter(body)).await.unwrap_err();
         assert!(matches!(e, Error::Body { .. }), "{e}");
         assert!(matches!(store.finish(&id, &digest), Err(Error::Incomplete { missing: 3, .. })));
-        // A restarted node resumes from the journal.
+        // A restarted node resumes from the journal, once it has the key again.
         let store = Arc::new(BlockStore::new(dir.path().to_path_buf()));
+        key(&store, &id, 1);
         let plan = store.begin(id.clone(), m.clone()).unwrap();
         assert_eq!((plan.need.clone(), plan.resumed), (vec![3, 5, 6], 2));
         store
@@ -661,14 +839,17 @@ mod tests {
             .unwrap();
         let done = store.finish(&id, &digest).unwrap();
         assert_eq!((done.blocks, done.blocks_sent, done.blocks_resumed), (5, 3, 2));
-        let stored = std::fs::read(dir.path().join("a.img")).unwrap();
-        assert!(stored == a);
+        assert!(stored(&store, "a", a.len()) == a);
+        // At rest the image holds none of the plaintext blocks.
+        let file = std::fs::read(dir.path().join("a.img")).unwrap();
+        assert!(!file.windows(64).any(|w| w == &a[..64]), "plaintext block at rest");
 
         // A second disk sharing most blocks: only the changed one is needed.
         let mut b = a.clone();
         b[(3 * BLOCK_SIZE) as usize + 7] ^= 0xff;
         let (m, digest) = manifest(&b);
         let id: DiskId = "b".parse().unwrap();
+        key(&store, &id, 2);
         let plan = store.begin(id.clone(), m).unwrap();
         assert_eq!((plan.need.clone(), plan.deduped), (vec![3], 4));
         store
@@ -676,7 +857,7 @@ mod tests {
             .await
             .unwrap();
         store.finish(&id, &digest).unwrap();
-        assert!(std::fs::read(dir.path().join("b.img")).unwrap() == b);
+        assert!(stored(&store, "b", b.len()) == b);
         assert_eq!(store.stats().blocks_deduped, 4);
     }
 
@@ -687,6 +868,7 @@ mod tests {
         let a = disk(9, 2);
         let (m, _) = manifest(&a);
         let id: DiskId = "c".parse().unwrap();
+        key(&store, &id, 3);
         store.begin(id.clone(), m).unwrap();
         // A block the manifest does not list (block 1 is zeros).
         let mut wire = vec![];

@@ -1,6 +1,8 @@
 //! The guests this node runs: each a moved server under QEMU (via `hv`), its
 //! NICs on TAP devices joined to the data-plane bridge, its disks the
-//! uploaded images. The guest list is persisted (`guests.json`) so that after
+//! stored images: LUKS qcow2 opened with the keys the appliance sent
+//! ([`crate::blocks::BlockStore::key`], memory only), so a node without a
+//! disk's key cannot start its guest. The guest list is persisted (`guests.json`) so that after
 //! a restart of the node the running QEMU processes are re-attached and their
 //! TAPs rejoin the bridge.
 //!
@@ -243,6 +245,7 @@ impl Guests {
             });
         }
         let mut disk_paths = Vec::with_capacity(req.disk_ids.len());
+        let mut keys = Vec::with_capacity(req.disk_ids.len());
         for raw in &req.disk_ids {
             let id: DiskId = raw.parse()?;
             if disks.is_uploading(&id) {
@@ -252,6 +255,7 @@ impl Guests {
                 return Err(Error::MissingDisk(raw.clone()));
             }
             disk_paths.push(disks.image_path(&id));
+            keys.push(disks.blocks().key(id.as_str()));
         }
         if !req.profile.nics.is_empty() {
             // Fail before creating anything; the error says why it is down.
@@ -301,7 +305,7 @@ impl Guests {
             self.persist(&map)?;
         }
 
-        match self.bring_up(&record, disk_paths, bridge).await {
+        match self.bring_up(&record, disk_paths, keys, bridge).await {
             Ok(guest) => {
                 let info = info_of(&record, Some(&guest), GuestState::Running);
                 *guard = Some(guest);
@@ -320,7 +324,13 @@ impl Guests {
         }
     }
 
-    async fn bring_up(&self, record: &GuestRecord, disks: Vec<PathBuf>, bridge: &NodeBridge) -> Result<hv::Guest, Error> {
+    async fn bring_up(
+        &self,
+        record: &GuestRecord,
+        disks: Vec<PathBuf>,
+        keys: Vec<Option<hv::DiskKey>>,
+        bridge: &NodeBridge,
+    ) -> Result<hv::Guest, Error> {
         let mut created: Vec<String> = Vec::new();
         let result = async {
             for tap in &record.taps {
@@ -337,7 +347,7 @@ impl Guests {
                 run_dir: self.run_dir(&record.name),
                 accel: record.accel,
             };
-            blocking(move || hv_launch(&spec)).await?
+            blocking(move || hv_launch(&spec, &keys)).await?
         }
         .await;
         if result.is_err() {
@@ -481,8 +491,8 @@ fn hv_delete_tap(name: &str) -> Result<(), Error> {
         .map_err(|e| hv_err(format!("cannot delete TAP {name}"), e))
 }
 
-fn hv_launch(spec: &hv::GuestSpec) -> Result<hv::Guest, Error> {
-    hv::Guest::launch(spec).map_err(|e| hv_err(format!("QEMU did not start guest {}", spec.name), e))
+fn hv_launch(spec: &hv::GuestSpec, keys: &[Option<hv::DiskKey>]) -> Result<hv::Guest, Error> {
+    hv::Guest::launch_with_keys(spec, keys).map_err(|e| hv_err(format!("QEMU did not start guest {}", spec.name), e))
 }
 
 fn hv_attach(run_dir: &Path) -> Result<Option<hv::Guest>, Error> {

@@ -7,7 +7,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use proto::transfer::{BlocksReceived, TransferBegin, TransferDone, TransferFinish, TransferPlan, TransferStats};
+use proto::transfer::{BlocksReceived, DiskKeyGrant, TransferBegin, TransferDone, TransferFinish, TransferPlan, TransferStats};
 
 use crate::api::{ApiJson, Failure};
 use crate::blocks;
@@ -24,11 +24,12 @@ impl From<blocks::Error> for Failure {
             StatusCode::INSUFFICIENT_STORAGE
         } else {
             match &e {
-                E::BadManifest(_) | E::Frame(_) | E::Body { .. } | E::NotInManifest { .. } => StatusCode::BAD_REQUEST,
+                E::BadManifest(_) | E::Frame(_) | E::Body { .. } | E::NotInManifest { .. } | E::BadKey(_) => StatusCode::BAD_REQUEST,
+                E::NoKey(_) => StatusCode::PRECONDITION_REQUIRED,
                 E::NotStarted(_) => StatusCode::NOT_FOUND,
                 E::Incomplete { .. } => StatusCode::CONFLICT,
                 E::DigestMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-                E::Io(..) | E::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                E::Io(..) | E::Task(_) | E::Disk(..) => StatusCode::INTERNAL_SERVER_ERROR,
             }
         };
         let mut msg = e.to_string();
@@ -54,6 +55,28 @@ pub fn routes() -> Router<Arc<Node>> {
         .route("/v1/transfers/{id}", post(begin).layer(DefaultBodyLimit::max(MANIFEST_LIMIT)))
         .route("/v1/transfers/{id}/blocks", put(blocks))
         .route("/v1/transfers/{id}/finish", post(finish))
+        .route("/v1/disks/{id}/key", put(grant_key).delete(forget_key))
+}
+
+/// `PUT /v1/disks/{id}/key`: keeps the disk's key in memory (never logged).
+async fn grant_key(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<DiskKeyGrant>,
+) -> Result<StatusCode, Failure> {
+    let id: DiskId = id.parse()?;
+    let bytes = req.key.to_bytes().ok_or_else(|| blocks::Error::BadKey(id.to_string()))?;
+    node.disks().blocks().grant_key(&id, bytes)?;
+    tracing::info!(disk = %id, "disk key received (kept in memory only)");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /v1/disks/{id}/key`: forgets the disk's key; a running guest keeps running.
+async fn forget_key(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Result<StatusCode, Failure> {
+    let id: DiskId = id.parse()?;
+    let held = node.disks().blocks().forget_key(&id);
+    tracing::info!(disk = %id, held, "disk key forgotten");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn not_in_use(node: &Node, id: &DiskId) -> Result<(), Failure> {

@@ -20,6 +20,8 @@
 //!   state sealed by hv ([`vmstate`]), never plaintext on the node's disk.
 //! - [`restart`]: restart-on-crash policy and the [`Supervisor`] applying it.
 //! - [`probe_accel`]: does KVM boot a real Linux guest here? Otherwise TCG.
+//! - [`storage_daemon::EncryptedDisk`]: a LUKS qcow2 opened by
+//!   `qemu-storage-daemon` (key over QMP) and read/written over NBD ([`nbd`]).
 //! - [`create_tap`] / [`delete_tap`]: persistent TAP devices the guest's NICs
 //!   use (QEMU opens them by name, netbridge attaches to them).
 
@@ -32,11 +34,13 @@ pub mod events;
 pub mod guest;
 pub mod isolation;
 pub mod lifecycle;
+pub mod nbd;
 pub mod options;
 pub mod qemu;
 pub mod restart;
 pub mod run_dir;
 pub mod spec;
+pub mod storage_daemon;
 pub mod suspend;
 pub mod tap;
 pub mod vmstate;

@@ -17,6 +17,11 @@
 //!   Several such requests may run in parallel.
 //! - `POST /v1/transfers/{id}/finish` [`TransferFinish`] → [`TransferDone`].
 //! - `GET /v1/transfers` → [`TransferStats`] (node-wide counters).
+//! - `PUT /v1/disks/{id}/key` [`DiskKeyGrant`] → 204: the disk's encryption
+//!   key, made and kept by the appliance; the node holds it only in memory
+//!   and stores the disk as a LUKS qcow2 unlocked by it. Sent before every
+//!   transfer begin and every guest start. `DELETE /v1/disks/{id}/key` → 204
+//!   makes the node forget it.
 //!
 //! Frame (all integers big-endian):
 //! `"IXB1" | index u64 | sha256 [32] | raw_len u32 | zstd_len u32 | zstd bytes`.
@@ -400,6 +405,54 @@ pub struct TransferDone {
     pub wire_bytes: u64,
 }
 
+/// A disk's encryption key on the wire: hex of its bytes. Its `Debug` shows
+/// only the length and its buffer is wiped on drop; it is never logged or
+/// written to a file by either side.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct WireKey(String);
+
+impl WireKey {
+    /// The key `bytes` as sent.
+    pub fn from_bytes(bytes: &[u8]) -> WireKey {
+        WireKey(hex(bytes))
+    }
+
+    /// The key's bytes; `None` when the text is not even-length hex.
+    pub fn to_bytes(&self) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+        let b = self.0.as_bytes();
+        if !b.len().is_multiple_of(2) {
+            return None;
+        }
+        let nib = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        let mut out = zeroize::Zeroizing::new(Vec::with_capacity(b.len() / 2));
+        for pair in b.chunks_exact(2) {
+            out.push((nib(pair[0])? << 4) | nib(pair[1])?);
+        }
+        Some(out)
+    }
+}
+
+impl std::fmt::Debug for WireKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WireKey(<{} bytes redacted>)", self.0.len() / 2)
+    }
+}
+
+impl Drop for WireKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+/// `PUT /v1/disks/{id}/key`: the key that encrypts disk `id` at rest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskKeyGrant {
+    /// The key (the appliance makes 32 random bytes per disk).
+    pub key: WireKey,
+}
+
 /// Node-wide transfer counters since the node started.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransferStats {
@@ -485,6 +538,20 @@ mod tests {
         b.add(2, Some(&sha256(&[0u8; 5])));
         assert_eq!(a.finish(), b.finish());
         assert_ne!(DiskDigest::new(size).finish(), DiskDigest::new(size + 1).finish());
+    }
+
+    #[test]
+    fn wire_keys_round_trip_and_stay_hidden() {
+        let k = WireKey::from_bytes(&[0xde, 0xad, 0x01]);
+        assert_eq!(&k.to_bytes().unwrap()[..], &[0xde, 0xad, 0x01]);
+        assert_eq!(format!("{k:?}"), "WireKey(<3 bytes redacted>)");
+        let g: DiskKeyGrant = serde_json::from_str(r#"{"key":"DEAD01"}"#).unwrap();
+        assert_eq!(&g.key.to_bytes().unwrap()[..], &[0xde, 0xad, 0x01]);
+        assert!(!format!("{g:?}").contains("DEAD"));
+        for bad in [r#"{"key":"abc"}"#, r#"{"key":"zz"}"#] {
+            let g: DiskKeyGrant = serde_json::from_str(bad).unwrap();
+            assert!(g.key.to_bytes().is_none(), "{bad}");
+        }
     }
 
     #[test]

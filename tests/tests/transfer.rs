@@ -1,8 +1,11 @@
 //! Block transfers on real parts: the appliance's sender (`appliance::moves::
 //! transfer`) against a cloud node (`csc`) serving its API over mutual TLS on
 //! 127.0.0.1, enrolled with the appliance's own CA; real qcow2 images made
-//! with qemu-img and changed with qemu-io. No guest boots here (the move tests
-//! boot the transferred disks).
+//! with qemu-img and changed with qemu-io. The node stores every disk as a
+//! LUKS qcow2 through `qemu-storage-daemon` with a key the appliance made:
+//! the test greps every file of the node's state for known plaintext and
+//! checks that a node without the key cannot start the disk. No guest boots
+//! here (the move tests boot the transferred disks).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,17 +13,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use appliance::cloud::CloudClient;
+use appliance::moves::disk_keys::DiskKeys;
 use appliance::moves::transfer::{send_disk, Options, Progress};
 use appliance::pki::Ca;
+use hv::storage_daemon::{Access, EncryptedDisk};
 
 const TOKEN: &str = "transfer-test-token-0123456789";
 const MIB: u64 = 1 << 20;
 
 struct Node {
     _dir: tempfile::TempDir,
+    state: PathBuf,
     disks: PathBuf,
     url: String,
     client: CloudClient,
+    /// The same node without the appliance's disk keys.
+    keyless: CloudClient,
 }
 
 async fn node_and_client(work: &Path) -> Node {
@@ -52,8 +60,10 @@ async fn node_and_client(work: &Path) -> Node {
         .unwrap();
     Node {
         disks: state.join("disks"),
+        state,
         _dir: dir,
-        client: CloudClient::new(&url, &ca).unwrap(),
+        client: CloudClient::new(&url, &ca).unwrap().with_disk_keys(DiskKeys::new(work)),
+        keyless: CloudClient::new(&url, &ca).unwrap(),
         url,
     }
 }
@@ -91,15 +101,64 @@ fn base_image(dir: &Path) -> PathBuf {
     q
 }
 
-/// True when the node's raw disk has the same guest content as the image.
-fn same_content(image: &Path, node_disk: &Path) -> bool {
-    Command::new("qemu-img")
-        .args(["compare", "-q", "-f", "qcow2", "-F", "raw"])
-        .arg(image)
-        .arg(node_disk)
-        .status()
-        .unwrap()
-        .success()
+/// The guest-visible content of an image (qemu-img convert to raw).
+fn plaintext(image: &Path, work: &Path) -> Vec<u8> {
+    let raw = work.join("plaintext.raw");
+    run(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(image).arg(&raw));
+    let b = std::fs::read(&raw).unwrap();
+    std::fs::remove_file(&raw).unwrap();
+    b
+}
+
+/// True when the node's encrypted disk, opened with the appliance's key for
+/// `id`, has the same guest content as the image.
+fn same_on_node(image: &Path, node_disk: &Path, work: &Path, id: &str) -> bool {
+    let key = DiskKeys::new(work).get(id).unwrap().expect("the appliance made a key");
+    let key = hv::DiskKey::from_bytes(key.to_bytes().unwrap().to_vec()).unwrap();
+    let mut node = EncryptedDisk::open(node_disk, &key, &work.join(format!("sd-{id}")), Access::ReadShared).unwrap();
+    let src = plaintext(image, work);
+    let mut buf = vec![0u8; MIB as usize];
+    src.len() as u64 <= node.size()
+        && src.chunks(MIB as usize).enumerate().all(|(i, c)| {
+            node.read_at(&mut buf[..c.len()], i as u64 * MIB).unwrap();
+            buf[..c.len()] == *c
+        })
+}
+
+/// Files under `dir` (recursively) that contain `pattern`.
+fn files_containing(dir: &Path, pattern: &[u8]) -> Vec<PathBuf> {
+    let mut hits = vec![];
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        let ft = e.file_type().unwrap();
+        if ft.is_dir() {
+            hits.extend(files_containing(&p, pattern));
+        } else if ft.is_file() {
+            let b = std::fs::read(&p).unwrap();
+            if b.windows(pattern.len()).any(|w| w[0] == pattern[0] && w == pattern) {
+                hits.push(p);
+            }
+        }
+    }
+    hits
+}
+
+/// A guest with one IDE disk and no NIC (its start is refused before any boot).
+fn one_disk_profile() -> proto::HardwareProfile {
+    proto::HardwareProfile {
+        firmware: proto::Firmware::Bios,
+        machine: proto::Machine::Pc,
+        cpus: 1,
+        memory_mib: 128,
+        disks: vec![proto::DiskSpec {
+            bus: proto::DiskBus::Ide,
+            unit: 0,
+            boot: true,
+            media: proto::profile::DiskMedia::Disk,
+        }],
+        nics: vec![],
+        smbios: proto::Smbios::default(),
+    }
 }
 
 fn counter() -> (Progress, Arc<AtomicU64>) {
@@ -139,7 +198,7 @@ async fn cut_link_resumes_and_a_same_base_server_dedups() {
     // Only allocated blocks travelled: 5 × 8 MiB of noise (straddling) + 1 block of text.
     assert!(s.done.blocks <= 5 * 9 + 1, "{s:?}");
     assert!(s.allocated < 64 * MIB, "{s:?}");
-    assert!(same_content(&base, &node.disks.join("base-base.img")));
+    assert!(same_on_node(&base, &node.disks.join("base-base.img"), work.path(), "base-base"));
     assert!(!node.disks.join(".transfers/base-base.data").exists());
 
     // A second server from the same base: 3 MiB changed (qemu-io writes into the qcow2).
@@ -177,7 +236,7 @@ async fn cut_link_resumes_and_a_same_base_server_dedups() {
     assert!(s2.done.blocks_deduped > 30, "{s2:?}");
     // The 3 changed MiB (incompressible) did cross the link.
     assert!(received > 3 * MIB, "{received}");
-    assert!(same_content(&web2, &node.disks.join("web2.img")));
+    assert!(same_on_node(&web2, &node.disks.join("web2.img"), work.path(), "web2"));
     assert_ne!(s.done.digest, s2.done.digest);
 
     // Sending the same disk again sends nothing and still verifies.
@@ -189,4 +248,33 @@ async fn cut_link_resumes_and_a_same_base_server_dedups() {
     let after = node.client.transfer_stats().await.unwrap();
     assert_eq!(after.wire_bytes_received, before.wire_bytes_received, "{s3:?}");
     assert_eq!(s3.done.digest, s2.done.digest);
+
+    // At rest: no file of the node holds a block's plaintext (nor a key).
+    let plain = plaintext(&base, work.path());
+    let noise = &plain[(3 * MIB + 4096) as usize..][..64];
+    for (what, pattern) in [("noise", noise), ("text", &[b'a'; 64][..])] {
+        let hits = files_containing(&node.state, pattern);
+        assert!(hits.is_empty(), "plaintext {what} found on the node in {hits:?}");
+    }
+    let key = DiskKeys::new(work.path()).get("web2").unwrap().unwrap().to_bytes().unwrap();
+    assert!(files_containing(&node.state, &key).is_empty(), "a disk key on the node's disk");
+
+    // Without the key (a node restarted, or one that never had it) the
+    // disk cannot be started; with another key it cannot be opened either.
+    let start = proto::api::StartGuest {
+        name: "nokey".into(),
+        profile: one_disk_profile(),
+        disk_ids: vec!["web2".into()],
+    };
+    node.keyless.forget_disk_key("web2").await.unwrap();
+    let e = node.keyless.start_guest(&start).await.unwrap_err().to_string();
+    assert!(e.contains("encrypted") && e.contains("key"), "{e}");
+    let wrong = proto::transfer::WireKey::from_bytes(&[0x42; 32]);
+    node.keyless.grant_disk_key("web2", &wrong).await.unwrap();
+    let e = node.keyless.start_guest(&start).await.unwrap_err().to_string();
+    assert!(e.to_lowercase().contains("password") || e.contains("unlock"), "{e}");
+    assert!(
+        node.keyless.guest("nokey").await.unwrap().is_none(),
+        "a failed start leaves no guest"
+    );
 }

@@ -7,6 +7,7 @@
 //! [`transfer`] (allocated blocks only, hashed, compressed, parallel,
 //! resumable, deduplicated at the node) reading them through [`extents`].
 
+pub mod disk_keys;
 pub mod effects;
 pub mod executor;
 pub mod extents;

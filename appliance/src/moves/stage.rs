@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use crate::cloud::{CloudClient, CloudError};
+use crate::moves::disk_keys::DiskKeys;
 use crate::moves::transfer::{self, Options, Progress, Sent, TransferError};
 use crate::pki::{Ca, PkiError};
 
@@ -50,7 +51,7 @@ pub async fn stage(data_dir: &Path, url: &str, image: &Path, opts: &Options, pro
         dir: pki.display().to_string(),
         source,
     })?;
-    let client = CloudClient::new(url, &ca)?;
+    let client = CloudClient::new(url, &ca)?.with_disk_keys(DiskKeys::new(data_dir));
     let work = data_dir.join("transfer");
     Ok(transfer::send_disk(&client, &disk_id(image), image, &work, opts, progress).await?)
 }
