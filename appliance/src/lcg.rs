@@ -9,7 +9,7 @@
 //! bridge port + `n`.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use netbridge::filter::{PeerId, PeerVlans};
@@ -18,7 +18,7 @@ use netbridge::{Bridge, BridgeConfig, BridgeHandle, Ha, PeerSpec, PeerStatus, Po
 use proto::MacAddr;
 
 use crate::model::CloudRecord;
-use crate::store::{Store, StoreError, CLOUDS, META};
+use crate::store::{Store, StoreError, CLOUDS, META, SERVERS};
 
 /// Errors of the LCG.
 #[derive(Debug, thiserror::Error)]
@@ -168,7 +168,7 @@ impl Lcg {
         for mac in self.carried(&cloud.name)? {
             running
                 .handle
-                .carry_mac_via(mac, id, &[])
+                .carry_mac_via(mac, id, &self.ips_of(&mac)?)
                 .map_err(|source| refused("carry a MAC", &cloud.name, source))?;
         }
         tracing::info!(cloud = %cloud.name, peer = id, %listen, endpoint = %cloud.bridge_endpoint, "tunnel to cloud opened");
@@ -194,6 +194,21 @@ impl Lcg {
         Ok(())
     }
 
+    /// The addresses to announce (gratuitous ARP) when `mac` starts to be
+    /// carried, so the LAN's switches and neighbours relearn at once: the
+    /// client-facing IP of the inventory's server whose FIRST NIC has this
+    /// MAC. (The inventory does not say which NIC holds that IP on servers
+    /// with several; announcing it on the wrong one would misdirect it.)
+    fn ips_of(&self, mac: &MacAddr) -> Result<Vec<IpAddr>, LcgError> {
+        Ok(self
+            .store
+            .list(&SERVERS)?
+            .into_iter()
+            .filter(|(_, s)| s.profile.nics.first().is_some_and(|n| n.mac == *mac))
+            .filter_map(|(_, s)| s.ip.map(IpAddr::V4))
+            .collect())
+    }
+
     fn peer(&self, cloud: &str) -> Result<(BridgeHandle, PeerId), LcgError> {
         let guard = self.lock();
         let running = guard.as_ref().ok_or_else(|| LcgError::NoTunnel(cloud.into()))?;
@@ -203,7 +218,8 @@ impl Lcg {
 
     /// Carries `macs` via the tunnel to `cloud` from now on (persisted
     /// first); a MAC carried via another cloud before moves over (a move
-    /// between clouds), so each MAC is carried via one cloud only.
+    /// between clouds), so each MAC is carried via one cloud only. The
+    /// server's address is announced on the LAN at once (see `ips_of`).
     pub fn carry(&self, cloud: &str, macs: &[MacAddr]) -> Result<(), LcgError> {
         let (handle, id) = self.peer(cloud)?;
         for (other, _) in self.store.list(&CLOUDS)? {
@@ -222,7 +238,7 @@ impl Lcg {
         self.put_carried(cloud, &set)?;
         for m in macs {
             handle
-                .carry_mac_via(*m, id, &[])
+                .carry_mac_via(*m, id, &self.ips_of(m)?)
                 .map_err(|source| refused("carry a MAC", cloud, source))?;
         }
         Ok(())

@@ -70,6 +70,8 @@ pub struct LcgStatus {
     pub lan_filtered: u64,
     /// Frames put on the LAN.
     pub lan_tx_frames: u64,
+    /// Gratuitous ARPs / unsolicited NAs sent on the LAN (cutovers).
+    pub gratuitous_sent: u64,
 }
 
 fn status(app: &App) -> Result<LcgStatus, AppError> {
@@ -85,6 +87,7 @@ fn status(app: &App) -> Result<LcgStatus, AppError> {
             storm_drops: 0,
             lan_filtered: 0,
             lan_tx_frames: 0,
+            gratuitous_sent: 0,
         });
     };
     let mut tunnels = Vec::new();
@@ -112,6 +115,7 @@ fn status(app: &App) -> Result<LcgStatus, AppError> {
         storm_drops: stats.storm_drops,
         lan_filtered: stats.lan_filtered,
         lan_tx_frames: stats.lan_tx_frames,
+        gratuitous_sent: stats.gratuitous_sent,
     })
 }
 

@@ -9,8 +9,9 @@
 //! one LCG (every reply, none twice); a capture on cloud B's segment port
 //! sees no unicast frame of host A's MAC (only broadcasts reach every cloud)
 //! while cloud A's sees them; `isthmus lcg status --json` lists both
-//! tunnels established with what they carry; after `isthmus lcg release`
-//! host A is no longer reachable and its MAC is carried nowhere.
+//! tunnels established with what they carry; host B, known to the
+//! inventory, is announced on the LAN (gratuitous ARP) the moment its MAC is
+//! carried; after `isthmus lcg release` host A is no longer reachable.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -187,6 +188,52 @@ fn one_lcg_carries_each_mac_only_to_its_cloud() -> Result<()> {
     let mut appliance = Proc::spawn("appliance", &dc, &argv, &[], &work.join("appliance.log"))?;
     appliance.wait_log("ready: local API", Duration::from_secs(120))?;
 
+    // Host B is an inventory server (never started here): carrying its MAC
+    // announces its IP on the LAN. The LAN host's capture sees it.
+    let desc = work.join("hostb.toml");
+    std::fs::write(
+        &desc,
+        format!(
+            r#"name = "hostb"
+ip = "{}"
+
+[profile]
+cpus = 1
+memory_mib = 128
+disks = [{{ bus = "ide", unit = 0, boot = true }}]
+nics = [{{ model = "e1000", mac = "{}", pci_slot = "03.0" }}]
+
+[source]
+kind = "local-qemu"
+disks = ["{}"]
+taps = ["tap-hostb"]
+"#,
+            CLOUDS[1].host_ip,
+            CLOUDS[1].host_mac,
+            work.join("hostb.qcow2").display()
+        ),
+    )?;
+    isthmus(&data, &["inventory", "add", &desc.display().to_string()])?;
+    let lan_pcap = work.join("lan.pcap");
+    captures.push(Proc::spawn(
+        "tcpdump",
+        &cl,
+        &[
+            "tcpdump",
+            "-i",
+            "vc",
+            "-s",
+            "128",
+            "-U",
+            "-w",
+            &lan_pcap.display().to_string(),
+            "arp",
+        ],
+        &[],
+        &work.join("tcpdump-lan.log"),
+    )?);
+    std::thread::sleep(Duration::from_millis(500));
+
     for (c, (_, fp, tok)) in CLOUDS.iter().zip(&nodes) {
         let url = format!("https://{}:9443", c.inet);
         isthmus(
@@ -252,6 +299,11 @@ fn one_lcg_carries_each_mac_only_to_its_cloud() -> Result<()> {
     ensure!(b_on_b >= 22, "cloud B saw only {b_on_b} unicast frames of host B");
     ensure!(a_on_b == 0, "{a_on_b} unicast frames of host A leaked into cloud B");
     ensure!(b_on_a == 0, "{b_on_a} unicast frames of host B leaked into cloud A");
+    // ARP with sender IP = target IP: the announcement of host B at carry.
+    let garp = format!("arp and ether src {} and arp[14:4] = arp[24:4]", CLOUDS[1].host_mac);
+    let announced = count_frames(&lan_pcap, &garp)?;
+    ensure!(announced >= 1, "no gratuitous ARP for host B reached the LAN host");
+    ensure!(status["gratuitous_sent"].as_u64().unwrap_or(0) >= 1, "{status}");
     // Broadcast (the LAN host's ARP) reaches both.
     ensure!(
         count_frames(&segs[1].1, "arp and ether broadcast")? > 0,
