@@ -255,6 +255,10 @@ pub enum Device {
         bootindex: Option<u32>,
         /// Hard disk (`scsi-hd`) or CD-ROM (`scsi-cd`).
         media: DiskMedia,
+        /// `wwn=`: the disk's SAS address on a SAS HBA. QEMU's `mptsas1068`
+        /// reports each target's SAS address from it (default 0), and Linux'
+        /// `mptsas` skips attached devices whose SAS address is 0.
+        wwn: Option<u64>,
     },
     /// `virtio-blk-pci,drive=..`.
     VirtioBlk {
@@ -426,6 +430,7 @@ impl Device {
                 scsi_id,
                 bootindex: b,
                 media,
+                wwn,
             } => {
                 let head = match media {
                     DiskMedia::Disk => "scsi-hd",
@@ -435,7 +440,8 @@ impl Device {
                     .kv("drive", drive)
                     .kv("bus", bus)
                     .kv("scsi-id", scsi_id.to_string())
-                    .kv("lun", "0");
+                    .kv("lun", "0")
+                    .kv_opt("wwn", wwn.map(|w| format!("0x{w:016x}")));
                 bootindex(o, *b).done()
             }
             Device::VirtioBlk {

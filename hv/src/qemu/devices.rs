@@ -426,6 +426,7 @@ fn disk_devices(spec: &GuestSpec, images: &[DiskImage], args: &mut Vec<Arg>) -> 
                     scsi_id: d.unit,
                     bootindex,
                     media,
+                    wwn: (d.bus == DiskBus::Lsisas1068).then(|| sas_address(d.unit)),
                 }
             }
             (DiskBus::VirtioBlk, _) => Device::VirtioBlk {
@@ -443,6 +444,17 @@ fn disk_devices(spec: &GuestSpec, images: &[DiskImage], args: &mut Vec<Arg>) -> 
         args.push(Arg::Device(dev));
     }
     Ok(())
+}
+
+/// The SAS address a disk on the LSI SAS 1068 gets: NAA 5 with QEMU's OUI
+/// 52:54:00 and the unit number, so it is never 0 and stays the same on
+/// every start of the profile. (QEMU's `mptsas1068` reports the `wwn` of
+/// each `scsi-hd` as its SAS address, 0 by default, and Linux' `mptsas`
+/// ignores attached devices with address 0: the controller came up and the
+/// disk never appeared. The source's own SAS address is not in the profile
+/// yet.)
+pub fn sas_address(unit: u8) -> u64 {
+    (0x5 << 60) | (0x52_5400 << 36) | u64::from(unit)
 }
 
 /// A disk that QEMU opens over QMP during `-preconfig`, after its key was
@@ -767,10 +779,16 @@ mod tests {
                 expect(a, "-device", &[driver, &format!("id={id}")]);
                 assert_eq!(a.iter().filter(|x| x.starts_with(driver)).count(), 1, "one {driver}");
                 let b = format!("bus={id}.0");
-                (
+                let d = (
                     expect(a, "-device", &["scsi-hd", "drive=disk0", &b, "scsi-id=0", "lun=0"]),
                     expect(a, "-device", &["scsi-hd", "drive=disk1", &b, "scsi-id=1", "bootindex=0"]),
-                )
+                );
+                // Only SAS disks carry an address, and never 0.
+                let sas = bus == DiskBus::Lsisas1068;
+                assert_eq!(a[d.0 + 1].contains("wwn=0x5525400000000000"), sas, "{}", a[d.0 + 1]);
+                assert_eq!(a[d.1 + 1].contains("wwn=0x5525400000000001"), sas, "{}", a[d.1 + 1]);
+                assert_eq!(a[d.1 + 1].contains("wwn="), sas, "{}", a[d.1 + 1]);
+                d
             }
             (DiskBus::Nvme, _) => {
                 expect(a, "-device", &["nvme", "id=nvme0", "serial=ISTHMUS-NVME0"]);
