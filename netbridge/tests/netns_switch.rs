@@ -164,5 +164,15 @@ fn each_moved_mac_goes_only_to_its_cloud_node_and_vlan_tags_are_kept_or_mapped()
     let s = lcg.stats();
     eprintln!("LCG stats: {s:#?}");
     assert!(s.peers.iter().all(|p| p.tx_frames > 0 && p.rx_frames > 0));
+
+    // Cloud node 1 (peer 0, the first one) leaves: its MAC is no longer
+    // carried, the other cloud node's still is.
+    lcg.remove_peer(0)?;
+    let s = lcg.stats();
+    assert_eq!(s.peers.iter().map(|p| p.id).collect::<Vec<_>>(), vec![1]);
+    let (ok, in_b1, _) = ping_and_capture(&lab, "10.99.0.2")?;
+    assert!(!ok && in_b1 == 0, "B1 still reached after its peer was removed ({in_b1} frames)");
+    let (ok, _, in_b2) = ping_and_capture(&lab, "10.99.0.3")?;
+    assert!(ok && in_b2 >= 10, "B2 lost after removing the other peer ({in_b2} frames)");
     Ok(())
 }
