@@ -175,9 +175,10 @@ impl Lcg {
         Ok(())
     }
 
-    /// Closes the tunnel to a cloud that is no longer enrolled; the MACs
-    /// carried via it stop crossing (they stay persisted for a re-open).
+    /// Closes the tunnel to a cloud that is being removed: the bridge's peer
+    /// goes, the MACs carried via it stop crossing and are forgotten.
     pub fn close(&self, cloud: &str) -> Result<(), LcgError> {
+        self.store.delete(&META, &carried_key(cloud))?;
         let mut guard = self.lock();
         let Some(running) = guard.as_mut() else {
             return Ok(());

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod auth;
 pub mod cloud;
+pub mod cloud_removal;
 pub mod console;
 pub mod daemon;
 pub mod inspect;

@@ -100,6 +100,7 @@ pub fn router(app: Arc<App>, rt: tokio::runtime::Handle) -> Router {
             }),
         )
         .merge(crate::lcg_api::routes())
+        .merge(crate::cloud_removal::routes())
         .with_state((app, rt))
 }
 

@@ -231,6 +231,12 @@ enum CloudCmd {
         #[arg(long)]
         token_file: PathBuf,
     },
+    /// Forget a cloud node: its tunnel closes. Refused while a server runs
+    /// there or a move to or from it is under way.
+    Remove {
+        /// Cloud name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -420,6 +426,12 @@ async fn run(cli: Cli) -> Result<()> {
             );
         }
         Cmd::Lcg { cmd } => appliance::lcg_api::run(&client, cmd).await?,
+        Cmd::Cloud {
+            cmd: CloudCmd::Remove { name },
+        } => {
+            let _: serde_json::Value = client.call("DELETE", &format!("/v1/clouds/{name}"), None).await?;
+            println!("removed {name}; its tunnel is closed");
+        }
         Cmd::Move { server, to, json, no_wait } => {
             let req = MoveRequest { server, to };
             let mv: MoveRecord = client.call("POST", "/v1/moves", Some(serde_json::to_value(&req)?)).await?;

@@ -11,7 +11,8 @@
 //! while cloud A's sees them; `isthmus lcg status --json` lists both
 //! tunnels established with what they carry; host B, known to the
 //! inventory, is announced on the LAN (gratuitous ARP) the moment its MAC is
-//! carried; after `isthmus lcg release` host A is no longer reachable.
+//! carried; after `isthmus lcg release` host A is no longer reachable, and
+//! after `isthmus cloud remove` of cloud A only B's tunnel is left, working.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -286,6 +287,21 @@ taps = ["tap-hostb"]
     let (replies, _) = ping(&cl, CLOUDS[0].host_ip, 3);
     ensure!(replies == 0, "host A still answers after release ({replies} replies)");
     ensure!(ping(&cl, CLOUDS[1].host_ip, 2).0 == 2, "host B stopped answering");
+
+    // Cloud A (the bridge's first peer) is removed: its tunnel closes, B's stays.
+    isthmus(&data, &["cloud", "remove", CLOUDS[0].name])?;
+    let after: Value = serde_json::from_str(&isthmus(&data, &["lcg", "status", "--json"])?)?;
+    let names: Vec<&str> = after["tunnels"]
+        .as_array()
+        .context("tunnels")?
+        .iter()
+        .filter_map(|t| t["cloud"].as_str())
+        .collect();
+    ensure!(names == [CLOUDS[1].name], "tunnels after removing {}: {after}", CLOUDS[0].name);
+    ensure!(
+        ping(&cl, CLOUDS[1].host_ip, 2).0 == 2,
+        "host B stopped answering after cloud A left"
+    );
 
     drop(captures);
     let unicast_a = format!("ether host {} and not ether multicast", CLOUDS[0].host_mac);
