@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build image demo test unit e2e smoke lint fmt fuzz clean-cache bench-netbridge bench-netbridge-deps images smoke-images bench-images bench-hv bench-move
+.PHONY: all deps build image demo test unit e2e smoke lint fmt fuzz clean-cache bench-netbridge bench-netbridge-deps images smoke-images bench-images bench-hv bench-move bench-inventory
 
 all: build
 
@@ -74,6 +74,15 @@ bench-move: deps image
 	@bash tests/bench/move-deps.sh
 	$(CARGO) build --release -p appliance --bin isthmus -p csc --bin isthmus-node -p isthmus-lab --example bench_move
 	./target/release/examples/bench_move
+
+# Inventory: 10 000 descriptor imports, and inspection of a 20 GiB sparse
+# image (the test server grown with an ext4 data partition) beside
+# virt-inspector (libguestfs, direct backend, TCG) in the same run; peak RSS
+# (never part of `make test`); last line JSON.
+bench-inventory: deps image
+	@bash appliance/bench/inventory-deps.sh
+	$(CARGO) build --release -p appliance --bin isthmus --example bench_inventory
+	./target/release/examples/bench_inventory
 
 # The product images (image-build/README.md): appliance qcow2, cloud node
 # qcow2 and the appliance OVA, from the release binaries; cached under

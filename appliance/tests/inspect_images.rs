@@ -317,6 +317,98 @@ fn zstd_qcow2_refused_with_the_fix() {
     assert_eq!((f.format.as_str(), f.virtual_size_bytes), ("qcow2", 1 << 20));
 }
 
+/// A Windows system disk: an empty hive (`minimal-hive.py`) filled by
+/// hivex from `system.reg`, copied into an NTFS volume made by `mkntfs` and
+/// written through ntfs-3g, in an MBR partition of type 7.
+const WINDOWS_RECIPE: &str = r#"
+cd "$OUT"
+W="$TREES/../windows"
+python3 "$W/minimal-hive.py" SYSTEM
+hivexregedit --merge SYSTEM "$W/system.reg"
+truncate -s 64M part.img
+mkntfs -q -F -Q -L System -p 2048 -H 255 -S 63 part.img 2>/dev/null
+mkdir mnt
+ntfs-3g part.img mnt
+trap 'umount mnt 2>/dev/null || true' EXIT
+mkdir -p mnt/Windows/System32/config mnt/Users/Public
+cp SYSTEM mnt/Windows/System32/config/SYSTEM
+echo 'not a hive' > mnt/Windows/System32/config/SOFTWARE
+umount mnt
+truncate -s 66M disk.raw
+printf 'label: dos\nlabel-id: 0x5ee0cafe\nstart=2048, size=131072, type=7, bootable\n' | sfdisk -q disk.raw
+dd if=part.img of=disk.raw bs=1M seek=1 conv=notrunc status=none
+rm -r part.img SYSTEM mnt
+qemu-img convert -f raw -O qcow2 disk.raw disk.qcow2
+"#;
+
+#[test]
+fn windows_registry_on_ntfs() {
+    let win = root().join("tests/data/inventory/windows");
+    let mut h = Sha256::new();
+    tree_hash(&mut h, &win);
+    let inputs = hex::encode(&h.finalize()[..8]);
+    let dir = cached("windows", &format!("# inputs {inputs}\n{WINDOWS_RECIPE}"));
+    let f = inspect(&dir.join("disk.raw"));
+    assert_eq!(f.partition_table, "mbr");
+    assert_eq!(f.partitions[0].filesystem.as_deref(), Some("ntfs"));
+    assert_eq!((f.os.as_deref(), f.root_partition), (Some("windows"), Some(1)));
+    assert_eq!(f.hostname.as_deref(), Some("files01"));
+    assert!(f.notes.is_empty(), "{:?}", f.notes);
+    let net: Vec<(&str, Binding, bool, Vec<String>, Option<String>)> = f
+        .network
+        .iter()
+        .map(|n| {
+            assert_eq!(n.source, "windows-registry");
+            (
+                n.interface.as_deref().unwrap_or(""),
+                n.binding,
+                n.dhcp,
+                n.addresses.clone(),
+                n.mac.map(|m| m.to_string()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        net,
+        vec![
+            ("{0D9E8F7A-6B5C-4D3E-2F1A-0B9C8D7E6F5A}", Binding::InterfaceName, true, vec![], None),
+            (
+                "{8A1F6C2E-4B3D-4E5F-9A0B-1C2D3E4F5A6B}",
+                Binding::Mac,
+                false,
+                vec!["192.0.2.50/24".to_string(), "192.0.2.51/24".to_string()],
+                Some("00:50:56:ab:0c:01".to_string())
+            ),
+        ]
+    );
+    assert_eq!(codes(&f), vec!["net-bound-to-mac", "windows-boot-driver"]);
+    assert!(f.risks[0].message.contains("vmxnet3 Ethernet Adapter"), "{}", f.risks[0].message);
+    let boot = &f.risks[1].message;
+    assert!(
+        boot.contains("ide (atapi, Start=0), pvscsi (pvscsi, Start=0); the boot disk")
+            && boot.contains("ahci (storahci, Start=3)")
+            && boot.contains("nvme (stornvme, Start=3)")
+            && !boot.contains("virtio"),
+        "{boot}"
+    );
+    same_guest(&f, &inspect(&dir.join("disk.qcow2")));
+
+    // A static address without a MAC override is bound to the adapter instance.
+    let mut w = appliance::inspect::windows::WindowsSystem::default();
+    w.network.push(proto::facts::NetConfig {
+        source: "windows-registry".into(),
+        file: String::new(),
+        interface: Some("{G}".into()),
+        mac: None,
+        binding: Binding::InterfaceName,
+        addresses: vec!["10.0.0.5/8".into()],
+        dhcp: false,
+    });
+    let r = appliance::inspect::windows::risks(&w);
+    assert_eq!(r[0].code, "net-bound-to-name");
+    assert!(r[0].message.contains("10.0.0.5/8") && r[0].message.contains("adapter instance {G}"));
+}
+
 /// The cached test-server image: what `image-build/test-server/build.sh` prints last.
 fn test_server_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("ISTHMUS_TEST_SERVER_DIR") {

@@ -54,6 +54,11 @@ need flock util-linux
 # hv: UEFI guests (firmware = "efi") boot OVMF; gcc builds the guest's I/O benchmark.
 need /usr/share/OVMF/OVMF_CODE.fd ovmf
 need gcc gcc
+# appliance inspect tests: a Windows system disk (hive filled by hivex, NTFS written by ntfs-3g)
+need hivexregedit libwin-hivex-perl
+need mkntfs ntfs-3g
+need ntfs-3g ntfs-3g
+need python3 python3
 # hv: the guest-alive test talks to a real qemu-ga (run on the host, unix socket).
 need /usr/sbin/qemu-ga qemu-guest-agent
 

@@ -6,9 +6,7 @@
 //! - [`partition`]: MBR and GPT. [`fs`]: filesystem signatures, ext reader.
 //! - [`fstab`], [`netcfg`] (+ [`yaml`]): the guest's configuration files.
 //! - [`risks`]: what inside the guest depends on bus, order, MAC or name.
-//!
-//! NTFS volumes are recognised (and the system called Windows) but their
-//! registry is not read yet; a note says so.
+//! - [`windows`]: the SYSTEM registry hive of an NTFS system volume.
 
 pub mod fs;
 pub mod fstab;
@@ -17,6 +15,7 @@ pub mod netcfg;
 pub mod partition;
 pub mod risks;
 pub mod vmdk;
+pub mod windows;
 pub mod yaml;
 
 use std::path::{Path, PathBuf};
@@ -218,23 +217,65 @@ pub fn inspect_image(img: Arc<dyn DiskImage>, name: &str, progress: &dyn Fn(&str
             kernel_roots.extend(fstab::grub_roots(&t));
         }
     }
-    if let Some(p) = parts.iter().find(|p| p.filesystem.as_deref() == Some("ntfs")) {
-        if facts.os.is_none() {
-            facts.os = Some("windows".into());
-            facts.root_partition = Some(p.index);
-        }
-        facts.notes.push(format!(
-            "partition {}: NTFS found; the Windows registry (host name, NIC bindings) is not read yet, check them by hand",
-            p.index
-        ));
+    let mut windows_risks = vec![];
+    if facts.os.is_none() {
+        windows_risks = read_windows(&img, &parts, &mut facts, progress);
     }
     if facts.os.is_none() && !parts.is_empty() {
         facts.notes.push("no Linux root filesystem (ext2/3/4 with /etc) found".into());
     }
     kernel_roots.dedup();
-    facts.risks = risks::assess(&facts.fstab, &kernel_roots, &facts.network);
+    let linux_net: Vec<NetConfig> = facts.network.iter().filter(|n| n.source != "windows-registry").cloned().collect();
+    facts.risks = risks::assess(&facts.fstab, &kernel_roots, &linux_net);
+    facts.risks.extend(windows_risks);
     facts.partitions = parts;
     facts
+}
+
+/// Reads the SYSTEM hive from the first NTFS partition that holds one and
+/// fills host name and network; returns the Windows risks.
+fn read_windows(
+    img: &Arc<dyn DiskImage>,
+    parts: &[PartitionFacts],
+    facts: &mut GuestFacts,
+    progress: &dyn Fn(&str),
+) -> Vec<proto::facts::Risk> {
+    let mut seen_ntfs = None;
+    for p in parts.iter().filter(|p| p.filesystem.as_deref() == Some("ntfs")) {
+        seen_ntfs.get_or_insert(p.index);
+        progress(&format!("reading the Windows registry on partition {}", p.index));
+        let mut r = windows::RangeReader::new(img.clone(), p.start_bytes, p.size_bytes);
+        let hive = match windows::read_system_hive(&mut r) {
+            Ok(Some(h)) => h,
+            Ok(None) => continue,
+            Err(e) => {
+                facts.notes.push(format!("partition {}: {e}", p.index));
+                continue;
+            }
+        };
+        facts.os = Some("windows".into());
+        facts.root_partition = Some(p.index);
+        match windows::parse_system(&hive) {
+            Ok(w) => {
+                facts.hostname = w.hostname.clone();
+                facts.network = w.network.clone();
+                return windows::risks(&w);
+            }
+            Err(e) => facts.notes.push(format!(
+                "partition {}: \\Windows\\System32\\config\\SYSTEM unreadable ({e}); check host name and NIC bindings by hand",
+                p.index
+            )),
+        }
+        return vec![];
+    }
+    if let Some(i) = seen_ntfs {
+        facts.os = Some("windows".into());
+        facts.root_partition = Some(i);
+        facts.notes.push(format!(
+            "partition {i}: NTFS without \\Windows\\System32\\config\\SYSTEM; check host name and NIC bindings by hand"
+        ));
+    }
+    vec![]
 }
 
 /// Inspects several images in turn with a progress bar on stderr (hidden

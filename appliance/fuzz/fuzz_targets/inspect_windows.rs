@@ -1,0 +1,20 @@
+//! Windows registry path: any bytes as a SYSTEM hive (nt-hive, then the
+//! host name, adapter and boot-driver walk), and as an NTFS volume (the
+//! `ntfs` crate walking to \Windows\System32\config\SYSTEM, bounded read),
+//! never panicking; the risks of whatever was read render.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    use appliance::inspect::windows::{parse_system, read_system_hive, risks, MAX_HIVE};
+    if let Ok(w) = parse_system(data) {
+        let _ = risks(&w);
+    }
+    let mut cur = std::io::Cursor::new(data);
+    if let Ok(Some(h)) = read_system_hive(&mut cur) {
+        assert!(h.len() as u64 <= MAX_HIVE);
+        if let Ok(w) = parse_system(&h) {
+            let _ = risks(&w);
+        }
+    }
+});
