@@ -17,8 +17,9 @@
 //! [`JOURNAL_EVERY`] blocks and at the end of each request, so the journal
 //! never names a block the image could lose in a crash). A broken link or a restart of either side loses
 //! nothing: the next [`BlockStore::begin`] re-reads the journal, re-hashes
-//! those blocks from `id.data` and asks only for the others. At
-//! [`BlockStore::finish`] the node re-reads the whole disk, compares the
+//! those blocks from `id.data` and asks only for the others (and clears any
+//! block of the earlier manifest that the new one says is zeros). At
+//! [`BlockStore::finish`] the node re-reads every data block, compares the
 //! whole-disk digest with the sender's, renames it to `disks/id.img` and adds
 //! its blocks to the index (`disks/.block-index`, append-only records of
 //! hash → disk id + block; hashes only, never block content). The index is a hint: every block taken from it is
@@ -412,8 +413,6 @@ impl BlockStore {
                 EncryptedDisk::create(&dpath, req.size, &key, &dir).map_err(disk_err(&dpath))?
             }
         };
-        let body = serde_json::to_vec(&req).map_err(|e| Error::BadManifest(e.to_string()))?;
-        state_dir::write_atomic(&mpath, &body, SECRET_MODE).map_err(|e| Error::Io(mpath.clone(), io::Error::other(e.to_string())))?;
         let t = Transfer {
             id: id.clone(),
             size: req.size,
@@ -438,22 +437,28 @@ impl BlockStore {
             deduped: AtomicU64::new(0),
             resumed: AtomicU64::new(0),
         };
-        if let Some((_, written)) = earlier {
+        if let Some((before, written)) = earlier {
+            // Invariant: only blocks of the stored manifest may hold data.
+            // Those the new manifest says are zeros are cleared (journaled
+            // or not: a crash may have kept unjournaled writes), before the
+            // new manifest replaces the old one.
+            let old = validate(&before).unwrap_or_default();
+            for &index in old.keys().filter(|i| !t.manifest.contains_key(i)) {
+                t.with_data(|d| d.write_zeroes(index * BLOCK_SIZE, block_len(t.size, index) as usize))?;
+            }
+            t.with_data(|d| d.flush())?;
             for index in written.into_iter().collect::<HashSet<_>>() {
-                if index >= block_count(t.size) {
-                    continue;
-                }
                 match t.manifest.get(&index) {
                     Some(want) if sha256(&t.read_block(index)?) == *want => {
                         t.mark(index)?;
                         t.resumed.fetch_add(1, Ordering::Relaxed);
                     }
-                    Some(_) => {}
-                    // Zeros now: clear what the earlier attempt wrote.
-                    None => t.with_data(|d| d.write_zeroes(index * BLOCK_SIZE, block_len(t.size, index) as usize))?,
+                    _ => {}
                 }
             }
         }
+        let body = serde_json::to_vec(&req).map_err(|e| Error::BadManifest(e.to_string()))?;
+        state_dir::write_atomic(&mpath, &body, SECRET_MODE).map_err(|e| Error::Io(mpath.clone(), io::Error::other(e.to_string())))?;
         self.dedup(&t)?;
         t.commit()?;
         let t = Arc::new(t);
@@ -627,9 +632,16 @@ impl BlockStore {
             });
         }
         t.commit()?;
+        // Only manifest blocks can hold data (the image starts blank, and
+        // begin clears every other block an earlier attempt may have
+        // written), so those are read back; the rest count as zeros.
         let mut digest = DiskDigest::new(t.size);
         let mut buf = vec![0u8; BLOCK_SIZE as usize];
         for index in 0..block_count(t.size) {
+            if !t.manifest.contains_key(&index) {
+                digest.add(index, None);
+                continue;
+            }
             let b = &mut buf[..block_len(t.size, index) as usize];
             t.with_data(|d| d.read_at(b, index * BLOCK_SIZE))?;
             if b.iter().all(|&x| x == 0) {

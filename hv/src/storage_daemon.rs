@@ -22,7 +22,7 @@ use crate::nbd::{NbdClient, NbdError};
 use crate::qemu::luks::{create_encrypted_image, ImageSource, LuksError};
 use crate::qemu::qmp::{Qmp, QmpError};
 
-/// The daemon binary (Debian: qemu-system-common).
+/// The daemon binary (Debian: qemu-utils).
 pub const STORAGE_DAEMON: &str = "qemu-storage-daemon";
 
 const SECRET_ID: &str = "isthmus-key";
@@ -56,7 +56,7 @@ pub enum StorageError {
         source: std::io::Error,
     },
     /// The daemon could not be started.
-    #[error("cannot start {STORAGE_DAEMON}: {0}; install qemu-system-common (tests/setup/deps.sh)")]
+    #[error("cannot start {STORAGE_DAEMON}: {0}; install qemu-utils (tests/setup/deps.sh)")]
     Spawn(#[source] std::io::Error),
     /// Its monitor failed.
     #[error("{STORAGE_DAEMON} for {path}: {source}")]
@@ -106,6 +106,17 @@ impl EncryptedDisk {
     /// the daemon's sockets and pid file. A daemon left in `dir` by an
     /// earlier process is killed first.
     pub fn open(path: &Path, key: &DiskKey, dir: &Path, access: Access) -> Result<EncryptedDisk, StorageError> {
+        EncryptedDisk::spawn(path, Some(key), "qcow2", dir, access)
+    }
+
+    /// Opens a plain (unencrypted) image of QEMU block driver `format`
+    /// (`qcow2`, `vmdk`, `raw`, …) the same way, e.g. to read a source disk's
+    /// guest-visible content without converting it to a raw copy first.
+    pub fn open_plain(path: &Path, format: &str, dir: &Path, access: Access) -> Result<EncryptedDisk, StorageError> {
+        EncryptedDisk::spawn(path, None, format, dir, access)
+    }
+
+    fn spawn(path: &Path, key: Option<&DiskKey>, format: &str, dir: &Path, access: Access) -> Result<EncryptedDisk, StorageError> {
         prepare_dir(dir)?;
         kill_stale(dir);
         let qmp_sock = dir.join(QMP_SOCKET);
@@ -135,24 +146,25 @@ impl EncryptedDisk {
             qmp: None,
             nbd: None,
         };
-        d.start(key, access, &qmp_sock, &nbd_sock)?;
+        d.start(key, format, access, &qmp_sock, &nbd_sock)?;
         Ok(d)
     }
 
-    fn start(&mut self, key: &DiskKey, access: Access, qmp_sock: &Path, nbd_sock: &Path) -> Result<(), StorageError> {
+    fn start(&mut self, key: Option<&DiskKey>, format: &str, access: Access, qmp_sock: &Path, nbd_sock: &Path) -> Result<(), StorageError> {
         let qmp_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| StorageError::Qmp { path, source }
         };
         let mut q = Qmp::connect_retry(qmp_sock, START_PATIENCE).map_err(qmp_err(&self.path))?;
-        q.add_secret(SECRET_ID, &key.passphrase()).map_err(qmp_err(&self.path))?;
+        if let Some(key) = key {
+            q.add_secret(SECRET_ID, &key.passphrase()).map_err(qmp_err(&self.path))?;
+        }
         let ro = access == Access::ReadShared;
         let mut file = json!({ "driver": "file", "filename": self.path.to_string_lossy() });
-        let mut args = json!({
-            "driver": "qcow2",
-            "node-name": NODE,
-            "encrypt": { "format": "luks", "key-secret": SECRET_ID },
-        });
+        let mut args = json!({ "driver": format, "node-name": NODE });
+        if key.is_some() {
+            args["encrypt"] = json!({ "format": "luks", "key-secret": SECRET_ID });
+        }
         if ro {
             for o in [&mut file, &mut args] {
                 o["read-only"] = json!(true);
@@ -162,7 +174,10 @@ impl EncryptedDisk {
         args["file"] = file;
         let opened = q.execute("blockdev-add", Some(args));
         // The passphrase is not needed once the LUKS header is open.
-        let deleted = q.execute("object-del", Some(json!({ "id": SECRET_ID })));
+        let deleted = match key {
+            Some(_) => q.execute("object-del", Some(json!({ "id": SECRET_ID }))),
+            None => Ok(serde_json::Value::Null),
+        };
         match opened {
             Ok(_) => {}
             Err(QmpError::Command { desc, .. }) => {

@@ -2,16 +2,23 @@
 //!
 //! Raw images: `SEEK_DATA`/`SEEK_HOLE` on the file. Other formats (qcow2,
 //! VMDK, …): `qemu-img map --output=json` lists the allocated extents, and the
-//! guest-visible content is read from a sparse raw copy that `qemu-img
-//! convert` makes next to the appliance's data (qcow2 clusters may be
-//! compressed or sit in a backing file, so the file's bytes are not the
-//! disk's). The copy is removed when the view is dropped.
+//! guest-visible content is read through QEMU's own block layer: a
+//! `qemu-storage-daemon` opens the image read-only (shared) and exports it
+//! over NBD on a private socket under the work directory
+//! ([`hv::storage_daemon`]); qcow2 clusters may be compressed or sit in a
+//! backing file, so the file's bytes are not the disk's. (Converting the
+//! image to a raw copy first cost a full extra pass over the disk before the
+//! first block could leave.)
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use hv::storage_daemon::{Access, EncryptedDisk};
 
 use proto::transfer::BLOCK_SIZE;
 use serde::Deserialize;
@@ -48,6 +55,15 @@ struct MapEntry {
     data: bool,
 }
 
+/// Where the guest-visible bytes come from.
+#[derive(Debug)]
+enum Content {
+    /// A raw image: the file itself.
+    Raw(File),
+    /// Any other format: QEMU's block layer over NBD.
+    Nbd(Box<Mutex<EncryptedDisk>>),
+}
+
 /// The guest-visible content of a disk, with its allocated extents.
 #[derive(Debug)]
 pub struct GuestView {
@@ -57,17 +73,11 @@ pub struct GuestView {
     pub extents: Vec<(u64, u64)>,
     /// Image format as qemu-img reports it.
     pub format: String,
-    raw: File,
-    temp: Option<PathBuf>,
+    content: Content,
 }
 
-impl Drop for GuestView {
-    fn drop(&mut self) {
-        if let Some(p) = self.temp.take() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
+/// Numbers the storage daemons' directories of this process.
+static DAEMONS: AtomicU64 = AtomicU64::new(0);
 
 fn qemu_img(what: &'static str, path: &Path, args: &[&str]) -> Result<Vec<u8>, ExtentError> {
     let out = Command::new("qemu-img").args(args).output().map_err(|e| ExtentError::QemuImg {
@@ -104,8 +114,7 @@ impl GuestView {
                 size: info.virtual_size,
                 extents,
                 format: info.format,
-                raw,
-                temp: None,
+                content: Content::Raw(raw),
             });
         }
         let map: Vec<MapEntry> =
@@ -115,18 +124,18 @@ impl GuestView {
                 detail: e.to_string(),
             })?;
         let extents = merge(map.iter().filter(|m| m.data).map(|m| (m.start, m.length)));
-        std::fs::create_dir_all(work_dir).map_err(|e| ExtentError::Io(work_dir.to_path_buf(), e))?;
-        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        let temp = work_dir.join(format!(".{name}.{}.raw", std::process::id()));
-        let t = temp.to_string_lossy().to_string();
-        qemu_img("convert", path, &["convert", "-O", "raw", &p, &t])?;
-        let raw = File::open(&temp).map_err(|e| ExtentError::Io(temp.clone(), e))?;
+        let n = DAEMONS.fetch_add(1, Ordering::Relaxed);
+        let dir = work_dir.join(format!(".sd-{}-{n}", std::process::id()));
+        let disk = EncryptedDisk::open_plain(path, &info.format, &dir, Access::ReadShared).map_err(|e| ExtentError::QemuImg {
+            what: "storage daemon",
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
         Ok(GuestView {
             size: info.virtual_size,
             extents,
             format: info.format,
-            raw,
-            temp: Some(temp),
+            content: Content::Nbd(Box::new(Mutex::new(disk))),
         })
     }
 
@@ -144,7 +153,14 @@ impl GuestView {
     pub fn read_block(&self, index: u64, buf: &mut Vec<u8>) -> std::io::Result<()> {
         let len = proto::transfer::block_len(self.size, index) as usize;
         buf.resize(len, 0);
-        self.raw.read_exact_at(buf, index * BLOCK_SIZE)
+        match &self.content {
+            Content::Raw(f) => f.read_exact_at(buf, index * BLOCK_SIZE),
+            Content::Nbd(d) => d
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .read_at(buf, index * BLOCK_SIZE)
+                .map_err(std::io::Error::other),
+        }
     }
 }
 
@@ -243,6 +259,10 @@ mod tests {
         v.read_block(5, &mut buf).unwrap();
         assert_eq!(&buf[8192..8192 + 4096], &[0xab; 4096][..]);
         drop(v);
-        assert_eq!(std::fs::read_dir(dir.path().join("work")).unwrap().count(), 0, "temp raw removed");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("work")).unwrap().count(),
+            0,
+            "daemon directory removed"
+        );
     }
 }

@@ -91,6 +91,12 @@ pub struct Sent {
     pub attempts: u32,
     /// Image format of the source.
     pub format: String,
+    /// Seconds reading and hashing the source (the manifest).
+    pub scan_s: f64,
+    /// Seconds from the first begin to the last block delivered.
+    pub send_s: f64,
+    /// Seconds of the node's verification (finish).
+    pub finish_s: f64,
 }
 
 /// Progress: (bytes of data blocks at the node, bytes of data blocks in all).
@@ -105,27 +111,19 @@ struct Scan {
 
 fn scan(path: &Path, work: &Path) -> Result<Scan, TransferError> {
     let view = GuestView::open(path, work)?;
+    let hashes = hash_blocks(&view, path)?;
     let mut digest = DiskDigest::new(view.size);
     let mut blocks = Vec::new();
     let mut data_bytes = 0;
-    let mut buf = Vec::with_capacity(BLOCK_SIZE as usize);
     let mut next = 0;
-    for index in view.candidate_blocks() {
+    for (index, hash) in hashes {
         while next < index {
             digest.add(next, None);
             next += 1;
         }
-        view.read_block(index, &mut buf).map_err(|source| TransferError::Read {
-            path: path.display().to_string(),
-            index,
-            source,
-        })?;
-        if buf.iter().all(|&b| b == 0) {
-            digest.add(index, None);
-        } else {
-            let h = sha256(&buf);
-            digest.add(index, Some(&h));
-            data_bytes += buf.len() as u64;
+        digest.add(index, hash.as_ref());
+        if let Some(h) = hash {
+            data_bytes += proto::transfer::block_len(view.size, index);
             blocks.push(BlockEntry { index, sha256: hex(&h) });
         }
         next = index + 1;
@@ -141,6 +139,50 @@ fn scan(path: &Path, work: &Path) -> Result<Scan, TransferError> {
         begin,
         data_bytes,
     })
+}
+
+/// A block index and its hash (`None`: all zeros).
+type Hashed = (u64, Option<proto::transfer::BlockHash>);
+
+/// Reads and hashes every candidate block of `view` on one thread per core
+/// (SHA-256 is the cost; reads of the same file or export interleave):
+/// `(index, None)` for an all-zero block, ascending.
+fn hash_blocks(view: &GuestView, path: &Path) -> Result<Vec<Hashed>, TransferError> {
+    let candidates = view.candidate_blocks();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+    let parts: Vec<Result<Vec<Hashed>, TransferError>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let candidates = &candidates;
+                s.spawn(move || {
+                    let mut buf = Vec::with_capacity(BLOCK_SIZE as usize);
+                    let mut out = Vec::with_capacity(candidates.len() / threads + 1);
+                    for &index in candidates.iter().skip(t).step_by(threads) {
+                        view.read_block(index, &mut buf).map_err(|source| TransferError::Read {
+                            path: path.display().to_string(),
+                            index,
+                            source,
+                        })?;
+                        out.push((index, (!buf.iter().all(|&b| b == 0)).then(|| sha256(&buf))));
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(TransferError::Task("a hashing thread panicked".into())))
+            })
+            .collect()
+    });
+    let mut all = Vec::with_capacity(candidates.len());
+    for p in parts {
+        all.extend(p?);
+    }
+    all.sort_unstable_by_key(|e| e.0);
+    Ok(all)
 }
 
 /// The whole-disk digest ([`DiskDigest`]) of the image at `path`, as a
@@ -160,12 +202,15 @@ pub async fn send_disk(
     progress: Progress,
 ) -> Result<Sent, TransferError> {
     let (p, w) = (path.to_path_buf(), work.to_path_buf());
+    let t0 = std::time::Instant::now();
     let scan = Arc::new(
         tokio::task::spawn_blocking(move || scan(&p, &w))
             .await
             .map_err(|e| TransferError::Task(e.to_string()))??,
     );
     let total = scan.data_bytes;
+    let scan_s = t0.elapsed().as_secs_f64();
+    let t1 = std::time::Instant::now();
     let size_of = |i: u64| proto::transfer::block_len(scan.view.size, i);
     // Attempts = 1 + interrupted rounds.
     let mut attempt = 1;
@@ -213,9 +258,17 @@ pub async fn send_disk(
             retry(e, &mut attempt)?;
             continue;
         }
-        match client.transfer_finish(id, &scan.digest).await {
+        let send_s = t1.elapsed().as_secs_f64();
+        let t2 = std::time::Instant::now();
+        let finished = client.transfer_finish(id, &scan.digest).await;
+        let finish_s = t2.elapsed().as_secs_f64();
+        tracing::info!(disk = id, scan_s, send_s, finish_s, "disk sent");
+        match finished {
             Ok(d) if d.digest == scan.digest => {
                 return Ok(Sent {
+                    scan_s,
+                    send_s,
+                    finish_s,
                     done: d,
                     allocated: scan.view.allocated(),
                     data_bytes: total,
