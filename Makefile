@@ -41,7 +41,7 @@ test: build image lint unit smoke e2e
 
 # Runs every cargo-fuzz target for FUZZ_SECONDS each (needs the nightly toolchain).
 FUZZ_SECONDS ?= 60
-FUZZ_DIRS := appliance/fuzz csc/fuzz netbridge/fuzz proto/fuzz
+FUZZ_DIRS := appliance/fuzz csc/fuzz hv/fuzz netbridge/fuzz proto/fuzz
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz
 	@for d in $(FUZZ_DIRS); do \
@@ -61,7 +61,7 @@ bench-netbridge: bench-netbridge-deps
 	python3 netbridge/bench/bench.py target/release/examples/isthmus-bridge
 
 # The CSL guest: plain vs LUKS qcow2 data disk in the same run (I/O measured
-# inside the guest by isthmus-iobench, not fio), boot time, QMP snapshot
+# inside the guest by fio: hv/bench/fio-image.sh), boot time, QMP snapshot
 # save/load, QEMU RSS (never part of `make test`); last line JSON. Root only.
 bench-hv: deps
 	$(CARGO) run -q -p hv --example bench_hv

@@ -1,8 +1,9 @@
 //! `make bench-hv`: the same test-server guest, in the same run, with its
 //! data disk as plain qcow2 and as LUKS qcow2 (key over QMP): 4 KiB random
 //! read/write IOPS and 1 MiB sequential MiB/s measured inside the guest by
-//! `isthmus-iobench` (O_DIRECT, queue depth 1; fio does not fit the busybox
-//! image, so these are *not* fio figures), boot time to ISTHMUS-READY, QMP
+//! fio (O_DIRECT, libaio, queue depth [`IODEPTH`], 5 s time-based per
+//! figure, on the raw `/dev/vda`); the guest is the test server plus fio
+//! (`hv/bench/fio-image.sh`, cached by recipe hash), boot time to ISTHMUS-READY, QMP
 //! snapshot save/load times and QEMU's RSS. Prints a table, then one JSON
 //! object as the last line. Root only (network namespace, TAP).
 
@@ -17,6 +18,33 @@ use proto::{DiskBus, DiskSpec, Firmware, HardwareProfile, Machine, NicModel, Nic
 const SECS: &str = "5";
 const DATA_BYTES: u64 = 128 << 20;
 const MODES: [&str; 4] = ["seqwrite", "seqread", "randwrite", "randread"];
+/// fio queue depth (libaio).
+const IODEPTH: u32 = 16;
+
+/// The fio command for one figure: terse v3 output, one line.
+fn fio_command(mode: &str) -> String {
+    let (rw, bs) = match mode {
+        "seqwrite" => ("write", "1M"),
+        "seqread" => ("read", "1M"),
+        "randwrite" => ("randwrite", "4k"),
+        _ => ("randread", "4k"),
+    };
+    format!(
+        "fio --name={mode} --filename=/dev/vda --direct=1 --ioengine=libaio --iodepth={IODEPTH} \
+         --rw={rw} --bs={bs} --runtime={SECS} --time_based --output-format=terse --terse-version=3"
+    )
+}
+
+/// (IOPS, MiB/s) from a fio terse v3 line: read bandwidth (KiB/s) and IOPS
+/// are fields 7 and 8, write ones 48 and 49 (1-based).
+fn parse_fio_terse(line: &str, write: bool) -> Option<(f64, f64)> {
+    let f: Vec<&str> = line.trim().split(';').collect();
+    if f.first() != Some(&"3") || f.len() < 49 {
+        return None;
+    }
+    let (bw, iops) = if write { (f[47], f[48]) } else { (f[6], f[7]) };
+    Some((iops.parse().ok()?, bw.parse::<f64>().ok()? / 1024.0))
+}
 
 struct Run {
     boot_s: f64,
@@ -27,17 +55,14 @@ struct Run {
 }
 
 fn image_dir() -> anyhow::Result<PathBuf> {
-    if let Some(d) = std::env::var_os("ISTHMUS_TEST_SERVER_DIR") {
-        return Ok(d.into());
-    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let out = Command::new("bash")
-        .arg(root.join("image-build/test-server/build.sh"))
+        .arg(root.join("hv/bench/fio-image.sh"))
         .current_dir(&root)
         .output()?;
     anyhow::ensure!(
         out.status.success(),
-        "test-server build failed: {}",
+        "bench image (test server + fio) build failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").trim().into())
@@ -110,21 +135,15 @@ fn run(label: &str, base: &Path, dir: &Path, luks: bool, accel: AccelKind) -> an
         con.send(b"\n")?;
         let mut io = Vec::new();
         for mode in MODES {
-            let r = con.run(&format!("isthmus-iobench /dev/vda {mode} {SECS}"), Duration::from_secs(120))?;
-            anyhow::ensure!(r.status == 0, "iobench {mode}: {}", r.output);
-            let line = r
+            let r = con.run(&fio_command(mode), Duration::from_secs(120))?;
+            anyhow::ensure!(r.status == 0, "fio {mode}: {}", r.output);
+            let write = mode.ends_with("write");
+            let (iops, mibps) = r
                 .output
                 .lines()
-                .find(|l| l.starts_with("ISTHMUS-IO"))
-                .unwrap_or_default()
-                .to_string();
-            let get = |k: &str| -> f64 {
-                line.split_whitespace()
-                    .find_map(|kv| kv.strip_prefix(k))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0.0)
-            };
-            io.push((mode.to_string(), get("iops="), get("mibps=")));
+                .find_map(|l| parse_fio_terse(l, write))
+                .ok_or_else(|| anyhow::anyhow!("fio {mode}: no terse line in {:?}", r.output))?;
+            io.push((mode.to_string(), iops, mibps));
         }
         let rss_mib = g.process_stats()?.rss_kib as f64 / 1024.0;
         let t = Instant::now();
@@ -173,7 +192,7 @@ fn main() -> anyhow::Result<()> {
             .map(|(_, i, m)| if iops { *i } else { *m })
             .unwrap_or(0.0)
     };
-    println!("hv bench: same guest, same run; data disk 128 MiB on virtio-blk; isthmus-iobench in the guest (O_DIRECT, QD1; not fio); accel {accel}");
+    println!("hv bench: same guest, same run; data disk 128 MiB on virtio-blk; fio in the guest (O_DIRECT, libaio, QD{IODEPTH}, {SECS} s each); accel {accel}");
     println!("{:<28} {:>12} {:>12} {:>8}", "figure", "plain qcow2", "LUKS qcow2", "ratio");
     let rows = [
         ("4k randread IOPS", "randread", true),
@@ -191,7 +210,7 @@ fn main() -> anyhow::Result<()> {
     println!("{:<28} {:>12.0} {:>12.0}", "QEMU RSS MiB", plain.rss_mib, luks.rss_mib);
     let json = serde_json::json!({
         "accel": accel,
-        "io_tool": "isthmus-iobench (O_DIRECT, QD1), not fio",
+        "io_tool": format!("fio in the guest (O_DIRECT, libaio, iodepth {IODEPTH}, {SECS} s)"),
         "randread_iops_plain": fig(&plain, "randread", true).round(),
         "randread_iops_luks": fig(&luks, "randread", true).round(),
         "randwrite_iops_plain": fig(&plain, "randwrite", true).round(),
@@ -209,4 +228,23 @@ fn main() -> anyhow::Result<()> {
     });
     println!("{json}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fio_terse_fields() {
+        let mut f = vec!["0"; 130];
+        f[0] = "3";
+        f[6] = "2048";
+        f[7] = "512";
+        f[47] = "4096";
+        f[48] = "1024";
+        let line = f.join(";");
+        assert_eq!(parse_fio_terse(&line, false), Some((512.0, 2.0)));
+        assert_eq!(parse_fio_terse(&line, true), Some((1024.0, 4.0)));
+        assert_eq!(parse_fio_terse("fio-3.33", true), None);
+    }
 }

@@ -103,7 +103,7 @@ pub fn ping(path: &Path, timeout: Duration) -> Result<(), AgentError> {
     loop {
         while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = buf.drain(..=pos).collect();
-            if answers(&line, id) {
+            if is_sync_answer(&line, id) {
                 return Ok(());
             }
         }
@@ -136,10 +136,10 @@ pub fn ping(path: &Path, timeout: Duration) -> Result<(), AgentError> {
     }
 }
 
-/// True when `line` is the agent's `{"return": id}` for our request. Other
-/// lines (late answers, errors of other clients' requests, a stray 0xFF
-/// delimiter) are skipped.
-fn answers(line: &[u8], id: u64) -> bool {
+/// True when `line` (from the guest: untrusted) is the agent's
+/// `{"return": id}` for our request. Other lines (late answers, errors of
+/// other clients' requests, a stray 0xFF delimiter) do not count.
+pub fn is_sync_answer(line: &[u8], id: u64) -> bool {
     let text = line.strip_prefix(&[0xff]).unwrap_or(line);
     serde_json::from_slice::<Value>(text).is_ok_and(|v| v.get("return").and_then(Value::as_u64) == Some(id))
 }
@@ -149,13 +149,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_our_id_answers() {
-        assert!(answers(b"{\"return\": 42}\n", 42));
-        assert!(answers(b"\xff{\"return\": 42}\n", 42));
-        assert!(!answers(b"{\"return\": 41}\n", 42));
-        assert!(!answers(b"{\"return\": {}}\n", 42));
-        assert!(!answers(b"{\"error\": {\"class\": \"GenericError\"}}\n", 42));
-        assert!(!answers(b"not json\n", 42));
+    fn only_our_id_is_an_answer() {
+        assert!(is_sync_answer(b"{\"return\": 42}\n", 42));
+        assert!(is_sync_answer(b"\xff{\"return\": 42}\n", 42));
+        assert!(!is_sync_answer(b"{\"return\": 41}\n", 42));
+        assert!(!is_sync_answer(b"{\"return\": {}}\n", 42));
+        assert!(!is_sync_answer(b"{\"error\": {\"class\": \"GenericError\"}}\n", 42));
+        assert!(!is_sync_answer(b"not json\n", 42));
     }
 
     #[test]
