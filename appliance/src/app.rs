@@ -185,6 +185,12 @@ impl App {
                 req.name
             )));
         }
+        if req.name == crate::moves::route::DC {
+            return Err(AppError::Invalid(format!(
+                "cloud name {:?} is reserved for the data center (`isthmus move SERVER --to dc`); choose another",
+                req.name
+            )));
+        }
         if self.store.get(&CLOUDS, &req.name)?.is_some() {
             return Err(AppError::Conflict(format!("cloud {} is already enrolled", req.name)));
         }
@@ -233,15 +239,16 @@ impl App {
         }
     }
 
-    /// Records a new move (step `plan`); the caller drives it.
+    /// Records a new move (step `plan`); the caller drives it. `to` is an
+    /// enrolled cloud or `dc` (back to the data center); the server may run
+    /// in the data center or in a cloud: every direction is the same move.
     pub fn create_move(&self, server: &str, to: &str) -> Result<MoveRecord, AppError> {
         let s = self.server(server)?;
-        self.cloud(to)?;
-        if s.location != Location::Dc {
-            return Err(AppError::Conflict(format!(
-                "server {server} runs in {} already; this version moves servers from the data center only",
-                s.location
-            )));
+        if to != crate::moves::route::DC {
+            self.cloud(to)?;
+        }
+        if s.location.to_string() == to {
+            return Err(AppError::Conflict(format!("server {server} runs in {to} already")));
         }
         let moves = self.store.list(&MOVES)?;
         if let Some((_, m)) = moves.iter().find(|(_, m)| m.server == server && !m.step.is_terminal()) {

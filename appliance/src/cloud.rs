@@ -165,6 +165,44 @@ impl CloudClient {
         .await
     }
 
+    /// `DELETE /v1/guests/{name}`: stops QEMU at once and forgets the guest
+    /// (its disks stay on the node). A guest the node does not know is fine.
+    pub async fn delete_guest(&self, name: &str) -> Result<(), CloudError> {
+        let req = self
+            .http
+            .delete(format!("{}/v1/guests/{name}", self.base))
+            .timeout(Duration::from_secs(90));
+        match self.checked("delete guest", req).await {
+            Ok(_) | Err(CloudError::Refused { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET /v1/disks/{id}/manifest`: the blocks and digest of a stored disk
+    /// (for moves out of this cloud).
+    pub async fn disk_manifest(&self, id: &str) -> Result<proto::export::DiskManifest, CloudError> {
+        // The node reads its encrypted disks only with the key in memory.
+        self.hand_key(id, false).await?;
+        self.send(
+            "disk manifest",
+            self.http
+                .get(format!("{}/v1/disks/{id}/manifest", self.base))
+                .timeout(Duration::from_secs(900)),
+        )
+        .await
+    }
+
+    /// `POST /v1/disks/{id}/read`: the asked blocks as a stream of transfer
+    /// frames (decode with [`proto::transfer::FrameDecoder`]).
+    pub async fn read_blocks(&self, id: &str, blocks: Vec<u64>) -> Result<reqwest::Response, CloudError> {
+        self.hand_key(id, false).await?;
+        let req = self
+            .http
+            .post(format!("{}/v1/disks/{id}/read", self.base))
+            .json(&proto::export::ReadBlocks { blocks });
+        self.checked("block read", req).await
+    }
+
     /// `POST /v1/transfers/{id}`: opens or resumes a block transfer.
     pub async fn transfer_begin(
         &self,

@@ -69,7 +69,7 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CloudCmd,
     },
-    /// Move a server to a cloud, keeping its IP, MAC, disks and hardware.
+    /// Move a server to a cloud, between clouds or back, keeping its IP, MAC, disks and hardware.
     ///
     /// Steps: plan, stop source (ACPI), copy disks (verified), start target,
     /// switch L2, verify reachability, commit; any failure rolls back and the
@@ -77,7 +77,8 @@ enum Cmd {
     Move {
         /// Server name.
         server: String,
-        /// Cloud name.
+        /// Cloud name, or `dc` to bring the server back to the data center
+        /// (data center → cloud, cloud → cloud and cloud → data center are one path).
         #[arg(long)]
         to: String,
         /// Print the final move (with its timeline) as JSON.

@@ -99,6 +99,9 @@ pub struct CloudRecord {
 pub enum Step {
     /// Check the plan (server exists, cloud enrolled, profile fits).
     Plan,
+    /// Copy the disks while the source still runs (full copy, then deltas),
+    /// so that the copy after the stop sends only the last changes.
+    PreCopy,
     /// Shut the source down cleanly (ACPI, then hard stop after a timeout).
     StopSource,
     /// Copy the disks to the target, verified end to end.
@@ -128,6 +131,7 @@ impl Step {
     pub fn label(self) -> &'static str {
         match self {
             Step::Plan => "plan",
+            Step::PreCopy => "pre-copy",
             Step::StopSource => "stop source",
             Step::CopyDisks => "copy disks",
             Step::StartTarget => "start target",
@@ -146,6 +150,7 @@ impl Step {
     pub fn progress_pct(self) -> u8 {
         match self {
             Step::Plan => 0,
+            Step::PreCopy => 2,
             Step::StopSource => 5,
             Step::CopyDisks => 15,
             Step::StartTarget => 60,
@@ -172,7 +177,7 @@ pub struct MoveRecord {
     pub server: String,
     /// From.
     pub from: Location,
-    /// To (cloud name).
+    /// To: a cloud name, or `dc` for the data center ([`crate::moves::route::DC`]).
     pub to: String,
     /// Current step: the step being executed, recorded before it acts.
     pub step: Step,

@@ -198,6 +198,7 @@ pub fn enrolled_router(node: Arc<Node>) -> Router {
         .route("/v1/node", get(node_info))
         .route("/v1/disks/{id}", put(put_disk))
         .merge(crate::transfer_api::routes())
+        .merge(crate::export_api::routes())
         .route("/v1/guests", post(start_guest))
         .route("/v1/guests/{name}", get(get_guest).delete(delete_guest))
         .route("/v1/guests/{name}/stop", post(stop_guest))

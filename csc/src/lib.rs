@@ -10,6 +10,7 @@
 //! - [`server`]: the TLS accept loop.
 //! - [`disks`]: verified, streamed disk uploads.
 //! - [`blocks`]: block transfers (resumable, deduplicated) and the block index.
+//! - [`export_api`]: reading a disk back (moves out of this cloud).
 //! - [`guests`]: guests under QEMU (`hv`), their TAPs, persistence across restarts.
 //! - [`bridge`]: the data-plane tunnel to the appliance (`netbridge`).
 
@@ -18,6 +19,7 @@ pub mod blocks;
 pub mod bridge;
 pub mod disks;
 pub mod enroll;
+pub mod export_api;
 pub mod guests;
 pub mod node;
 pub mod pki;

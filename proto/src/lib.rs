@@ -4,6 +4,7 @@
 //! is parsed, so that the rest of the code passes typed values around.
 
 pub mod api;
+pub mod export;
 pub mod facts;
 pub mod identity;
 pub mod mac;

@@ -14,10 +14,12 @@
 //! ```
 
 pub mod browser;
+pub mod guest_shell;
 pub mod netns;
 pub mod pcap;
 pub mod process;
 pub mod scenario;
+pub mod second_cloud;
 
 use std::path::PathBuf;
 

@@ -181,7 +181,7 @@ impl Lab {
     }
 
     /// `--probe-kernel/--probe-initrd` for the image's kernel (KVM probe).
-    fn probe_args(&self) -> Vec<String> {
+    pub(crate) fn probe_args(&self) -> Vec<String> {
         let kernel = self.image.dir.join("vmlinuz");
         let initrd = self.image.dir.join("initrd.img");
         if !kernel.exists() {
@@ -198,36 +198,13 @@ impl Lab {
     /// Starts the cloud node with a one-time token; returns (fingerprint, token file).
     pub fn start_node(&mut self) -> Result<(String, PathBuf)> {
         let t = Instant::now();
-        let token = self.work.join("enrol.token");
-        write_private(&token, hex(&rand16()?).as_bytes())?;
-        let node_token = self.work.join("node.token");
-        std::fs::copy(&token, &node_token)?;
-        let bin = crate::bin("isthmus-node")?;
-        let state = self.node_dir();
-        let listen = format!("{CLOUD_INET}:9443");
-        let bridge = format!("{CLOUD_INET}:51821");
-        let mut args = vec![
-            bin.to_str().unwrap_or_default().to_string(),
-            "serve".into(),
-            "--state-dir".into(),
-            state.display().to_string(),
-            "--listen".into(),
-            listen,
-            "--bridge-listen".into(),
-            bridge,
-            "--token-file".into(),
-            node_token.display().to_string(),
-        ];
-        args.extend(self.probe_args());
-        let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
         let env: Vec<(&str, &str)> = if self.opts.break_cloud_qemu {
             vec![("ISTHMUS_QEMU", "/bin/false")]
         } else {
             vec![]
         };
-        let mut p = Proc::spawn("cloud node", &self.cloud, &argv, &env, &self.work.join("node.log"))?;
-        let line = p.wait_log("bootstrap fingerprint:", Duration::from_secs(120))?;
-        let fp = line.split("bootstrap fingerprint:").nth(1).unwrap_or_default().trim().to_string();
+        let (p, fp, token) =
+            crate::second_cloud::spawn_node(self, &self.cloud, &self.node_dir(), CLOUD_INET, &env, &self.work.join("node.log"))?;
         self.node = Some(p);
         self.note(
             "cloud node up",
@@ -599,17 +576,17 @@ fn round(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn rand16() -> Result<[u8; 16]> {
+pub(crate) fn rand16() -> Result<[u8; 16]> {
     let mut b = [0u8; 16];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut b)?;
     Ok(b)
 }
 
-fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)

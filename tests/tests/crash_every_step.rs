@@ -3,9 +3,9 @@
 //! makes it SIGKILL itself right after that step's effect ran and before the
 //! step's outcome is recorded, so the store still holds that step's intent.
 //! It is restarted with the hook set to the next step, and so on: one move
-//! crosses all seven forward steps, each cut once and run again after a
+//! crosses all eight forward steps, each cut once and run again after a
 //! restart. Bounded to one move (one source boot, one cloud boot) instead of
-//! one move per step, which would cost seven TCG boots of each side.
+//! one move per step, which would cost eight TCG boots of each side.
 
 use std::time::Duration;
 
@@ -14,8 +14,9 @@ use isthmus_lab::scenario::Lab;
 const HOOK: &str = "ISTHMUS_TEST_KILL_AFTER";
 
 /// Steps as the store names them, and as the timeline labels them.
-const STEPS: [(&str, &str); 7] = [
+const STEPS: [(&str, &str); 8] = [
     ("plan", "plan"),
+    ("pre-copy", "pre-copy"),
     ("stop-source", "stop source"),
     ("copy-disks", "copy disks"),
     ("start-target", "start target"),

@@ -2,15 +2,14 @@
 //! after a crash finds the work done and says so.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use proto::api::{GuestState, StartGuest};
 
 use crate::app::App;
 use crate::model::{Location, MoveRecord, ServerRecord, Step};
 use crate::moves::executor::{Effects, StepResult};
-use crate::moves::transfer;
+use crate::moves::{pull, route, transfer};
 use crate::store::SERVERS;
 
 /// How long the source may take to shut down on the ACPI button.
@@ -39,77 +38,64 @@ impl Effects for RealEffects {
     fn run(&mut self, step: Step, mv: &mut MoveRecord, log: &mut dyn FnMut(String)) -> StepResult {
         let app = self.app.clone();
         let server = app.server(&mv.server).map_err(e)?;
+        let (from, to) = (mv.from.clone(), route::target(mv));
         match step {
             Step::Plan => {
                 server.profile.validate().map_err(e)?;
-                let client = app.cloud_client(&mv.to).map_err(e)?;
-                let node = self.rt.block_on(client.node()).map_err(e)?;
-                Ok(format!(
-                    "{} reachable over mutual TLS; its guests run under {} ({})",
-                    mv.to, node.accel, node.accel_reason
-                ))
-            }
-            Step::StopSource => app.source.stop(&server, STOP_TIMEOUT).map_err(e),
-            Step::CopyDisks => self.copy_disks(&server, mv, log),
-            Step::StartTarget => {
-                let client = app.cloud_client(&mv.to).map_err(e)?;
-                if let Some(g) = self.rt.block_on(client.guest(&server.name)).map_err(e)? {
-                    if g.state == GuestState::Running {
-                        return Ok(format!("already running on {} (pid {:?})", mv.to, g.pid));
+                if from == to {
+                    return Err(format!("{} runs in {to} already", server.name));
+                }
+                let mut said = Vec::new();
+                for at in [&from, &to] {
+                    if let Location::Cloud { name } = at {
+                        let client = app.cloud_client(name).map_err(e)?;
+                        let node = self.rt.block_on(client.node()).map_err(e)?;
+                        said.push(format!(
+                            "{name} reachable over mutual TLS; its guests run under {} ({})",
+                            node.accel, node.accel_reason
+                        ));
                     }
                 }
-                let req = StartGuest {
-                    name: server.name.clone(),
-                    profile: server.profile.clone(),
-                    disk_ids: mv.target_disk_ids.clone(),
-                };
-                let g = self.rt.block_on(client.start_guest(&req)).map_err(e)?;
-                let nic = server
-                    .profile
-                    .nics
-                    .first()
-                    .map(|n| format!("{:?} {}", n.model, n.mac))
-                    .unwrap_or_default();
-                let disk = server.profile.disks.first().map(|d| format!("{:?}", d.bus)).unwrap_or_default();
-                Ok(format!(
-                    "started on {} under {} with NIC {nic}, disk bus {disk}, TAPs {:?}",
-                    mv.to, g.accel, g.taps
-                ))
+                Ok(format!("{from} → {to}: {}", said.join("; ")))
             }
-            Step::SwitchL2 => {
-                app.lcg.carry(&mv.to, &server.macs()).map_err(e)?;
-                Ok(format!("LCG carries {} over the encrypted bridge to {}", fmt_macs(&server), mv.to))
-            }
+            Step::PreCopy => self.pre_copy(&server, mv, log),
+            Step::StopSource => route::stop(&app, &self.rt, &server, &from, STOP_TIMEOUT),
+            Step::CopyDisks => self.copy_disks(&server, mv, log),
+            Step::StartTarget => route::start(&app, &self.rt, &server, &to, &mv.target_disk_ids),
+            Step::SwitchL2 => route::switch_l2(&app, &server, &from, &to),
             Step::Verify => verify_answers(&server, log),
             Step::Commit => {
-                let mut s = server.clone();
-                s.location = Location::Cloud { name: mv.to.clone() };
+                let mut s = match to {
+                    Location::Dc => route::with_dc_disks(&server, &mv.target_disk_ids),
+                    Location::Cloud { .. } => server.clone(),
+                };
+                s.location = to.clone();
                 app.store.put(&SERVERS, &s.name, &s).map_err(e)?;
-                Ok(format!("{} now runs in {}", s.name, mv.to))
+                if let Location::Cloud { name } = &from {
+                    // The stopped copy must not hold the name on that node;
+                    // its disks stay (and feed the node's block index).
+                    let client = app.cloud_client(name).map_err(e)?;
+                    self.rt.block_on(client.delete_guest(&s.name)).map_err(e)?;
+                }
+                Ok(format!("{} now runs in {to}", s.name))
             }
             Step::RollbackL2 => {
-                app.lcg.release(&mv.to, &server.macs()).map_err(e)?;
-                Ok(format!("LCG no longer carries {}", fmt_macs(&server)))
+                let said = route::switch_l2(&app, &server, &to, &from)?;
+                Ok(format!("MAC back where the source runs: {said}"))
             }
             Step::RollbackTarget => {
-                let client = app.cloud_client(&mv.to).map_err(e)?;
-                match self.rt.block_on(client.guest(&server.name)).map_err(e)? {
-                    None => Ok("no copy runs on the target".into()),
-                    Some(g) if g.state == GuestState::Stopped => Ok("target copy is stopped; kept for inspection".into()),
-                    Some(_) => {
-                        self.rt.block_on(client.stop_guest(&server.name)).map_err(e)?;
-                        Ok("target copy stopped; kept for inspection".into())
-                    }
-                }
+                let said = route::stop(&app, &self.rt, &server, &to, STOP_TIMEOUT)?;
+                Ok(format!("{said}; the target copy is kept for inspection"))
             }
             Step::RollbackSource => {
                 let mut s = server.clone();
-                if s.location != Location::Dc {
-                    s.location = Location::Dc;
+                if s.location != from {
+                    s.location = from.clone();
                     app.store.put(&SERVERS, &s.name, &s).map_err(e)?;
                 }
-                let pid = app.source.start(&s).map_err(e)?;
-                log(format!("source started again (QEMU pid {pid}); waiting for it to answer"));
+                let disks = route::disks_at(&app, &s, &from)?;
+                let said = route::start(&app, &self.rt, &s, &from, &disks)?;
+                log(format!("source {said}; waiting for it to answer"));
                 verify_answers(&s, log)
             }
             Step::Done | Step::RolledBack => Ok(String::new()),
@@ -118,50 +104,65 @@ impl Effects for RealEffects {
 }
 
 impl RealEffects {
+    /// Copies every disk from where the server ran to where it goes: a
+    /// data-center image is sent block by block; a cloud disk is pulled
+    /// (to the data-center image it becomes, or to a relay file the
+    /// appliance sends on to the other cloud).
     fn copy_disks(&self, server: &ServerRecord, mv: &mut MoveRecord, log: &mut dyn FnMut(String)) -> StepResult {
-        let crate::model::Source::LocalQemu { disks, .. } = &server.source;
-        let client = self.app.cloud_client(&mv.to).map_err(e)?;
+        let (from, to) = (mv.from.clone(), route::target(mv));
+        let sources = route::disks_at(&self.app, server, &from)?;
         let work = self.app.data_dir.join("transfer");
         let opts = transfer::Options::default();
         let mut ids = Vec::new();
         let mut digests = Vec::new();
         let (mut data, mut wire) = (0u64, 0u64);
         let t = Instant::now();
-        for (i, path) in disks.iter().enumerate() {
-            let id = format!("{}-{}-d{i}", mv.id, server.name.to_ascii_lowercase().replace('_', "-"));
-            let app = self.app.clone();
-            let move_id = mv.id.clone();
-            let progress: transfer::Progress = Arc::new(move |done: u64, total: u64| {
-                app.copy_progress
-                    .lock()
-                    .expect("progress lock")
-                    .insert(move_id.clone(), (done, total));
-            });
-            // The timeline gets the copy's progress every PROGRESS_EVERY.
-            let sending = transfer::send_disk(&client, &id, path, &work, &opts, progress);
-            let got = self
-                .rt
-                .block_on(async {
-                    tokio::pin!(sending);
-                    let started = Instant::now();
-                    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
-                    loop {
-                        tokio::select! {
-                            r = &mut sending => break r,
-                            _ = tick.tick() => {
-                                let p = self.app.copy_progress.lock().expect("progress lock").get(&mv.id).copied();
-                                if let Some((done, total)) = p {
-                                    log(progress_line(i, done, total, started.elapsed()));
-                                }
-                            }
-                        }
+        for (i, src) in sources.iter().enumerate() {
+            // What the disk is read from locally (a relay file is removed after).
+            let (local, relay) = match &from {
+                Location::Dc => (PathBuf::from(src), None),
+                Location::Cloud { name } => {
+                    let dest = match &to {
+                        Location::Dc => route::dc_disk_path(&self.app, mv, i),
+                        Location::Cloud { .. } => work.join("relay").join(format!("{src}.raw")),
+                    };
+                    let client = self.app.cloud_client(name).map_err(e)?;
+                    let pulling = pull::pull_disk(&client, src, &dest, opts.streams, self.progress(mv));
+                    let p = self.with_progress(i, mv, pulling, log).map_err(e)?;
+                    log(format!(
+                        "disk {i}: {src} on {name} → {}: {} data blocks, {} fetched ({:.1} MiB compressed), {} already here{}; digest {}… verified",
+                        dest.display(),
+                        p.blocks,
+                        p.fetched,
+                        p.wire_bytes as f64 / 1048576.0,
+                        p.kept,
+                        if p.attempts > 1 { format!(" after {} attempts", p.attempts) } else { String::new() },
+                        &p.digest[..16]
+                    ));
+                    wire += p.wire_bytes;
+                    if to == Location::Dc {
+                        data += p.blocks * proto::transfer::BLOCK_SIZE;
+                        ids.push(dest.display().to_string());
+                        digests.push(p.digest);
+                        continue;
                     }
-                })
-                .map_err(e)?;
+                    (dest.clone(), Some(dest))
+                }
+            };
+            let Location::Cloud { name } = &to else {
+                return Err("a move from the data center to the data center copies nothing".into());
+            };
+            let id = route::cloud_disk_id(mv, server, i);
+            let client = self.app.cloud_client(name).map_err(e)?;
+            let sending = transfer::send_disk(&client, &id, &local, &work, &opts, self.progress(mv));
+            let got = self.with_progress(i, mv, sending, log).map_err(e)?;
+            if let Some(r) = relay {
+                let _ = std::fs::remove_file(r);
+            }
             let d = &got.done;
             log(format!(
-                "disk {i} ({}, {}) → {id}: {:.1} MiB allocated, {} data blocks: {} sent ({:.1} MiB compressed), {} already on the node, {} resumed; digest {}… verified by the target{}",
-                path.display(),
+                "disk {i} ({}, {}) → {id} on {name}: {:.1} MiB allocated, {} data blocks: {} sent ({:.1} MiB compressed), {} already on the node, {} resumed; digest {}… verified by the target{}",
+                local.display(),
                 got.format,
                 got.allocated as f64 / 1048576.0,
                 d.blocks,
@@ -181,12 +182,126 @@ impl RealEffects {
         mv.disk_digests = digests;
         let secs = t.elapsed().as_secs_f64();
         Ok(format!(
-            "{} disk(s), {:.1} MiB of data in {secs:.1} s ({:.1} MiB/s), {:.1} MiB on the wire (zstd, only blocks the node lacked), mutual TLS, SHA-256 per block and a whole-disk digest checked end to end",
-            disks.len(),
+            "{from} → {to}: {} disk(s), {:.1} MiB of data in {secs:.1} s ({:.1} MiB/s), {:.1} MiB on the wire (zstd, only blocks the receiver lacked), mutual TLS, SHA-256 per block and a whole-disk digest checked end to end",
+            sources.len(),
             data as f64 / 1048576.0,
             data as f64 / 1048576.0 / secs.max(0.001),
             wire as f64 / 1048576.0
         ))
+    }
+
+    /// While a data-center source still runs: copy its disks to the target
+    /// cloud, then again (only changed blocks cross: the node keeps what the
+    /// round before delivered) until a round changes little, so that
+    /// [`Step::CopyDisks`] after the stop sends only the last delta. What a
+    /// running disk yields may be torn; the copy after the stop is the one
+    /// verified and used. A failed round is logged, never fatal. Sources in a
+    /// cloud are not pre-copied (their node reads disks of stopped guests only).
+    fn pre_copy(&self, server: &ServerRecord, mv: &mut MoveRecord, log: &mut dyn FnMut(String)) -> StepResult {
+        let (Location::Dc, Location::Cloud { name }) = (&mv.from, route::target(mv)) else {
+            return Ok("the source runs in a cloud: its disks are copied once it stops".into());
+        };
+        if !self.app.source.is_running(server) {
+            return Ok("the source is not running: nothing changes under the copy after the stop".into());
+        }
+        let sources = route::disks_at(&self.app, server, &Location::Dc)?;
+        let client = self.app.cloud_client(&name).map_err(e)?;
+        let work = self.app.data_dir.join("transfer");
+        let opts = transfer::Options::default();
+        let t = Instant::now();
+        let mut rounds = Vec::new();
+        for round in 1..=PRE_COPY_ROUNDS {
+            let mut sent = 0;
+            for (i, src) in sources.iter().enumerate() {
+                let id = route::cloud_disk_id(mv, server, i);
+                let sending = transfer::send_disk(&client, &id, std::path::Path::new(src), &work, &opts, self.progress(mv));
+                match self.with_progress(i, mv, sending, log) {
+                    Ok(got) => {
+                        log(format!(
+                            "pre-copy round {round}, disk {i} → {id}: {} of {} data blocks sent ({:.1} MiB compressed), {} already on the node",
+                            got.done.blocks_sent,
+                            got.done.blocks,
+                            got.done.wire_bytes as f64 / 1048576.0,
+                            got.done.blocks_deduped
+                        ));
+                        sent += got.done.blocks_sent;
+                    }
+                    Err(err) => {
+                        log(format!(
+                            "pre-copy round {round}, disk {i}: {err}; the copy after the stop sends it whole"
+                        ));
+                        return Ok(format!("pre-copy stopped after {} round(s): {err}", rounds.len()));
+                    }
+                }
+            }
+            rounds.push(sent);
+            if sent <= PRE_COPY_SETTLED_BLOCKS {
+                break;
+            }
+        }
+        hold_before_stop(log);
+        Ok(format!(
+            "{} round(s) in {:.1} s while the source ran, blocks sent per round {rounds:?}; the copy after the stop sends only what changed since",
+            rounds.len(),
+            t.elapsed().as_secs_f64()
+        ))
+    }
+
+    /// Progress of a copy for the console and the CLI's bar.
+    fn progress(&self, mv: &MoveRecord) -> transfer::Progress {
+        let app = self.app.clone();
+        let move_id = mv.id.clone();
+        Arc::new(move |done: u64, total: u64| {
+            app.copy_progress
+                .lock()
+                .expect("progress lock")
+                .insert(move_id.clone(), (done, total));
+        })
+    }
+
+    /// Runs a copy of disk `i` to its end, adding its progress to the
+    /// timeline every [`PROGRESS_EVERY`].
+    fn with_progress<T>(&self, i: usize, mv: &MoveRecord, copy: impl std::future::Future<Output = T>, log: &mut dyn FnMut(String)) -> T {
+        self.rt.block_on(async {
+            tokio::pin!(copy);
+            let started = Instant::now();
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+            loop {
+                tokio::select! {
+                    r = &mut copy => break r,
+                    _ = tick.tick() => {
+                        let p = self.app.copy_progress.lock().expect("progress lock").get(&mv.id).copied();
+                        if let Some((done, total)) = p {
+                            log(progress_line(i, done, total, started.elapsed()));
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Most pre-copy rounds (the first is the full copy).
+const PRE_COPY_ROUNDS: usize = 3;
+/// A pre-copy round that sent at most this many blocks ends the pre-copy.
+const PRE_COPY_SETTLED_BLOCKS: u64 = 8;
+
+/// Environment variable of a lab test hook: after the pre-copy, wait (up to
+/// 5 min) until the file it names exists, so that a test can write into the
+/// running source between the first copy and the cutover.
+pub const HOLD_BEFORE_STOP_ENV: &str = "ISTHMUS_TEST_HOLD_BEFORE_STOP";
+
+fn hold_before_stop(log: &mut dyn FnMut(String)) {
+    let Some(path) = std::env::var_os(HOLD_BEFORE_STOP_ENV).map(PathBuf::from) else {
+        return;
+    };
+    log(format!(
+        "test hook {HOLD_BEFORE_STOP_ENV}: holding the cutover until {} exists",
+        path.display()
+    ));
+    let t = Instant::now();
+    while !path.exists() && t.elapsed() < Duration::from_secs(300) {
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -208,10 +323,6 @@ fn progress_line(disk: usize, done: u64, total: u64, took: Duration) -> String {
         mib(done),
         mib(total)
     )
-}
-
-fn fmt_macs(s: &ServerRecord) -> String {
-    s.macs().iter().map(|m| m.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// Waits until the server answers at its IP on its check ports, from the

@@ -200,6 +200,7 @@ mod tests {
     fn restart_after_a_crash_at_each_step_resumes_there() {
         let forward = [
             Step::Plan,
+            Step::PreCopy,
             Step::StopSource,
             Step::CopyDisks,
             Step::StartTarget,

@@ -8,7 +8,9 @@
 //! ([`hv::storage_daemon`]); qcow2 clusters may be compressed or sit in a
 //! backing file, so the file's bytes are not the disk's. (Converting the
 //! image to a raw copy first cost a full extra pass over the disk before the
-//! first block could leave.)
+//! first block could leave.) Images are read with `-U` (force share): a
+//! pre-copy reads the disk of a source that still runs; what it reads may be
+//! torn, which the copy after the stop repairs.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -101,7 +103,7 @@ impl GuestView {
     pub fn open(path: &Path, work_dir: &Path) -> Result<GuestView, ExtentError> {
         let p = path.to_string_lossy();
         let info: Info =
-            serde_json::from_slice(&qemu_img("info", path, &["info", "--output=json", &p])?).map_err(|e| ExtentError::QemuImg {
+            serde_json::from_slice(&qemu_img("info", path, &["info", "-U", "--output=json", &p])?).map_err(|e| ExtentError::QemuImg {
                 what: "info",
                 path: path.to_path_buf(),
                 detail: e.to_string(),
@@ -118,7 +120,7 @@ impl GuestView {
             });
         }
         let map: Vec<MapEntry> =
-            serde_json::from_slice(&qemu_img("map", path, &["map", "--output=json", &p])?).map_err(|e| ExtentError::QemuImg {
+            serde_json::from_slice(&qemu_img("map", path, &["map", "-U", "--output=json", &p])?).map_err(|e| ExtentError::QemuImg {
                 what: "map",
                 path: path.to_path_buf(),
                 detail: e.to_string(),

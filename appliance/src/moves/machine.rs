@@ -22,7 +22,10 @@ pub fn next(step: Step, outcome: &Outcome) -> Step {
     use Step::*;
     let ok = matches!(outcome, Outcome::Ok);
     match (step, ok) {
-        (Plan, true) => StopSource,
+        (Plan, true) => PreCopy,
+        // The source still runs; make sure it does.
+        (PreCopy, true) => StopSource,
+        (PreCopy, false) => RollbackSource,
         // Nothing was touched yet.
         (Plan, false) => RolledBack,
         (StopSource, true) => CopyDisks,
@@ -59,13 +62,16 @@ mod tests {
             s = next(s, &Outcome::Ok);
             seen.push(s);
         }
-        assert_eq!(seen, vec![Plan, StopSource, CopyDisks, StartTarget, SwitchL2, Verify, Commit, Done]);
+        assert_eq!(
+            seen,
+            vec![Plan, PreCopy, StopSource, CopyDisks, StartTarget, SwitchL2, Verify, Commit, Done]
+        );
     }
 
     #[test]
     fn every_forward_failure_ends_with_the_source_back() {
         let fail = Outcome::Failed("x".into());
-        for failing in [Plan, StopSource, CopyDisks, StartTarget, SwitchL2, Verify, Commit] {
+        for failing in [Plan, PreCopy, StopSource, CopyDisks, StartTarget, SwitchL2, Verify, Commit] {
             let mut s = Plan;
             let mut path = vec![];
             while !s.is_terminal() {

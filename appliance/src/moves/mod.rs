@@ -12,5 +12,7 @@ pub mod effects;
 pub mod executor;
 pub mod extents;
 pub mod machine;
+pub mod pull;
+pub mod route;
 pub mod stage;
 pub mod transfer;
