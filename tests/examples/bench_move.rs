@@ -86,6 +86,9 @@ fn main() -> Result<()> {
     let allocated = sent["allocated"].as_u64().unwrap_or(0);
     let wire = sent["done"]["wire_bytes"].as_u64().unwrap_or(0);
     let copy_mbps = mbps(allocated, copy_s);
+    // Where the stage's time went (read + hash, send, node verification).
+    let phase = |k: &str| sent[k].as_f64().unwrap_or(-1.0);
+    let (scan_s, send_s, finish_s) = (phase("scan_s"), phase("send_s"), phase("finish_s"));
 
     eprintln!("bench-move: rsync --sparse …");
     let rsync_s = rsync(&lab, &base)?;
@@ -124,6 +127,10 @@ fn main() -> Result<()> {
         println!("{what:<38} {s:>10.2} {r:>10.0} {:>11.0}%", pct(r, link_mbps));
     }
     println!(
+        "isthmus stage phases: scan (read + SHA-256) {scan_s:.2} s, send {send_s:.2} s ({:.0} Mbit/s), node verification {finish_s:.2} s",
+        mbps(allocated, send_s)
+    );
+    println!(
         "isthmus wire bytes (zstd): {:.0} MiB for {:.0} MiB allocated ({:.0}%)",
         wire as f64 / MIB as f64,
         allocated as f64 / MIB as f64,
@@ -152,6 +159,9 @@ fn main() -> Result<()> {
         "rsync_mbps": r1(rsync_mbps),
         "nbd_mbps": r1(nbd_mbps),
         "copy_link_frac": r3(link_frac),
+        "copy_scan_s": scan_s,
+        "copy_send_s": send_s,
+        "copy_finish_s": finish_s,
         "dedup_sent_ratio": r3(dedup_sent_ratio),
         "outage_s": outage_s,
         "guest_boot_s": guest_boot_s,
