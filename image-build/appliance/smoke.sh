@@ -30,7 +30,9 @@
 #      console's answer says so, the node's serial console says so, both logs
 #      have it) and the node keeps waiting; the right token then enrols it,
 #      the overview lists cloud1, the node refuses clients without a
-#      certificate from the appliance CA, and it stays enrolled across a reboot
+#      certificate from the appliance CA, and it stays enrolled across a reboot.
+#      Before that, a seed with a too-short token: the node's console says why
+#      it cannot start (it retries), and the log has it
 # The password is read from the serial log into a 0600 file and never printed.
 # Usage: smoke.sh [--if-cached] [APPLIANCE_IMAGE_DIR [CLOUD_NODE_IMAGE_DIR]]
 #   --if-cached: run only if the image of the current recipe is built, else say
@@ -471,7 +473,7 @@ if [[ -n $NODE_IMG && -f $NODE_IMG/cloud-node.qcow2 ]]; then
       -name "isthmus-node-smoke-$1" -display none -monitor none -nodefaults -vga none \
       -serial "file:$TMP/serial-$1.log" -qmp "unix:$TMP/qmp-node.sock,server=on,wait=off" \
       -drive "file=$TMP/node.qcow2,format=qcow2,if=ide,index=0" \
-      -drive "file=$TMP/nodeseed.img,format=raw,if=ide,index=1" \
+      -drive "file=$NODE_SEED,format=raw,if=ide,index=1" \
       -netdev tap,id=n0,ifname=tap2,script=no,downscript=no -device e1000,netdev=n0,mac=52:54:00:78:00:03 \
       </dev/null >"$TMP/qemu-$1.out" 2>&1 &
     NODE_PID=$!
@@ -485,6 +487,22 @@ if [[ -n $NODE_IMG && -f $NODE_IMG/cloud-node.qcow2 ]]; then
     done
     die "round $NODE_ROUND: no '$1' on the node's serial line within $2 s"
   }
+  # First a seed whose token is too short to be safe: the node says why it
+  # cannot start on its console (and keeps retrying) instead of failing quietly.
+  printf 'short-token\n' >"$TMP/short.token"
+  mkfs.vfat -C -n CIDATA "$TMP/nodeseed-bad.img" 1024 >/dev/null
+  mcopy -i "$TMP/nodeseed-bad.img" "$TMP/nodeseed/isthmus.conf" ::
+  mcopy -i "$TMP/nodeseed-bad.img" "$TMP/short.token" ::token
+  NODE_SEED=$TMP/nodeseed-bad.img
+  NODE_ROUND=nodebad
+  ROUND=nodebad
+  node_boot nodebad
+  node_wait '^isthmus: node: .*shorter than 16 characters' "$BOOT_TIMEOUT"
+  node_wait '^isthmus: node: Error: cannot start the node' 5
+  log "round nodebad: a too-short token on the seed: the node's console says why it cannot start"
+  power_button "$TMP/qmp-node.sock" "$NODE_PID"
+  NODE_PID=
+  NODE_SEED=$TMP/nodeseed.img
   NODE_ROUND=node
   ROUND=node
   t0=$EPOCHREALTIME
@@ -555,6 +573,7 @@ if [[ -n $NODE_IMG && -f $NODE_IMG/cloud-node.qcow2 ]]; then
   node_log_from_disk "$TMP/node-1.log"
   grep -q 'enrolment attempt with a wrong token' "$TMP/node-1.log" || die "round node: the wrong token is not in the node's log"
   grep -q 'enrolment finished' "$TMP/node-1.log" || die "round node: the enrolment is not in the node's log"
+  grep -q 'shorter than 16 characters' "$TMP/node-1.log" || die "round node: the too-short token is not in the node's log"
   NODE_ROUND=noderb
   ROUND=noderb
   node_boot noderb
