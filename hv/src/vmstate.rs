@@ -158,7 +158,9 @@ pub fn open(mut input: impl Read, mut out: impl Write, key: &DiskKey) -> Result<
         return Err(VmstateError::Magic);
     }
     let k = file_key(key, &head[MAGIC.len()..]);
-    let mut buf = Zeroizing::new(vec![0u8; CHUNK + TAG_LEN]);
+    // Grown to the chunk length each time (small states stay small); wiped
+    // over its whole capacity on drop.
+    let mut buf = Zeroizing::new(Vec::new());
     let mut index = 0u64;
     let mut total = 0u64;
     loop {
@@ -171,6 +173,7 @@ pub fn open(mut input: impl Read, mut out: impl Write, key: &DiskKey) -> Result<
             return Err(VmstateError::BadLength { index, len });
         }
         let last = h[4] == 1;
+        buf.resize(len + TAG_LEN, 0);
         if read_full(&mut input, &mut buf[..len + TAG_LEN]).map_err(VmstateError::Io)? < len + TAG_LEN {
             return Err(VmstateError::Truncated { chunks: index });
         }
