@@ -27,7 +27,9 @@ median time from SIGKILL to the first reply through the standby is
 
 Usage: bench.py PATH_TO_isthmus-bridge
 Environment: BENCH_SECONDS (per iperf3 run, default 5), BENCH_PATHS (comma
-list, default all), BENCH_KEEP=1 keeps the work directory with the logs,
+list, default all; also isthmus-mmsg and isthmus-v3: Isthmus with the LAN
+port read by recvmmsg or through the TPACKET_V3 block ring, for an A/B
+within one run), BENCH_KEEP=1 keeps the work directory with the logs,
 BENCH_HA_RUNS=0 skips the failover measurement, CARGO (default cargo).
 """
 
@@ -112,7 +114,9 @@ class Bed:
 
     def __init__(self, path):
         self.path = path
-        tag = PREFIX + path[:3]
+        # "isthmus-mmsg"/"isthmus-v3": Isthmus with the LAN port read another way.
+        self.kind, _, self.variant = path.partition("-")
+        tag = PREFIX + path[:3] + self.variant[:2]
         self.a, self.ga, self.gb, self.b = (tag + s for s in ("-a", "-ga", "-gb", "-b"))
         self.daemons = []
         self.host_mtu = 1450 if path == "vxlan" else 1500
@@ -135,7 +139,7 @@ class Bed:
             nsx(ns, "ip", "link", "set", "und0", "mtu", "1500", "up")
             if self.path != "veth":
                 nsx(ns, "ip", "addr", "add", ip + "/24", "dev", "und0")
-        getattr(self, "build_" + self.path)()
+        getattr(self, "build_" + self.kind)()
         self.wait_reachable()
 
     def bridge(self, ns, *members):
@@ -224,12 +228,15 @@ class Bed:
         common = lambda side, other: ["--key-file", "%s/nb-%s.key" % (workdir, side),
                                       "--peer-public-file", "%s/nb-%s.pub" % (workdir, other),
                                       "--psk-file", "%s/nb.psk" % workdir,
-                                      "--stats-file", "%s/nb-%s.prom" % (workdir, side)]
+                                      "--stats-file", "%s/%s-%s.prom" % (workdir, self.path, side)]
         env_log = ["env", "RUST_LOG=warn", "NETBRIDGE_UDP_OFFLOAD=" + os.environ.get("NETBRIDGE_UDP_OFFLOAD", "1")]
+        lan_read = {"mmsg": "0", "v3": "v3", "v2": "v2"}.get(self.variant)
+        if lan_read:
+            env_log.append("NETBRIDGE_RX_RING=" + lan_read)
         pa = spawn(self.ga, env_log + [binary, "run", "--listen", "%s:%d" % (UND_A, PORT), "--peer", "%s:%d" % (UND_B, PORT),
-                                       "--lan", "lan0", "--carry", MAC_B] + common("a", "b"), "isthmus-a.log")
+                                       "--lan", "lan0", "--carry", MAC_B] + common("a", "b"), self.path + "-a.log")
         pb = spawn(self.gb, env_log + [binary, "run", "--listen", "%s:%d" % (UND_B, PORT), "--responder",
-                                       "--guest", "lan0"] + common("b", "a"), "isthmus-b.log")
+                                       "--guest", "lan0"] + common("b", "a"), self.path + "-b.log")
         self.daemons += [pa, pb]
 
     def wait_reachable(self, timeout=30):
@@ -264,6 +271,7 @@ class Bed:
         nsx(self.a, "ping", "-c", "3", "-i", "0.1", "-q", HOST_B, check=False)
         out = nsx(self.a, "ping", "-c", "50", "-i", "0.02", "-q", HOST_B).stdout
         m = re.search(r"= [\d.]+/([\d.]+)/", out)
+        log("bench: %s ping min/avg/max/mdev %s" % (self.path, out.strip().splitlines()[-1] if out.strip() else "-"))
         return float(m.group(1)) if m else None
 
     def iperf(self, extra):
@@ -373,9 +381,9 @@ def main():
             ("rtt_ms", "RTT ms", 3), ("cpu_daemon_cores_per_gbps", "daemon cores/Gbps", 2),
             ("cpu_sys_cores_per_gbps", "machine cores/Gbps", 2)]
     print("netbridge benchmark, %d s per iperf3 run, underlay veth MTU 1500 (VXLAN hosts MTU 1450)" % SECONDS)
-    print("%-9s" % "path" + "".join("%20s" % c[1] for c in cols))
+    print("%-13s" % "path" + "".join("%20s" % c[1] for c in cols))
     for p in paths:
-        print("%-9s" % p + "".join("%20s" % fmt(res[p].get(k), nd) for k, _, nd in cols))
+        print("%-13s" % p + "".join("%20s" % fmt(res[p].get(k), nd) for k, _, nd in cols))
     out = {}
     for p in paths:
         for k, _, _ in cols:

@@ -23,7 +23,8 @@ use crate::guard::{LanGuard, Verdict};
 use crate::ha::{self, Change, Control, Member};
 use crate::noise::Identity;
 use crate::port::packet::{RecvBatch, RecvInfo, BATCH as RX_BATCH, HEADROOM};
-use crate::port::{csum, gso, Flushed, Port, State};
+use crate::port::ring::RxRing;
+use crate::port::{csum, gso, Flushed, Port, State, PORT_FRAME_MAX};
 use crate::tunnel::{Outgoing, Received, Tunnel, TunnelStats};
 use crate::udp::Udp;
 use crate::wire::MAX_DATAGRAM;
@@ -35,12 +36,11 @@ const BATCH: usize = 64;
 const POLL_INTERVAL_MS: u16 = 100;
 /// How often port interfaces are checked and gone ports retried.
 const PORT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// Largest frame read from a port: a 64 KiB GRO/TSO super-frame plus
-/// headers. Larger ones (BIG TCP) are dropped and counted.
-const PORT_FRAME_MAX: usize = 65536 + 256;
-/// Receive-ring blocks walked per wake-up of a port (then the tunnel and
-/// the other sockets get their turn).
+/// Receive-ring blocks (TPACKET_V3) walked per wake-up of a port (then the
+/// tunnel and the other sockets get their turn).
 const RING_BLOCKS_PER_WAKE: usize = 4;
+/// Receive-ring frames (TPACKET_V2) read per wake-up of a port.
+const RING_FRAMES_PER_WAKE: usize = 256;
 /// How often counters are published while frames flow.
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(20);
 /// How long a control request waits for the worker.
@@ -955,14 +955,36 @@ impl Worker {
             let id = local.ports[i].id;
             let lan = local.ports[i].kind() == PortKind::Lan;
             let now = Instant::now();
-            let walked = ring.walk(RING_BLOCKS_PER_WAKE, |buf, info| {
-                Self::port_frame(local, links, seg_buf, scratch, id, lan, buf, info, now);
-            });
-            if walked.malformed > 0 {
-                // Never seen from a real kernel; counted with the LAN frames
-                // that could not be switched, rather than trusted.
-                local.counters.lan_filtered += walked.malformed as u64;
-                tracing::debug!(port = id, n = walked.malformed, "malformed receive-ring headers skipped");
+            let mut budget = match ring {
+                RxRing::Frames(_) => RING_FRAMES_PER_WAKE,
+                RxRing::Blocks(_) => RING_BLOCKS_PER_WAKE,
+            };
+            while budget > 0 {
+                let walked = ring.walk(budget, |buf, info| {
+                    Self::port_frame(local, links, seg_buf, scratch, id, lan, buf, info, now);
+                });
+                if walked.malformed > 0 {
+                    // Never seen from a real kernel; counted with the LAN frames
+                    // that could not be switched, rather than trusted.
+                    local.counters.lan_filtered += walked.malformed as u64;
+                    tracing::debug!(port = id, n = walked.malformed, "malformed receive-ring headers skipped");
+                }
+                let (RxRing::Frames(frames), true) = (&mut ring, walked.copy_pending) else {
+                    break;
+                };
+                // A frame larger than its slot: read it whole from the queue.
+                budget = budget.saturating_sub(walked.blocks + 1);
+                let Some(sock) = local.ports[i].socket() else { break };
+                match frames.recv_copy(sock) {
+                    Ok(Some((buf, info))) => Self::port_frame(local, links, seg_buf, scratch, id, lan, buf, info, now),
+                    // The kernel could not queue the copy: the frame is lost.
+                    Ok(None) => local.counters.too_large += 1,
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => local.counters.too_large += 1,
+                    Err(e) => {
+                        Self::port_error(local, i, &e);
+                        break;
+                    }
+                }
             }
             // Nothing in port_frame reopens or removes a port: same socket.
             local.ports[i].put_ring(ring);

@@ -7,6 +7,7 @@
 //! reopened when an interface of that name shows up again.
 
 pub mod csum;
+pub mod frame_ring;
 pub mod gso;
 pub mod packet;
 pub mod ring;
@@ -61,21 +62,41 @@ pub(crate) struct Flushed {
     pub error: Option<std::io::Error>,
 }
 
-/// True if LAN ports read through a TPACKET_V3 receive ring
-/// (`NETBRIDGE_RX_RING=1`). Off by default: the ring raises the packet rate
-/// under load, but a frame waits in a block until the block fills or the
-/// kernel's retire timer fires (one jiffy or more: +1 to +4 ms of RTT
-/// measured, see PERFORMANCE.md), which breaks the latency target.
-pub fn rx_ring_enabled() -> bool {
-    std::env::var_os("NETBRIDGE_RX_RING").is_some_and(|v| v == "1")
+/// Largest frame read from a port: a 64 KiB GRO/TSO super-frame plus
+/// headers. Larger ones (BIG TCP) are dropped and counted.
+pub const PORT_FRAME_MAX: usize = 65536 + 256;
+
+/// How the LAN port reads frames (`NETBRIDGE_RX_RING`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LanRead {
+    /// TPACKET_V2 frame ring (the default; `v2`): no syscall per frame, and
+    /// each frame is handed over as soon as it is written.
+    FrameRing,
+    /// TPACKET_V3 block ring (`v3`, or `1` as before): frames wait in a
+    /// block until it fills or the kernel's retire timer fires (+1 to +4 ms
+    /// of RTT measured, see PERFORMANCE.md).
+    BlockRing,
+    /// `recvmmsg` (`0`).
+    Recvmmsg,
 }
 
-/// The LAN port reads through a TPACKET_V3 ring if enabled
-/// ([`rx_ring_enabled`]); otherwise, and for guest ports, `recvmmsg`.
+/// The LAN read mode chosen by `NETBRIDGE_RX_RING` (see [`LanRead`]).
+pub fn lan_read() -> LanRead {
+    match std::env::var("NETBRIDGE_RX_RING").as_deref() {
+        Ok("1" | "v3") => LanRead::BlockRing,
+        Ok("0" | "off") => LanRead::Recvmmsg,
+        _ => LanRead::FrameRing,
+    }
+}
+
+/// The LAN port reads as [`lan_read`] says; guest ports use `recvmmsg`.
 fn open_socket(spec: &PortSpec) -> Result<PacketSocket, Error> {
     match spec {
-        PortSpec::Lan { .. } if rx_ring_enabled() => PacketSocket::open_with_rx_ring(spec.ifname()),
-        PortSpec::Lan { .. } => PacketSocket::open(spec.ifname()),
+        PortSpec::Lan { .. } => match lan_read() {
+            LanRead::FrameRing => PacketSocket::open_with_frame_ring(spec.ifname(), packet::HEADROOM + PORT_FRAME_MAX),
+            LanRead::BlockRing => PacketSocket::open_with_rx_ring(spec.ifname()),
+            LanRead::Recvmmsg => PacketSocket::open(spec.ifname()),
+        },
         PortSpec::Guest { .. } => PacketSocket::open(spec.ifname()),
     }
 }

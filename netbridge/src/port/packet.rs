@@ -10,8 +10,9 @@ use std::mem::{size_of, size_of_val};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::frame_ring::FrameRing;
 use super::gso::GsoKind;
-use super::ring::RxRing;
+use super::ring::{BlockRing, RxRing};
 
 /// Bytes kept free in front of a received frame, so a VLAN tag the kernel
 /// moved into metadata can be put back without copying the frame.
@@ -183,8 +184,9 @@ pub struct PacketSocket {
     ifindex: u32,
     /// PACKET_VNET_HDR is on: frames come and go with a virtio header.
     vnet: bool,
-    /// The TPACKET_V3 receive ring, if set up ([`Self::open_with_rx_ring`]);
-    /// then frames are read from it, not with `recvmsg`.
+    /// The receive ring, if set up ([`Self::open_with_rx_ring`],
+    /// [`Self::open_with_frame_ring`]); then frames are read from it, not
+    /// with `recvmsg`.
     ring: Option<RxRing>,
 }
 
@@ -267,21 +269,35 @@ impl PacketSocket {
         Ok(sock)
     }
 
-    /// Like [`Self::open`], with a TPACKET_V3 receive ring
-    /// ([`RxRing`]). If the ring cannot be set up (old kernel, memory
+    /// Like [`Self::open`], with a TPACKET_V3 block receive ring
+    /// ([`BlockRing`]). If the ring cannot be set up (old kernel, memory
     /// limits), says why once per process and returns a plain socket read
     /// with `recvmmsg`.
     pub fn open_with_rx_ring(ifname: &str) -> Result<Self, Error> {
+        Self::open_with(ifname, "TPACKET_V3", |s| BlockRing::setup(s.fd.as_fd(), s.vnet).map(RxRing::Blocks))
+    }
+
+    /// Like [`Self::open`], with a TPACKET_V2 frame receive ring
+    /// ([`FrameRing`]); frames larger than its slots are read whole (up to
+    /// `max_frame` bytes, headroom included) from the receive queue. Falls
+    /// back to a plain socket as [`Self::open_with_rx_ring`] does.
+    pub fn open_with_frame_ring(ifname: &str, max_frame: usize) -> Result<Self, Error> {
+        Self::open_with(ifname, "TPACKET_V2", |s| {
+            FrameRing::setup(s.fd.as_fd(), s.vnet, max_frame).map(RxRing::Frames)
+        })
+    }
+
+    fn open_with(ifname: &str, what: &str, setup: impl FnOnce(&Self) -> io::Result<RxRing>) -> Result<Self, Error> {
         static LOGGED: AtomicBool = AtomicBool::new(false);
         let mut sock = Self::open(ifname)?;
-        match RxRing::setup(sock.fd.as_fd(), sock.vnet) {
+        match setup(&sock) {
             Ok(ring) => {
                 sock.ring = Some(ring);
                 Ok(sock)
             }
             Err(e) => {
                 if !LOGGED.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(ifname, error = %e, "no TPACKET_V3 receive ring; reading the LAN port with recvmmsg instead");
+                    tracing::warn!(ifname, error = %e, "no {what} receive ring; reading the LAN port with recvmmsg instead");
                 }
                 // The failed socket may have a ring but no mapping: start over.
                 drop(sock);

@@ -1,4 +1,5 @@
-//! A TPACKET_V3 receive ring (`PACKET_RX_RING`, packet(7)) on an AF_PACKET
+//! The LAN port's receive rings ([`RxRing`]), and the TPACKET_V3 one
+//! ([`BlockRing`]). A TPACKET_V3 receive ring (`PACKET_RX_RING`, packet(7)) on an AF_PACKET
 //! socket: the kernel writes frames into mmap'd blocks and hands each full
 //! (or timed-out) block to us at once; we walk its frames in place, without a
 //! syscall or a copy per frame, and give the block back.
@@ -12,17 +13,18 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use super::frame_ring::FrameRing;
 use super::packet::{set_option, vlan_reinsert, vnet_describe, RecvInfo, HEADROOM, VNET_HDR_LEN};
 
 /// `TPACKET_V3` in `enum tpacket_versions` (linux/if_packet.h).
 const TPACKET_V3: libc::c_int = 2;
-const PACKET_VERSION: libc::c_int = 10;
-const PACKET_RX_RING: libc::c_int = 5;
+pub(super) const PACKET_VERSION: libc::c_int = 10;
+pub(super) const PACKET_RX_RING: libc::c_int = 5;
 /// Block owned by the kernel / handed to user space (`block_status`).
-const TP_STATUS_KERNEL: u32 = 0;
-const TP_STATUS_USER: u32 = 1;
+pub(super) const TP_STATUS_KERNEL: u32 = 0;
+pub(super) const TP_STATUS_USER: u32 = 1;
 const TP_STATUS_CSUMNOTREADY: u32 = 1 << 3;
-const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+pub(super) const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
 const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
 
 /// Bytes per block: a multiple of the page size, large enough for a 64 KiB
@@ -70,20 +72,47 @@ struct TpacketReq3 {
 /// What one [`RxRing::walk`] saw.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Walked {
-    /// Blocks returned to the kernel.
+    /// Blocks (TPACKET_V3) or frame slots (TPACKET_V2) returned to the kernel.
     pub blocks: usize,
     /// Frames handed to the callback.
     pub frames: usize,
     /// Frame headers that did not fit their block (the rest of such a block
     /// is skipped).
     pub malformed: usize,
+    /// A TPACKET_V2 walk stopped at a frame too large for its slot; it waits
+    /// on the receive queue ([`FrameRing::recv_copy`]).
+    pub copy_pending: bool,
+}
+
+/// The receive ring of a LAN port: TPACKET_V2 frame slots (handed over
+/// frame by frame: no added latency) or TPACKET_V3 blocks (handed over when
+/// full or after the retire timer: fewer wake-ups, up to milliseconds of
+/// added latency).
+#[derive(Debug)]
+pub enum RxRing {
+    /// TPACKET_V2 ([`FrameRing`]).
+    Frames(FrameRing),
+    /// TPACKET_V3 ([`BlockRing`]).
+    Blocks(BlockRing),
+}
+
+impl RxRing {
+    /// Hands the frames the kernel has written to `f` (see
+    /// [`FrameRing::walk`] and [`BlockRing::walk`]); `budget` is in frames
+    /// for the frame ring and in blocks for the block ring.
+    pub fn walk(&mut self, budget: usize, f: impl FnMut(&mut [u8], RecvInfo)) -> Walked {
+        match self {
+            RxRing::Frames(r) => r.walk(budget, f),
+            RxRing::Blocks(r) => r.walk(budget, f),
+        }
+    }
 }
 
 /// The mapped ring of one socket. The mapping keeps the socket's ring alive
 /// by itself (it holds a reference on the socket's file), so it stays valid
 /// even if the fd is closed first; it is unmapped on drop.
 #[derive(Debug)]
-pub struct RxRing {
+pub struct BlockRing {
     map: *mut u8,
     len: usize,
     /// The block we expect the kernel to hand over next.
@@ -92,26 +121,24 @@ pub struct RxRing {
     vnet: bool,
 }
 
-// SAFETY: RxRing exclusively owns its mapping (no other handle to it exists
+// SAFETY: BlockRing exclusively owns its mapping (no other handle to it exists
 // in this process); moving it to another thread moves that ownership.
-unsafe impl Send for RxRing {}
+unsafe impl Send for BlockRing {}
 
-impl Drop for RxRing {
+impl Drop for BlockRing {
     fn drop(&mut self) {
-        // SAFETY: `map`/`len` are exactly what mmap returned in `setup`, and
-        // no reference into the mapping outlives `&mut self` borrows.
-        unsafe {
-            libc::munmap(self.map.cast::<libc::c_void>(), self.len);
-        }
+        // SAFETY: `map`/`len` are exactly what map_ring returned in `setup`,
+        // and no reference into the mapping outlives `&mut self` borrows.
+        unsafe { unmap_ring(self.map, self.len) }
     }
 }
 
-impl RxRing {
+impl BlockRing {
     /// Switches `fd` (a bound AF_PACKET socket with nothing mapped yet) to
     /// TPACKET_V3 and maps its receive ring. On error the socket may be left
     /// half set up: the caller must not use it for `recvmsg` afterwards
     /// (open a fresh one).
-    pub fn setup(fd: BorrowedFd<'_>, vnet: bool) -> io::Result<RxRing> {
+    pub fn setup(fd: BorrowedFd<'_>, vnet: bool) -> io::Result<BlockRing> {
         set_option(fd, libc::SOL_PACKET, PACKET_VERSION, &TPACKET_V3)?;
         let frame_size = 2048u32;
         let req = TpacketReq3 {
@@ -125,27 +152,8 @@ impl RxRing {
         };
         set_option(fd, libc::SOL_PACKET, PACKET_RX_RING, &req)?;
         let len = BLOCK_SIZE * BLOCK_COUNT;
-        // SAFETY: a fresh shared mapping of the socket's ring (the kernel
-        // checks `len` against the ring it just made); the result is checked.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if map == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(RxRing {
-            map: map.cast::<u8>(),
-            len,
-            next: 0,
-            vnet,
-        })
+        let map = map_ring(fd, len)?;
+        Ok(BlockRing { map, len, next: 0, vnet })
     }
 
     fn status(&self, block: usize) -> &AtomicU32 {
@@ -187,16 +195,16 @@ impl RxRing {
     }
 }
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+pub(super) fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+pub(super) fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
 
 /// Walks the frames of one block (its bytes as the kernel laid them out)
-/// and hands each to `f`, as [`RxRing::walk`] does; headers that do not fit
+/// and hands each to `f`, as [`BlockRing::walk`] does; headers that do not fit
 /// the block are counted in `w.malformed`. Public for the `ring_block` fuzz
 /// target: the ring's contents are treated as untrusted input.
 pub fn walk_block(block: &mut [u8], vnet: bool, f: &mut impl FnMut(&mut [u8], RecvInfo), w: &mut Walked) {
@@ -246,37 +254,109 @@ fn frame_at(block: &mut [u8], off: usize, vnet: bool) -> Option<(std::ops::Range
     let tci = u32_at(hdr, TP_VLAN_TCI)?;
     let tpid = u16_at(hdr, TP_VLAN_TPID)?;
     let outgoing = hdr[SLL_PKTTYPE] == libc::PACKET_OUTGOING;
-    // The frame, the virtio header and our headroom must all lie after the
-    // header and the sockaddr_ll, and inside the block.
+    let mac = off.checked_add(mac)?;
+    describe_frame(
+        block,
+        TpFrame {
+            header_end: off + SLL_END,
+            mac,
+            snaplen,
+            len,
+            status,
+            vlan: (tpid, tci as u16),
+            outgoing,
+        },
+        vnet,
+    )
+}
+
+/// What a ring's frame header says (TPACKET_V2 and V3 alike), offsets
+/// relative to the buffer that holds header and frame.
+pub(super) struct TpFrame {
+    /// End of the header and the `sockaddr_ll` after it.
+    pub header_end: usize,
+    /// Where the frame starts (`tp_mac`).
+    pub mac: usize,
+    /// Bytes of the frame in the ring (`tp_snaplen`).
+    pub snaplen: usize,
+    /// Bytes of the frame on the wire (`tp_len`).
+    pub len: usize,
+    /// `tp_status`.
+    pub status: u32,
+    /// `tp_vlan_tpid`, `tp_vlan_tci`.
+    pub vlan: (u16, u16),
+    /// `sll_pkttype` is PACKET_OUTGOING.
+    pub outgoing: bool,
+}
+
+/// Checks `f` against `buf` and describes the frame: the range of `buf` to
+/// hand out (HEADROOM bytes before the frame included) and its
+/// [`RecvInfo`]; `None` if the frame, its virtio header or our headroom do
+/// not lie after the header and inside `buf`. Puts back a VLAN tag the
+/// kernel moved into the header.
+pub(super) fn describe_frame(buf: &mut [u8], f: TpFrame, vnet: bool) -> Option<(std::ops::Range<usize>, RecvInfo)> {
     let before = if vnet { VNET_HDR_LEN } else { 0 }.max(HEADROOM);
-    if mac < SLL_END + before {
+    if f.mac < f.header_end.checked_add(before)? {
         return None;
     }
-    let frame_at = off + mac;
-    let end = frame_at.checked_add(snaplen)?;
-    if end > block.len() {
+    let end = f.mac.checked_add(f.snaplen)?;
+    if end > buf.len() {
         return None;
     }
     let mut info = RecvInfo {
         start: HEADROOM,
-        len: snaplen,
-        outgoing,
-        truncated: len > snaplen,
+        len: f.snaplen,
+        outgoing: f.outgoing,
+        truncated: f.len > f.snaplen,
         csum: None,
         gso: None,
-        csum_not_ready: !vnet && status & TP_STATUS_CSUMNOTREADY != 0,
+        csum_not_ready: !vnet && f.status & TP_STATUS_CSUMNOTREADY != 0,
     };
     if vnet {
-        let v: [u8; VNET_HDR_LEN] = block[frame_at - VNET_HDR_LEN..frame_at].try_into().ok()?;
+        let v: [u8; VNET_HDR_LEN] = buf[f.mac - VNET_HDR_LEN..f.mac].try_into().ok()?;
         vnet_describe(&v, &mut info);
     }
-    let range = frame_at - HEADROOM..end;
-    if status & TP_STATUS_VLAN_VALID != 0 {
-        let tpid = if status & TP_STATUS_VLAN_TPID_VALID != 0 { tpid } else { 0x8100 };
+    let range = f.mac - HEADROOM..end;
+    if f.status & TP_STATUS_VLAN_VALID != 0 {
+        let (tpid, tci) = f.vlan;
+        let tpid = if f.status & TP_STATUS_VLAN_TPID_VALID != 0 { tpid } else { 0x8100 };
         // The virtio header was read above: its bytes may now be overwritten.
-        vlan_reinsert(&mut block[range.clone()], &mut info, tpid, tci as u16);
+        vlan_reinsert(&mut buf[range.clone()], &mut info, tpid, tci);
     }
     Some((range, info))
+}
+
+/// Maps the ring of `fd` (`len` bytes, as just requested with
+/// `PACKET_RX_RING`) shared, read-write, populated.
+pub(super) fn map_ring(fd: BorrowedFd<'_>, len: usize) -> io::Result<*mut u8> {
+    // SAFETY: a fresh shared mapping of the socket's ring (the kernel
+    // checks `len` against the ring it just made); the result is checked.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if map == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(map.cast::<u8>())
+}
+
+/// Unmaps what [`map_ring`] mapped.
+///
+/// # Safety
+/// `map`/`len` must be exactly what `map_ring` returned, and no reference
+/// into the mapping may be used afterwards.
+pub(super) unsafe fn unmap_ring(map: *mut u8, len: usize) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        libc::munmap(map.cast::<libc::c_void>(), len);
+    }
 }
 
 #[cfg(test)]
@@ -329,7 +409,8 @@ mod tests {
             Walked {
                 blocks: 0,
                 frames: 2,
-                malformed: 0
+                malformed: 0,
+                copy_pending: false
             }
         );
         assert_eq!(out[0], a);
@@ -356,7 +437,8 @@ mod tests {
             Walked {
                 blocks: 0,
                 frames: 0,
-                malformed: 1
+                malformed: 1,
+                copy_pending: false
             }
         );
         // more packets claimed than there are, next offset 0 (a loop)
@@ -368,7 +450,8 @@ mod tests {
             Walked {
                 blocks: 0,
                 frames: 1,
-                malformed: 1
+                malformed: 1,
+                copy_pending: false
             }
         );
     }
