@@ -40,8 +40,11 @@ fn self_peak_rss_mib() -> Result<f64> {
     Ok(getrusage(UsageWho::RUSAGE_SELF)?.max_rss() as f64 / 1024.0)
 }
 
-/// The corpus templates: (file name, bytes, server names).
-fn templates() -> Result<Vec<(String, Vec<u8>, Vec<String>)>> {
+/// A corpus file: (file name, bytes, server names).
+type Template = (String, Vec<u8>, Vec<String>);
+
+/// The corpus templates.
+fn templates() -> Result<Vec<Template>> {
     let dir = root().join("tests/data/inventory");
     let mut out = vec![];
     let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)?

@@ -10,8 +10,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(w) = parse_system(data) {
         let _ = risks(&w);
     }
-    let mut cur = std::io::Cursor::new(data);
-    if let Ok(Some(h)) = read_system_hive(&mut cur) {
+    let img = std::sync::Arc::new(appliance::inspect::image::MemImage(data.to_vec()));
+    let mut r = appliance::inspect::windows::RangeReader::new(img, 0, data.len() as u64);
+    if let Ok(Some(h)) = read_system_hive(&mut r, data.len() as u64) {
         assert!(h.len() as u64 <= MAX_HIVE);
         if let Ok(w) = parse_system(&h) {
             let _ = risks(&w);

@@ -245,7 +245,17 @@ fn read_windows(
         seen_ntfs.get_or_insert(p.index);
         progress(&format!("reading the Windows registry on partition {}", p.index));
         let mut r = windows::RangeReader::new(img.clone(), p.start_bytes, p.size_bytes);
-        let hive = match windows::read_system_hive(&mut r) {
+        // The reader turns I/O errors into zeros; a panic in the NTFS crate
+        // on what is left still must not take the inspector down.
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| windows::read_system_hive(&mut r, p.size_bytes)))
+            .unwrap_or_else(|_| Err("the NTFS reader failed on this volume".into()));
+        if r.failed() {
+            facts.notes.push(format!(
+                "partition {}: parts of the NTFS volume lie past its end or cannot be read",
+                p.index
+            ));
+        }
+        let hive = match read {
             Ok(Some(h)) => h,
             Ok(None) => continue,
             Err(e) => {

@@ -55,17 +55,35 @@ pub struct WindowsSystem {
 }
 
 /// A `Read + Seek` view of a byte range of a disk image (one partition).
+///
+/// It never fails a read: past the end, or where the image cannot be read,
+/// it yields zeros and remembers the failure ([`RangeReader::failed`]). The
+/// `ntfs` crate panics (`unreachable!`) on an I/O error inside one of its
+/// structures, so a truncated or damaged volume must reach it as zeros,
+/// which its own checks then refuse.
 pub struct RangeReader {
     img: Arc<dyn DiskImage>,
     start: u64,
     size: u64,
     pos: u64,
+    failed: bool,
 }
 
 impl RangeReader {
     /// Reader of `size` bytes at `start`.
     pub fn new(img: Arc<dyn DiskImage>, start: u64, size: u64) -> Self {
-        RangeReader { img, start, size, pos: 0 }
+        RangeReader {
+            img,
+            start,
+            size,
+            pos: 0,
+            failed: false,
+        }
+    }
+
+    /// Whether a read went past the end or hit an unreadable part of the image.
+    pub fn failed(&self) -> bool {
+        self.failed
     }
 }
 
@@ -73,9 +91,19 @@ impl Read for RangeReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = (self.size.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
         if n == 0 {
-            return Ok(0);
+            self.failed |= !buf.is_empty();
+            buf.fill(0);
+            self.pos = self.pos.saturating_add(buf.len() as u64);
+            return Ok(buf.len());
         }
-        self.img.read_at(&mut buf[..n], self.start + self.pos)?;
+        let ok = self
+            .start
+            .checked_add(self.pos)
+            .is_some_and(|at| self.img.read_at(&mut buf[..n], at).is_ok());
+        if !ok {
+            self.failed = true;
+            buf[..n].fill(0);
+        }
         self.pos += n as u64;
         Ok(n)
     }
@@ -93,9 +121,10 @@ impl Seek for RangeReader {
     }
 }
 
-/// Reads `\Windows\System32\config\SYSTEM` from the NTFS volume in `fs`.
-/// `Ok(None)` when the volume holds no such file (a data volume).
-pub fn read_system_hive<T: Read + Seek>(fs: &mut T) -> Result<Option<Vec<u8>>, String> {
+/// Reads `\Windows\System32\config\SYSTEM` from the NTFS volume in `fs`
+/// (`volume_size` bytes). `Ok(None)` when the volume holds no such file (a
+/// data volume). Give it a reader that never fails (see [`RangeReader`]).
+pub fn read_system_hive<T: Read + Seek>(fs: &mut T, volume_size: u64) -> Result<Option<Vec<u8>>, String> {
     let mut ntfs = ntfs::Ntfs::new(fs).map_err(|e| format!("NTFS: {e}"))?;
     ntfs.read_upcase_table(fs).map_err(|e| format!("NTFS $UpCase: {e}"))?;
     let mut file = ntfs.root_directory(fs).map_err(|e| format!("NTFS root directory: {e}"))?;
@@ -117,8 +146,11 @@ pub fn read_system_hive<T: Read + Seek>(fs: &mut T) -> Result<Option<Vec<u8>>, S
     };
     let attr = item.to_attribute().map_err(|e| format!("NTFS SYSTEM data: {e}"))?;
     let len = attr.value_length();
-    if len > MAX_HIVE {
-        return Err(format!("SYSTEM hive of {len} bytes is larger than {MAX_HIVE}"));
+    if len > MAX_HIVE.min(volume_size) {
+        return Err(format!(
+            "SYSTEM hive of {len} bytes is larger than {} (limit or volume size)",
+            MAX_HIVE.min(volume_size)
+        ));
     }
     let value = attr.value(fs).map_err(|e| format!("NTFS SYSTEM data: {e}"))?;
     let mut out = Vec::with_capacity(len as usize);
@@ -312,5 +344,20 @@ mod tests {
         );
         assert_eq!(mac_override("0050"), None);
         assert!(parse_system(b"regf but not a hive").is_err());
+    }
+
+    /// Found by the fuzzer: the `ntfs` crate panicked on a short read; the
+    /// reader now yields zeros there and the volume is refused.
+    #[test]
+    fn short_or_empty_volume_is_refused_without_panic() {
+        use super::super::image::MemImage;
+        let mut boot = vec![0u8; 600];
+        boot[3..11].copy_from_slice(b"NTFS    ");
+        for data in [vec![], boot] {
+            let len = data.len() as u64;
+            let mut r = RangeReader::new(Arc::new(MemImage(data)), 0, len);
+            assert!(read_system_hive(&mut r, len).is_err());
+            assert!(r.failed() || len > 0);
+        }
     }
 }
