@@ -326,10 +326,16 @@ pub fn reap_stale(root: &Path) {
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {
-            kill_stale(&p);
-            let _ = std::fs::remove_dir_all(&p);
+            reap(&p);
         }
     }
+}
+
+/// Kills the storage daemon an earlier process left in `dir` (if any) and
+/// removes the directory.
+pub fn reap(dir: &Path) {
+    kill_stale(dir);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[cfg(test)]
@@ -370,5 +376,35 @@ mod tests {
         let wrong = DiskKey::from_bytes(vec![0xa5; 32]).unwrap();
         let e = EncryptedDisk::open(&img, &wrong, &dir.path().join("x"), Access::ReadWrite).unwrap_err();
         assert!(matches!(e, StorageError::Unlock { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_daemon_left_behind_is_reaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("p.qcow2");
+        let ok = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&img)
+            .arg("1M")
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let sd = dir.path().join("sd");
+        let mut d = EncryptedDisk::open_plain(&img, "qcow2", &sd, Access::ReadShared).unwrap();
+        let mut b = [1u8; 512];
+        d.read_at(&mut b, 0).unwrap();
+        assert_eq!(b, [0u8; 512]);
+        // As if this process had been killed: the daemon outlives the handle.
+        let mut child = d.child.take().unwrap();
+        d.qmp = None;
+        std::mem::forget(d);
+        let pid = child.id();
+        reap(&sd);
+        let _ = child.wait();
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists(),
+            "daemon {pid} still runs"
+        );
+        assert!(!sd.exists());
     }
 }

@@ -126,6 +126,7 @@ impl GuestView {
                 detail: e.to_string(),
             })?;
         let extents = merge(map.iter().filter(|m| m.data).map(|m| (m.start, m.length)));
+        reap_earlier_daemons(work_dir);
         let n = DAEMONS.fetch_add(1, Ordering::Relaxed);
         let dir = work_dir.join(format!(".sd-{}-{n}", std::process::id()));
         let disk = EncryptedDisk::open_plain(path, &info.format, &dir, Access::ReadShared).map_err(|e| ExtentError::QemuImg {
@@ -162,6 +163,19 @@ impl GuestView {
                 .unwrap_or_else(|p| p.into_inner())
                 .read_at(buf, index * BLOCK_SIZE)
                 .map_err(std::io::Error::other),
+        }
+    }
+}
+
+/// Stops the storage daemons an earlier appliance process (killed while it
+/// read a disk) left under `work_dir`; those of this process stay.
+fn reap_earlier_daemons(work_dir: &Path) {
+    let ours = format!(".sd-{}-", std::process::id());
+    let Ok(rd) = std::fs::read_dir(work_dir) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".sd-") && !name.starts_with(&ours) {
+            hv::storage_daemon::reap(&e.path());
         }
     }
 }
