@@ -155,16 +155,17 @@ pub fn ide_e1000_spec(name: &str, disk: PathBuf, tap: &str, run_dir: &Path, memo
 }
 
 /// A started plain test guest (IDE/e1000, on an overlay of the cached image)
-/// with what it needs kept alive: its temp dir, TAP and reaper. Drop order:
-/// the guest's QEMU is killed before the TAP and the files go.
+/// with what it needs kept alive: its temp dir, TAP and reaper.
 pub struct PlainGuest {
     /// The guest.
     pub guest: hv::Guest,
-    /// Temp dir holding the overlay and the run directory.
-    pub tmp: tempfile::TempDir,
+    // Fields drop in this order: QEMU killed, then its TAP, then the files
+    // (the reaper needs the pid file in the run directory).
     _reaper: QemuReaper,
     /// Its TAP.
     pub tap: TapGuard,
+    /// Temp dir holding the overlay and the run directory.
+    pub tmp: tempfile::TempDir,
 }
 
 impl PlainGuest {
@@ -179,9 +180,9 @@ impl PlainGuest {
         let guest = hv::Guest::launch(&spec).unwrap();
         PlainGuest {
             guest,
-            tmp,
             _reaper: reaper,
             tap,
+            tmp,
         }
     }
 }
