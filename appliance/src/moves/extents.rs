@@ -167,14 +167,17 @@ impl GuestView {
     }
 }
 
-/// Stops the storage daemons an earlier appliance process (killed while it
-/// read a disk) left under `work_dir`; those of this process stay.
+/// Stops the storage daemons an appliance process that is gone (killed
+/// while it read a disk) left under `work_dir` (`.sd-<pid>-<n>`); those of
+/// live processes (this one, or `isthmus stage` beside `isthmus serve`) stay.
 fn reap_earlier_daemons(work_dir: &Path) {
-    let ours = format!(".sd-{}-", std::process::id());
     let Ok(rd) = std::fs::read_dir(work_dir) else { return };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(".sd-") && !name.starts_with(&ours) {
+        let Some(pid) = name.strip_prefix(".sd-").and_then(|r| r.split('-').next()) else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
             hv::storage_daemon::reap(&e.path());
         }
     }
