@@ -143,6 +143,12 @@ fn round_trip_dc_cloud1_cloud2_dc_keeps_ip_mac_and_disk_names() {
     let d1 = check_hop(&m1, "cloud1");
     // The copy after the stop sent only the delta since the pre-copy.
     let (sent, blocks) = copy_counts(&m1);
+    for e in m1["events"].as_array().into_iter().flatten() {
+        let msg = e["message"].as_str().unwrap_or_default();
+        if msg.starts_with("pre-copy") || msg.contains(": ok in") {
+            eprintln!("hop 1 t={} {msg}", e["t_s"]);
+        }
+    }
     assert!(
         blocks > 0 && sent * 2 < blocks,
         "after the stop {sent} of {blocks} blocks crossed: {m1:#}"

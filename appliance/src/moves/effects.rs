@@ -207,11 +207,19 @@ impl RealEffects {
         let sources = route::disks_at(&self.app, server, &Location::Dc)?;
         let client = self.app.cloud_client(&name).map_err(e)?;
         let work = self.app.data_dir.join("transfer");
-        let opts = transfer::Options::default();
+        // One attempt per round: a block the guest changed between the scan
+        // and its send is refused by the node (its hash is not the
+        // manifest's); the next round scans again, and the node keeps what
+        // arrived.
+        let opts = transfer::Options {
+            attempts: 1,
+            ..transfer::Options::default()
+        };
         let t = Instant::now();
         let mut rounds = Vec::new();
         for round in 1..=PRE_COPY_ROUNDS {
             let mut sent = 0;
+            let mut settled = true;
             for (i, src) in sources.iter().enumerate() {
                 let id = route::cloud_disk_id(mv, server, i);
                 let sending = transfer::send_disk(&client, &id, std::path::Path::new(src), &work, &opts, self.progress(mv));
@@ -228,14 +236,14 @@ impl RealEffects {
                     }
                     Err(err) => {
                         log(format!(
-                            "pre-copy round {round}, disk {i}: {err}; the copy after the stop sends it whole"
+                            "pre-copy round {round}, disk {i}: {err}; the running guest changed blocks under the copy: the next round (or the copy after the stop) scans again, the node keeps what arrived"
                         ));
-                        return Ok(format!("pre-copy stopped after {} round(s): {err}", rounds.len()));
+                        settled = false;
                     }
                 }
             }
             rounds.push(sent);
-            if sent <= PRE_COPY_SETTLED_BLOCKS {
+            if settled && sent <= PRE_COPY_SETTLED_BLOCKS {
                 break;
             }
         }
