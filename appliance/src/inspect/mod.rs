@@ -265,7 +265,9 @@ fn read_windows(
         };
         facts.os = Some("windows".into());
         facts.root_partition = Some(p.index);
-        match windows::parse_system(&hive) {
+        let parsed = std::panic::catch_unwind(|| windows::parse_system(&hive))
+            .unwrap_or_else(|_| Err("the registry reader failed on this hive".into()));
+        match parsed {
             Ok(w) => {
                 facts.hostname = w.hostname.clone();
                 facts.network = w.network.clone();

@@ -173,7 +173,13 @@ fn string(k: &KeyNode<'_, &[u8]>, name: &str) -> Option<String> {
 }
 
 fn dword(k: &KeyNode<'_, &[u8]>, name: &str) -> Option<u32> {
-    k.value(name)?.ok()?.dword_data().ok()
+    let v = k.value(name)?.ok()?;
+    // nt-hive 0.3 panics building the error for a DWORD of another size
+    // (it takes the offset of a local): check the size first. Found by fuzzing.
+    if v.data_size() != 4 {
+        return None;
+    }
+    v.dword_data().ok()
 }
 
 fn multi(k: &KeyNode<'_, &[u8]>, name: &str) -> Vec<String> {
