@@ -220,6 +220,11 @@ fn mac_override(s: &str) -> Option<MacAddr> {
 
 /// Parses a SYSTEM hive.
 pub fn parse_system(bytes: &[u8]) -> Result<WindowsSystem, String> {
+    // nt-hive 0.3 panics (an assertion while building the error) when the
+    // signature at offset 0 is wrong: check it first. Found by fuzzing.
+    if !bytes.starts_with(b"regf") {
+        return Err("SYSTEM hive: no regf signature".into());
+    }
     let hive = Hive::new(bytes).map_err(|e| format!("SYSTEM hive: {e}"))?;
     let root = hive.root_key_node().map_err(|e| format!("SYSTEM hive root key: {e}"))?;
     let current = sub(&root, "Select").and_then(|s| dword(&s, "Current")).unwrap_or(1);
@@ -350,6 +355,7 @@ mod tests {
         );
         assert_eq!(mac_override("0050"), None);
         assert!(parse_system(b"regf but not a hive").is_err());
+        assert!(parse_system(&[0u8; 8192]).is_err());
     }
 
     /// Found by the fuzzer: the `ntfs` crate panicked on a short read; the
