@@ -358,6 +358,18 @@ mod tests {
         assert!(parse_system(&[0u8; 8192]).is_err());
     }
 
+    /// Found by the fuzzer (`inspect_windows`): a hive whose cells nt-hive
+    /// visits include one with a size field of 0, which underflowed inside
+    /// nt-hive 0.3.0 (patched copy in `vendor/nt-hive`). Refused with a note
+    /// naming the hive, no panic (this test runs with overflow checks on).
+    #[test]
+    fn hive_with_a_zero_size_cell_is_refused_without_panic() {
+        let hive = include_bytes!("testdata/hive-cell-size-zero.bin");
+        let err = parse_system(hive).expect_err("hostile hive accepted");
+        assert!(err.contains("SYSTEM hive") || err.contains("ControlSet"), "{err}");
+        eprintln!("hostile hive: {err}");
+    }
+
     /// Found by the fuzzer: the `ntfs` crate panicked on a short read; the
     /// reader now yields zeros there and the volume is refused.
     #[test]
