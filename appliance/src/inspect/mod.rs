@@ -13,6 +13,7 @@ pub mod fstab;
 pub mod image;
 pub mod netcfg;
 pub mod partition;
+pub mod regf;
 pub mod risks;
 pub mod vmdk;
 pub mod windows;
