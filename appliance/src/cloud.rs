@@ -1,12 +1,8 @@
 //! The appliance's client of a cloud node's control API (HTTPS, mutual TLS).
 
-use std::path::Path;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use proto::api::{self, DiskReceived, EnrollBegin, EnrollCsr, EnrollDone, EnrollFinish, GuestInfo, NodeInfo, StartGuest};
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt;
+use proto::api::{self, EnrollBegin, EnrollCsr, EnrollDone, EnrollFinish, GuestInfo, NodeInfo, StartGuest};
 
 use crate::pki::{Ca, Fingerprint, PinnedServerCert, PkiError};
 
@@ -38,25 +34,6 @@ pub enum CloudError {
     /// The appliance's disk key store failed.
     #[error("{0}")]
     Key(String),
-    /// Reading a local disk.
-    #[error("cannot read disk {path}: {source}")]
-    Disk {
-        /// File.
-        path: std::path::PathBuf,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The digest the node computed is not ours.
-    #[error("disk {id}: the cloud node stored sha256 {theirs} but we sent {ours}; the copy is corrupt and was not used")]
-    DigestMismatch {
-        /// Disk id.
-        id: String,
-        /// Ours.
-        ours: String,
-        /// Theirs.
-        theirs: String,
-    },
 }
 
 /// A client for one node.
@@ -271,59 +248,6 @@ impl CloudClient {
     pub async fn transfer_stats(&self) -> Result<proto::transfer::TransferStats, CloudError> {
         self.send("transfer stats", self.http.get(format!("{}/v1/transfers", self.base)))
             .await
-    }
-
-    /// Streams a disk image to `PUT /v1/disks/{id}` and checks the node
-    /// stored exactly what we read (SHA-256 end to end). `progress` gets
-    /// (bytes sent, total).
-    pub async fn upload_disk(
-        &self,
-        id: &str,
-        path: &Path,
-        progress: impl Fn(u64, u64) + Send + Sync + 'static,
-    ) -> Result<DiskReceived, CloudError> {
-        let disk_err = |source| CloudError::Disk {
-            path: path.to_path_buf(),
-            source,
-        };
-        // First pass: digest. The node verifies against this header, so a
-        // byte changed in flight or at rest on arrival is caught there.
-        let mut f = tokio::fs::File::open(path).await.map_err(disk_err)?;
-        let total = f.metadata().await.map_err(disk_err)?.len();
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf).await.map_err(disk_err)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        let ours = hex::encode(h.finalize());
-        let f = tokio::fs::File::open(path).await.map_err(disk_err)?;
-        let mut sent = 0u64;
-        let stream = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20).map(move |chunk| {
-            if let Ok(c) = &chunk {
-                sent += c.len() as u64;
-                progress(sent, total);
-            }
-            chunk
-        });
-        let req = self
-            .http
-            .put(format!("{}/v1/disks/{id}", self.base))
-            .header(api::SHA256_HEADER, &ours)
-            .header(reqwest::header::CONTENT_LENGTH, total)
-            .body(reqwest::Body::wrap_stream(stream));
-        let got: DiskReceived = self.send("disk upload", req).await?;
-        if got.sha256 != ours || got.bytes != total {
-            return Err(CloudError::DigestMismatch {
-                id: id.into(),
-                ours,
-                theirs: got.sha256,
-            });
-        }
-        Ok(got)
     }
 }
 

@@ -6,19 +6,16 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use proto::api::{
-    ApiError, DiskReceived, EnrollBegin, EnrollCsr, EnrollDone, EnrollFinish, GuestInfo, NodeInfo, StartGuest, SHA256_HEADER,
-};
+use proto::api::{ApiError, EnrollBegin, EnrollCsr, EnrollDone, EnrollFinish, GuestInfo, NodeInfo, StartGuest};
 
-use crate::disks::{self, DiskId, Sha256Digest};
+use crate::disks;
 use crate::enroll;
 use crate::guests;
 use crate::node::{self, Node};
@@ -123,23 +120,11 @@ impl From<node::Error> for Failure {
 
 impl From<disks::Error> for Failure {
     fn from(e: disks::Error) -> Self {
-        use disks::Error as E;
-        let status = if e.is_no_space() {
-            StatusCode::INSUFFICIENT_STORAGE
-        } else {
-            match &e {
-                E::BadId(_) | E::BadDigest { .. } | E::Body { .. } => StatusCode::BAD_REQUEST,
-                E::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-                E::Busy(_) => StatusCode::CONFLICT,
-                E::DigestMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            }
+        let status = match &e {
+            disks::Error::BadId(_) => StatusCode::BAD_REQUEST,
+            disks::Error::Clean(..) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let f = Failure::new(status, chain(&e));
-        match e {
-            E::DigestMismatch { .. } => f.hint("the data changed in transit or at the source; upload the disk again"),
-            _ => f,
-        }
+        Failure::new(status, chain(&e))
     }
 }
 
@@ -149,12 +134,19 @@ impl From<guests::Error> for Failure {
         let status = match &e {
             E::BadName(_) | E::Profile(_) | E::DiskCount { .. } | E::DiskId(_) => StatusCode::BAD_REQUEST,
             E::MissingDisk(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            E::DiskUploading(_) | E::DiskInUse { .. } | E::Exists(_) | E::TapCollision { .. } => StatusCode::CONFLICT,
+            E::NoDiskKey(_) => StatusCode::PRECONDITION_REQUIRED,
+            E::DiskInUse { .. } | E::Exists(_) | E::TapCollision { .. } => StatusCode::CONFLICT,
             E::NotFound(_) => StatusCode::NOT_FOUND,
             E::Bridge(_) => StatusCode::SERVICE_UNAVAILABLE,
             E::Hv { .. } | E::State(_) | E::Corrupt(..) | E::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        Failure::new(status, chain(&e))
+        let f = Failure::new(status, chain(&e));
+        match e {
+            E::NoDiskKey(id) => f.hint(format!(
+                "send the disk key with PUT /v1/disks/{id}/key — the appliance does this on start"
+            )),
+            _ => f,
+        }
     }
 }
 
@@ -196,7 +188,7 @@ pub fn enrolled_router(node: Arc<Node>) -> Router {
         .route("/v1/enroll/csr", post(enroll_csr))
         .route("/v1/enroll/finish", post(enroll_finish))
         .route("/v1/node", get(node_info))
-        .route("/v1/disks/{id}", put(put_disk))
+        .route("/v1/disks/{id}", put(plain_upload_gone))
         .merge(crate::transfer_api::routes())
         .merge(crate::export_api::routes())
         .route("/v1/guests", post(start_guest))
@@ -227,39 +219,18 @@ async fn node_info(State(node): State<AppState>) -> Json<NodeInfo> {
     Json(node.info())
 }
 
-async fn put_disk(
-    State(node): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<DiskReceived>, Failure> {
-    let id: DiskId = id.parse()?;
-    let digest = match headers.get(SHA256_HEADER) {
-        None => {
-            return Err(Failure::new(StatusCode::BAD_REQUEST, format!("missing header {SHA256_HEADER}"))
-                .hint("send the hex SHA-256 of the disk image in that header"))
-        }
-        Some(v) => Sha256Digest::parse_header(v.to_str().unwrap_or(""))?,
-    };
-    let announced = match headers.get(axum::http::header::CONTENT_LENGTH) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| Failure::new(StatusCode::BAD_REQUEST, "Content-Length is not a number"))?,
-        ),
-    };
-    if let Some(guest) = node.guests().disk_user(&id).await {
-        return Err(Failure::new(
-            StatusCode::CONFLICT,
-            format!("disk {id} backs guest {guest}; it cannot be replaced"),
-        )
-        .hint(format!("delete the guest first (DELETE /v1/guests/{guest})")));
-    }
-    let received = node.disks().receive(id, digest, announced, body.into_data_stream()).await?;
-    tracing::info!(disk = %received.id, bytes = received.bytes, "disk received and verified");
-    Ok(Json(received))
+/// `PUT /v1/disks/{id}`, the plain upload of earlier versions: refused
+/// before its body is read (it would put a plaintext disk on the
+/// provider's storage). Disks arrive only by encrypted block transfer.
+async fn plain_upload_gone(Path(id): Path<String>) -> Failure {
+    Failure::new(
+        StatusCode::GONE,
+        format!("plain disk upload (PUT /v1/disks/{id}) is no longer accepted: it would store the disk unencrypted"),
+    )
+    .hint(format!(
+        "send the disk as an encrypted block transfer (PUT /v1/disks/{id}/key, then POST /v1/transfers/{id}); \
+         `isthmus stage` and `isthmus move` do this"
+    ))
 }
 
 async fn start_guest(State(node): State<AppState>, ApiJson(req): ApiJson<StartGuest>) -> Result<Json<GuestInfo>, Failure> {

@@ -50,12 +50,12 @@ pub enum Error {
     /// A disk id is malformed.
     #[error(transparent)]
     DiskId(#[from] crate::disks::Error),
-    /// A disk has not been uploaded.
-    #[error("disk {0} has not been uploaded to this node; upload it with PUT /v1/disks/{0} first")]
+    /// A disk has not arrived (no finished transfer).
+    #[error("disk {0} is not on this node; send it with a block transfer first (POST /v1/transfers/{0}; `isthmus move` does this)")]
     MissingDisk(String),
-    /// A disk is still being uploaded.
-    #[error("disk {0} is still being uploaded; wait for the upload to finish")]
-    DiskUploading(String),
+    /// The node holds no key for a disk (keys live only in memory).
+    #[error("no key for disk {0} on this node (keys are kept in memory only, so a restarted node has none): its encrypted image cannot be opened")]
+    NoDiskKey(String),
     /// A disk belongs to another guest.
     #[error("disk {disk} is already used by guest {guest}; a disk image can back only one guest")]
     DiskInUse {
@@ -248,14 +248,13 @@ impl Guests {
         let mut keys = Vec::with_capacity(req.disk_ids.len());
         for raw in &req.disk_ids {
             let id: DiskId = raw.parse()?;
-            if disks.is_uploading(&id) {
-                return Err(Error::DiskUploading(raw.clone()));
-            }
             if !disks.exists(&id) {
                 return Err(Error::MissingDisk(raw.clone()));
             }
+            // Every stored disk is a LUKS qcow2: without its key QEMU cannot open it.
+            let key = disks.blocks().key(id.as_str()).ok_or_else(|| Error::NoDiskKey(raw.clone()))?;
             disk_paths.push(disks.image_path(&id));
-            keys.push(disks.blocks().key(id.as_str()));
+            keys.push(Some(key));
         }
         if !req.profile.nics.is_empty() {
             // Fail before creating anything; the error says why it is down.

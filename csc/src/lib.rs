@@ -8,7 +8,7 @@
 //! - [`node`]: the node itself; switches bootstrap TLS to mutual TLS at enrolment.
 //! - [`api`]: the control API of [`proto::api`] as axum routers.
 //! - [`server`]: the TLS accept loop.
-//! - [`disks`]: verified, streamed disk uploads.
+//! - [`disks`]: the stored disks (encrypted; only block transfers write them).
 //! - [`blocks`]: block transfers (resumable, deduplicated) and the block index.
 //! - [`export_api`]: reading a disk back (moves out of this cloud).
 //! - [`guests`]: guests under QEMU (`hv`), their TAPs, persistence across restarts.

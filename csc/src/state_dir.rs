@@ -15,7 +15,8 @@
 //!   bridge-psk            0600   Noise psk2 pre-shared key (32 raw bytes)
 //!   enrolled.json                name + time; written LAST, its presence means "enrolled"
 //!   guests.json                  guests this node runs (re-attached after a restart)
-//!   disks/<id>.img               verified disk images; <id>.part while uploading
+//!   disks/<id>.img               disk images: LUKS qcow2 written only by block transfers
+//!   disks/.transfers/            transfers in progress (encrypted qcow2, block journal, manifest)
 //!   guests/<name>/               QEMU run directories (QMP socket, serial log, pid)
 //! ```
 //!

@@ -12,13 +12,12 @@ use std::time::Duration;
 use base64::Engine as _;
 use csc::pki::PinnedServerCert;
 use csc::{Node, NodeConfig};
-use proto::api::{ApiError, DiskReceived, EnrollBegin, EnrollCsr, EnrollDone, EnrollFinish, NodeInfo, SHA256_HEADER};
+use proto::api::{ApiError, EnrollBegin, EnrollCsr, EnrollDone, EnrollFinish, NodeInfo};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
 };
 use reqwest::StatusCode;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use sha2::{Digest, Sha256};
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 
@@ -450,88 +449,95 @@ async fn open_when_unlocked(state: &Path) -> Arc<Node> {
     panic!("state directory stayed locked");
 }
 
+/// The plain upload of earlier versions (`PUT /v1/disks/{id}` with raw
+/// bytes) would put an unencrypted disk on the provider's storage: it is
+/// refused with 410 and writes nothing, whatever the body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn disk_upload_is_verified() {
+async fn plain_disk_upload_is_gone() {
     let node = start_node().await;
     let (ca, app_pem, app_key) = enrol(&node, "node-d").await;
     let app = ca_client(&ca, Some((&app_pem, &app_key)));
     let disks = node.state.join("disks");
-
-    // 3 MiB + a bit of non-trivial content, so it arrives in many chunks.
-    let data: Vec<u8> = (0..3 * 1024 * 1024 + 123)
-        .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
-    let digest = hex::encode(Sha256::digest(&data));
+    let marker = b"PLAINTEXT-MARKER-".repeat(1024);
     let r = app
         .put(node.url("/v1/disks/web1-disk-0"))
-        .header(SHA256_HEADER, &digest)
-        .body(data.clone())
+        .header("x-isthmus-sha256", "0".repeat(64))
+        .body(marker.clone())
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let got: DiskReceived = r.json().await.unwrap();
-    assert_eq!(
-        got,
-        DiskReceived {
-            id: "web1-disk-0".into(),
-            bytes: data.len() as u64,
-            sha256: digest.clone()
+    refused(
+        r,
+        StatusCode::GONE,
+        &["web1-disk-0", "unencrypted"],
+        &["/v1/disks/web1-disk-0/key", "/v1/transfers/web1-disk-0"],
+    )
+    .await;
+    // Nothing under disks/ but the transfer store's own (empty) directories.
+    let mut files = Vec::new();
+    let mut dirs = vec![disks.clone()];
+    while let Some(d) = dirs.pop() {
+        for ent in std::fs::read_dir(&d).unwrap() {
+            let p = ent.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                files.push(p);
+            }
         }
-    );
-    assert_eq!(std::fs::read(disks.join("web1-disk-0.img")).unwrap(), data);
-
-    // Wrong digest: 422, nothing left behind.
-    let r = app
-        .put(node.url("/v1/disks/web1-disk-1"))
-        .header(SHA256_HEADER, hex::encode(Sha256::digest(b"something else")))
-        .body(data.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let e = api_error(r).await;
-    assert!(e.error.contains("SHA-256"), "{}", e.error);
-    assert!(!disks.join("web1-disk-1.img").exists());
-    assert!(!disks.join("web1-disk-1.part").exists());
-
-    // Bad id (percent-encoded so the client does not normalise the path): 400.
-    let r = app
-        .put(node.url("/v1/disks/..%2Fx"))
-        .header(SHA256_HEADER, &digest)
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let r = app
-        .put(node.url("/v1/disks/UPPER"))
-        .header(SHA256_HEADER, &digest)
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-
-    // Missing or malformed digest header: 400.
-    let r = app.put(node.url("/v1/disks/d2")).body("x").send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let r = app
-        .put(node.url("/v1/disks/d2"))
-        .header(SHA256_HEADER, "abc")
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    assert!(!disks.join("d2.img").exists());
-
-    // The only file in disks/ is the verified image.
-    let names: Vec<String> = std::fs::read_dir(&disks)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+    }
+    let plain: Vec<_> = files
+        .iter()
+        .filter(|p| std::fs::read(p).unwrap().windows(17).any(|w| w == b"PLAINTEXT-MARKER-"))
         .collect();
-    assert_eq!(names, vec!["web1-disk-0.img".to_string()]);
+    assert!(plain.is_empty(), "plaintext on the node: {plain:?}");
+    assert!(!disks.join("web1-disk-0.img").exists() && !disks.join("web1-disk-0.part").exists());
+    node.server.abort();
+}
+
+/// Asserts `r` is a refusal with `status` whose error and hint contain the given words.
+async fn refused(r: reqwest::Response, status: StatusCode, error_has: &[&str], hint_has: &[&str]) {
+    assert_eq!(r.status(), status);
+    let e = api_error(r).await;
+    assert!(error_has.iter().all(|w| e.error.contains(w)), "{}", e.error);
+    let hint = e.hint.expect("a hint says what to do");
+    assert!(hint_has.iter().all(|w| hint.contains(w)), "{hint}");
+}
+
+/// A `POST /v1/guests` body: guest web1 with one IDE disk, no NIC.
+fn one_ide_disk_guest(disk_id: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": "web1",
+        "profile": { "cpus": 1, "memory_mib": 128, "disks": [{ "bus": "ide" }], "nics": [] },
+        "disk_ids": [disk_id]
+    })
+}
+
+/// A stored disk without its key in the node's memory (a restarted node,
+/// or an appliance that did not send it) cannot start: 428, naming the disk
+/// and the route that sends the key. Checked before any TAP or QEMU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_start_without_disk_key_is_428() {
+    let node = start_node().await;
+    let (ca, app_pem, app_key) = enrol(&node, "node-k").await;
+    let app = ca_client(&ca, Some((&app_pem, &app_key)));
+    // Stands in for a finished transfer: the node opens no image before the key check.
+    std::fs::write(node.state.join("disks/keyless-d0.img"), b"not opened").unwrap();
+    let r = app
+        .post(node.url("/v1/guests"))
+        .json(&one_ide_disk_guest("keyless-d0"))
+        .send()
+        .await
+        .unwrap();
+    refused(
+        r,
+        StatusCode::PRECONDITION_REQUIRED,
+        &["keyless-d0", "key"],
+        &["PUT /v1/disks/keyless-d0/key", "appliance"],
+    )
+    .await;
+    let r = app.get(node.url("/v1/guests/web1")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "a refused start leaves no guest");
     node.server.abort();
 }
 
@@ -540,12 +546,12 @@ async fn guest_start_with_missing_disk_is_refused() {
     let node = start_node().await;
     let (ca, app_pem, app_key) = enrol(&node, "node-g").await;
     let app = ca_client(&ca, Some((&app_pem, &app_key)));
-    let body = serde_json::json!({
-        "name": "web1",
-        "profile": { "cpus": 1, "memory_mib": 128, "disks": [{ "bus": "ide" }], "nics": [] },
-        "disk_ids": ["never-uploaded"]
-    });
-    let r = app.post(node.url("/v1/guests")).json(&body).send().await.unwrap();
+    let r = app
+        .post(node.url("/v1/guests"))
+        .json(&one_ide_disk_guest("never-uploaded"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert!(api_error(r).await.error.contains("never-uploaded"));
     // Malformed body: an ApiError too.

@@ -8,7 +8,6 @@
 //! - `POST /v1/enroll/csr`    [`EnrollBegin`] → [`EnrollCsr`]        (bootstrap TLS)
 //! - `POST /v1/enroll/finish` [`EnrollFinish`] → [`EnrollDone`]      (bootstrap TLS)
 //! - `GET  /v1/node`          → [`NodeInfo`]                         (mTLS)
-//! - `PUT  /v1/disks/{id}`    raw bytes, header [`SHA256_HEADER`] → [`DiskReceived`] (mTLS)
 //! - `POST /v1/guests`        [`StartGuest`] → [`GuestInfo`]         (mTLS)
 //! - `GET  /v1/guests/{name}` → [`GuestInfo`]                        (mTLS)
 //! - `POST /v1/guests/{name}/stop` → [`GuestInfo`]                   (mTLS)
@@ -19,10 +18,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::HardwareProfile;
-
-/// Header carrying the hex SHA-256 the sender computed over a disk upload;
-/// the receiver recomputes it and refuses the upload if they differ.
-pub const SHA256_HEADER: &str = "x-isthmus-sha256";
 
 /// Error body of every non-2xx answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,17 +106,6 @@ pub struct NodeInfo {
     pub accel: AccelKind,
     /// Why (e.g. "KVM probe guest did not reach the kernel: …").
     pub accel_reason: String,
-}
-
-/// A disk that arrived and was verified.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DiskReceived {
-    /// Disk id (as in the upload URL).
-    pub id: String,
-    /// Bytes stored.
-    pub bytes: u64,
-    /// Hex SHA-256 of what was stored; equals the sender's.
-    pub sha256: String,
 }
 
 /// Start a moved server under the CSL.

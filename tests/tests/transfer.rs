@@ -258,8 +258,13 @@ async fn cut_link_resumes_and_a_same_base_server_dedups() {
         disk_ids: vec!["web2".into()],
     };
     node.keyless.forget_disk_key("web2").await.unwrap();
-    let e = node.keyless.start_guest(&start).await.unwrap_err().to_string();
-    assert!(e.contains("encrypted") && e.contains("key"), "{e}");
+    match node.keyless.start_guest(&start).await.unwrap_err() {
+        appliance::cloud::CloudError::Refused { status: 428, body, .. } => {
+            assert!(body.error.contains("web2") && body.error.contains("key"), "{body:?}");
+            assert!(body.hint.unwrap_or_default().contains("PUT /v1/disks/web2/key"));
+        }
+        e => panic!("a keyless start must be 428 Precondition Required, got: {e}"),
+    }
     let wrong = proto::transfer::WireKey::from_bytes(&[0x42; 32]);
     node.keyless.grant_disk_key("web2", &wrong).await.unwrap();
     let e = node.keyless.start_guest(&start).await.unwrap_err().to_string();
@@ -268,6 +273,11 @@ async fn cut_link_resumes_and_a_same_base_server_dedups() {
         node.keyless.guest("nokey").await.unwrap().is_none(),
         "a failed start leaves no guest"
     );
+    // Nor did the refused starts (QEMU ran once, with the wrong key) write plaintext anywhere.
+    for pattern in [noise, &[b'a'; 64][..]] {
+        let hits = files_containing(&node.state, pattern);
+        assert!(hits.is_empty(), "plaintext found on the node after the failed starts in {hits:?}");
+    }
 }
 
 /// `len` incompressible bytes (xorshift64).
