@@ -1,4 +1,4 @@
-//! Windows registry path: any bytes as a SYSTEM hive (nt-hive, then the
+//! Windows registry path: any bytes as a SYSTEM hive (our regf reader, then the
 //! host name, adapter and boot-driver walk), and as an NTFS volume (the
 //! `ntfs` crate walking to \Windows\System32\config\SYSTEM, bounded read),
 //! never panicking; the risks of whatever was read render.

@@ -1,5 +1,5 @@
 //! Windows guests: the SYSTEM registry hive read from an NTFS volume (crate
-//! `ntfs`) and parsed with `nt-hive`: host name, per-adapter TCP/IP settings
+//! `ntfs`) and parsed with our own hive reader ([`super::regf`]): host name, per-adapter TCP/IP settings
 //! bound to the adapter's instance GUID, and the start type of the boot
 //! storage drivers, which decides which disk controllers Windows can boot
 //! from. Every size and count comes from hostile bytes: the hive is read
@@ -9,16 +9,14 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use nt_hive::{Hive, KeyNode};
 use proto::facts::{Binding, NetConfig, Risk};
 use proto::mac::MacAddr;
 
 use super::image::DiskImage;
+use super::regf::{Hive, Key};
 
 /// Largest SYSTEM hive read (real ones are 10–40 MiB).
 pub const MAX_HIVE: u64 = 256 << 20;
-/// Most subkeys looked at under one key.
-const MAX_SUBKEYS: usize = 1024;
 /// Where the SYSTEM hive lives on the system volume.
 const SYSTEM_HIVE: [&str; 4] = ["Windows", "System32", "config", "SYSTEM"];
 /// Device class of network adapters.
@@ -162,45 +160,30 @@ pub fn read_system_hive<T: Read + Seek>(fs: &mut T, volume_size: u64) -> Result<
     Ok(Some(out))
 }
 
-fn sub<'h>(k: &KeyNode<'h, &'h [u8]>, path: &str) -> Option<KeyNode<'h, &'h [u8]>> {
-    k.subpath(path)?.ok()
+fn sub<'h, 'a>(k: &Key<'h, 'a>, path: &str) -> Option<Key<'h, 'a>> {
+    k.subpath(path)
 }
 
-fn string(k: &KeyNode<'_, &[u8]>, name: &str) -> Option<String> {
-    let v = k.value(name)?.ok()?;
-    let s = v.string_data().ok()?;
-    Some(s.trim_end_matches('\0').to_string()).filter(|s| !s.is_empty())
+fn string(k: &Key<'_, '_>, name: &str) -> Option<String> {
+    k.value(name)?.string().filter(|s| !s.is_empty())
 }
 
-fn dword(k: &KeyNode<'_, &[u8]>, name: &str) -> Option<u32> {
-    let v = k.value(name)?.ok()?;
-    // nt-hive 0.3 panics building the error for a DWORD of another size
-    // (it takes the offset of a local): check the size first. Found by fuzzing.
-    if v.data_size() != 4 {
-        return None;
-    }
-    v.dword_data().ok()
+fn dword(k: &Key<'_, '_>, name: &str) -> Option<u32> {
+    k.value(name)?.dword()
 }
 
-fn multi(k: &KeyNode<'_, &[u8]>, name: &str) -> Vec<String> {
-    let Some(Ok(v)) = k.value(name) else {
+fn multi(k: &Key<'_, '_>, name: &str) -> Vec<String> {
+    let Some(v) = k.value(name) else {
         return vec![];
     };
-    match v.multi_string_data() {
-        Ok(it) => it.take(64).filter_map(Result::ok).filter(|s| !s.is_empty()).collect(),
-        // Some tools write a single address as REG_SZ.
-        Err(_) => v.string_data().ok().into_iter().collect(),
-    }
+    // Some tools write a single address as REG_SZ.
+    v.multi()
+        .or_else(|| v.string().filter(|s| !s.is_empty()).map(|s| vec![s]))
+        .unwrap_or_default()
 }
 
-fn subkeys<'h>(k: &KeyNode<'h, &'h [u8]>) -> Vec<(String, KeyNode<'h, &'h [u8]>)> {
-    let Some(Ok(it)) = k.subkeys() else {
-        return vec![];
-    };
-    it.take(MAX_SUBKEYS)
-        .filter_map(Result::ok)
-        .filter_map(|n| Some((n.name().ok()?.to_string_lossy(), n)))
-        .collect()
+fn subkeys<'h, 'a>(k: &Key<'h, 'a>) -> Vec<(String, Key<'h, 'a>)> {
+    k.subkeys().into_iter().map(|n| (n.name(), n)).collect()
 }
 
 fn prefix_len(mask: &str) -> Option<u32> {
@@ -220,13 +203,8 @@ fn mac_override(s: &str) -> Option<MacAddr> {
 
 /// Parses a SYSTEM hive.
 pub fn parse_system(bytes: &[u8]) -> Result<WindowsSystem, String> {
-    // nt-hive 0.3 panics (an assertion while building the error) when the
-    // signature at offset 0 is wrong: check it first. Found by fuzzing.
-    if !bytes.starts_with(b"regf") {
-        return Err("SYSTEM hive: no regf signature".into());
-    }
     let hive = Hive::new(bytes).map_err(|e| format!("SYSTEM hive: {e}"))?;
-    let root = hive.root_key_node().map_err(|e| format!("SYSTEM hive root key: {e}"))?;
+    let root = hive.root().map_err(|e| format!("SYSTEM hive root key: {e}"))?;
     let current = sub(&root, "Select").and_then(|s| dword(&s, "Current")).unwrap_or(1);
     if !(1..=999).contains(&current) {
         return Err(format!("Select\\Current = {current} is not a control set number"));
@@ -358,10 +336,10 @@ mod tests {
         assert!(parse_system(&[0u8; 8192]).is_err());
     }
 
-    /// Found by the fuzzer (`inspect_windows`): a hive whose cells nt-hive
-    /// visits include one with a size field of 0, which underflowed inside
-    /// nt-hive 0.3.0 (patched copy in `vendor/nt-hive`). Refused with a note
-    /// naming the hive, no panic (this test runs with overflow checks on).
+    /// Found by the fuzzer (`inspect_windows`): a hive with a cell whose size
+    /// field is 0 (it underflowed inside the `nt-hive` crate we used before
+    /// our own reader). Refused with a note naming the hive, no panic (this
+    /// test runs with overflow checks on).
     #[test]
     fn hive_with_a_zero_size_cell_is_refused_without_panic() {
         let hive = include_bytes!("testdata/hive-cell-size-zero.bin");
