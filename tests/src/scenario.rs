@@ -259,19 +259,7 @@ impl Lab {
     /// until its local API is up.
     pub fn spawn_appliance_env(&mut self, log: &str, env: &[(&str, &str)]) -> Result<()> {
         let bin = crate::bin("isthmus")?;
-        let dir = self.appliance_dir();
-        let mut args = vec![
-            bin.display().to_string(),
-            "--data-dir".into(),
-            dir.display().to_string(),
-            "serve".into(),
-            "--lan".into(),
-            "lanB".into(),
-            "--console-listen".into(),
-            format!("{APPLIANCE_INET}:8443"),
-            "--bridge-listen".into(),
-            format!("{APPLIANCE_INET}:51820"),
-        ];
+        let mut args = appliance_serve_args(&bin, &self.appliance_dir());
         args.extend(self.probe_args());
         let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
         let p = Proc::spawn("appliance", &self.dc, &argv, env, &self.work.join(log))?;
@@ -515,6 +503,23 @@ impl Drop for Lab {
         }
         // Namespaces go when `self.ns` drops (after this).
     }
+}
+
+/// The `isthmus serve` command line of the lab's appliance: data in
+/// `data_dir`, LAN port `lanB`, console and bridge on [`APPLIANCE_INET`].
+pub fn appliance_serve_args(bin: &Path, data_dir: &Path) -> Vec<String> {
+    vec![
+        bin.display().to_string(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "serve".into(),
+        "--lan".into(),
+        "lanB".into(),
+        "--console-listen".into(),
+        format!("{APPLIANCE_INET}:8443"),
+        "--bridge-listen".into(),
+        format!("{APPLIANCE_INET}:51820"),
+    ]
 }
 
 /// Outage as the client saw it: the longest run of failed polls between two

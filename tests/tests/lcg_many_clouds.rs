@@ -173,18 +173,7 @@ fn one_lcg_carries_each_mac_only_to_its_cloud() -> Result<()> {
 
     let data = work.join("appliance");
     let bin = isthmus_lab::bin("isthmus")?;
-    let args = [
-        bin.display().to_string(),
-        "--data-dir".into(),
-        data.display().to_string(),
-        "serve".into(),
-        "--lan".into(),
-        "lanB".into(),
-        "--console-listen".into(),
-        format!("{APPLIANCE_INET}:8443"),
-        "--bridge-listen".into(),
-        format!("{APPLIANCE_INET}:51820"),
-    ];
+    let args = isthmus_lab::scenario::appliance_serve_args(&bin, &data);
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut appliance = Proc::spawn("appliance", &dc, &argv, &[], &work.join("appliance.log"))?;
     appliance.wait_log("ready: local API", Duration::from_secs(120))?;
