@@ -242,13 +242,22 @@ impl App {
     /// Records a new move (step `plan`); the caller drives it. `to` is an
     /// enrolled cloud or `dc` (back to the data center); the server may run
     /// in the data center or in a cloud: every direction is the same move.
-    pub fn create_move(&self, server: &str, to: &str) -> Result<MoveRecord, AppError> {
+    /// With `rehearse`, a rehearsal instead: copy, boot the copy isolated,
+    /// delete it (data-center sources to a cloud only: the source keeps
+    /// running while its disks are read).
+    pub fn create_move(&self, server: &str, to: &str, rehearse: bool) -> Result<MoveRecord, AppError> {
         let s = self.server(server)?;
         if to != crate::moves::route::DC {
             self.cloud(to)?;
         }
         if s.location.to_string() == to {
             return Err(AppError::Conflict(format!("server {server} runs in {to} already")));
+        }
+        if rehearse && (to == crate::moves::route::DC || s.location != Location::Dc) {
+            return Err(AppError::Invalid(format!(
+                "a rehearsal boots a copy of a server that runs in the data center in a cloud; {server} runs in {}, the target is {to}: rehearse a move from the data center to a cloud",
+                s.location
+            )));
         }
         let moves = self.store.list(&MOVES)?;
         if let Some((_, m)) = moves.iter().find(|(_, m)| m.server == server && !m.step.is_terminal()) {
@@ -270,6 +279,8 @@ impl App {
             target_disk_ids: vec![],
             started_at: now_rfc3339(),
             finished_at: None,
+            rehearse,
+            rehearsal: None,
         };
         self.store.put(&MOVES, &id, &mv)?;
         Ok(mv)

@@ -121,6 +121,8 @@ impl ConsoleService for Console {
                 state: match m.mv.step {
                     Step::Done => "done",
                     Step::RolledBack => "rolled-back",
+                    Step::Rehearsed if m.mv.failure.is_some() => "rehearsal-failed",
+                    Step::Rehearsed => "rehearsed",
                     s if m.mv.failure.is_some() && !s.is_terminal() => "failed",
                     _ => "running",
                 }

@@ -24,6 +24,9 @@ pub struct MoveRequest {
     pub server: String,
     /// Cloud to move it to.
     pub to: String,
+    /// Only rehearse: boot a copy on an isolated segment, keep the source running.
+    #[serde(default)]
+    pub rehearse: bool,
 }
 
 /// `PUT /v1/admin/password` body.
@@ -80,7 +83,7 @@ pub fn router(app: Arc<App>, rt: tokio::runtime::Handle) -> Router {
         .route(
             "/v1/moves",
             post(|State((app, rt)): Shared, Json(r): Json<MoveRequest>| async move {
-                let mv = app.create_move(&r.server, &r.to)?;
+                let mv = app.create_move(&r.server, &r.to, r.rehearse)?;
                 crate::daemon::drive_in_background(app.clone(), rt, mv.id.clone());
                 Ok::<_, AppError>(Json(mv))
             }),

@@ -87,6 +87,12 @@ enum Cmd {
         /// Return at once with the move id instead of following it.
         #[arg(long)]
         no_wait: bool,
+        /// Only rehearse the cutover: copy the disks while the server keeps
+        /// running, boot the copy in the cloud on an isolated segment (no
+        /// bridge, no uplink: its MAC never reaches the LAN), watch it boot,
+        /// delete it. Ends `rehearsed`.
+        #[arg(long)]
+        rehearse: bool,
     },
     /// Send a base image (e.g. the Debian release your servers were built
     /// from) to a cloud ahead of moves: the cloud node indexes its blocks,
@@ -433,8 +439,14 @@ async fn run(cli: Cli) -> Result<()> {
             let _: serde_json::Value = client.call("DELETE", &format!("/v1/clouds/{name}"), None).await?;
             println!("removed {name}; its tunnel is closed");
         }
-        Cmd::Move { server, to, json, no_wait } => {
-            let req = MoveRequest { server, to };
+        Cmd::Move {
+            server,
+            to,
+            json,
+            no_wait,
+            rehearse,
+        } => {
+            let req = MoveRequest { server, to, rehearse };
             let mv: MoveRecord = client.call("POST", "/v1/moves", Some(serde_json::to_value(&req)?)).await?;
             if no_wait {
                 println!("{}", if json { serde_json::to_string(&mv)? } else { mv.id });
@@ -443,6 +455,9 @@ async fn run(cli: Cli) -> Result<()> {
             let detail = follow(&client, &mv.id, !json).await?;
             if json {
                 println!("{}", serde_json::to_string(&detail)?);
+            }
+            if rehearse {
+                return rehearsal_outcome(&detail, json);
             }
             if detail.mv.step != Step::Done {
                 bail!(
@@ -513,6 +528,35 @@ async fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Says what a finished rehearsal saw; an error when it failed.
+fn rehearsal_outcome(detail: &MoveDetail, json: bool) -> Result<()> {
+    let mv = &detail.mv;
+    if let (false, Some(r)) = (json, &mv.rehearsal) {
+        println!(
+            "rehearsal {}: copy of {} in {} {} ({} console bytes, last line {:?}); rehearsal guest {}",
+            mv.id,
+            mv.server,
+            r.cloud,
+            match r.boot_ms {
+                Some(ms) => format!("booted in {:.1} s", ms as f64 / 1000.0),
+                None => "did not boot".into(),
+            },
+            r.console_bytes,
+            r.console_last_line,
+            if r.guest_deleted { "deleted" } else { "NOT deleted" }
+        );
+    }
+    match (&mv.failure, mv.step) {
+        (None, Step::Rehearsed) => Ok(()),
+        (failure, step) => bail!(
+            "rehearsal {} ended {}: {}; the source kept running",
+            mv.id,
+            step.label(),
+            failure.clone().unwrap_or_default()
+        ),
+    }
 }
 
 /// Follows a move to its end with a progress bar and its timeline.

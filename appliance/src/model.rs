@@ -120,6 +120,12 @@ pub enum Step {
     RollbackTarget,
     /// Start the source again.
     RollbackSource,
+    /// Rehearsal only: boot the copy on an isolated segment of the node
+    /// (no bridge, no uplink), watch its console, then delete it.
+    Rehearse,
+    /// Terminal of a rehearsal (`failure` says whether it went wrong); the
+    /// source was never stopped, the MAC never carried.
+    Rehearsed,
     /// Terminal: moved.
     Done,
     /// Terminal: back at the source.
@@ -143,6 +149,8 @@ impl Step {
             Step::RollbackSource => "rollback: start source",
             Step::Done => "done",
             Step::RolledBack => "rolled back",
+            Step::Rehearse => "rehearse: boot an isolated copy",
+            Step::Rehearsed => "rehearsed",
         }
     }
 
@@ -153,18 +161,18 @@ impl Step {
             Step::PreCopy => 2,
             Step::StopSource => 5,
             Step::CopyDisks => 15,
-            Step::StartTarget => 60,
+            Step::StartTarget | Step::Rehearse => 60,
             Step::SwitchL2 => 75,
             Step::Verify => 80,
             Step::Commit => 95,
             Step::RollbackL2 | Step::RollbackTarget | Step::RollbackSource => 50,
-            Step::Done | Step::RolledBack => 100,
+            Step::Done | Step::RolledBack | Step::Rehearsed => 100,
         }
     }
 
-    /// True for the two terminal steps.
+    /// True for the terminal steps.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Step::Done | Step::RolledBack)
+        matches!(self, Step::Done | Step::RolledBack | Step::Rehearsed)
     }
 }
 
@@ -191,6 +199,37 @@ pub struct MoveRecord {
     pub started_at: String,
     /// When it reached a terminal step.
     pub finished_at: Option<String>,
+    /// A rehearsal (`isthmus move --rehearse`): copy, boot the copy on an
+    /// isolated segment, delete it; the source keeps running.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rehearse: bool,
+    /// What the rehearsal saw, once it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rehearsal: Option<Rehearsal>,
+}
+
+/// What a rehearsal saw of the copy it booted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rehearsal {
+    /// Cloud it ran in.
+    pub cloud: String,
+    /// Name of the rehearsal guest on the node.
+    pub guest: String,
+    /// The copy's console showed its kernel start user space, or the
+    /// last line the source's console shows (its login or shell prompt).
+    pub booted: bool,
+    /// Milliseconds from the start of QEMU to that line (when booted; to
+    /// the poll that saw it, polls are 1 s apart).
+    pub boot_ms: Option<u64>,
+    /// Bytes the copy wrote to its console.
+    pub console_bytes: u64,
+    /// The last console line seen.
+    pub console_last_line: String,
+    /// Check ports probed inside the isolated segment: none, the segment has
+    /// no address of ours (reachability is checked by the real move).
+    pub ports_probed: Vec<u16>,
+    /// The rehearsal guest was deleted from the node afterwards.
+    pub guest_deleted: bool,
 }
 
 /// One line of a move's timeline.

@@ -116,6 +116,9 @@ pub struct GuestRecord {
     pub taps: Vec<String>,
     /// Accelerator it was started with.
     pub accel: AccelKind,
+    /// A rehearsal copy: its TAPs are on no bridge (see [`StartGuest::isolated`]).
+    #[serde(default)]
+    pub isolated: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -204,7 +207,7 @@ impl Guests {
                     None
                 }
             };
-            if guest.as_ref().is_some_and(hv_is_running) {
+            if guest.as_ref().is_some_and(hv_is_running) && !record.isolated {
                 for tap in &record.taps {
                     if let Err(e) = bridge.add_guest_port(tap) {
                         tracing::warn!(guest = %record.name, tap, error = %e, "cannot put the guest's TAP back on the bridge");
@@ -256,7 +259,7 @@ impl Guests {
             disk_paths.push(disks.image_path(&id));
             keys.push(Some(key));
         }
-        if !req.profile.nics.is_empty() {
+        if !req.profile.nics.is_empty() && !req.isolated {
             // Fail before creating anything; the error says why it is down.
             bridge.ensure_running()?;
         }
@@ -267,6 +270,7 @@ impl Guests {
             disk_ids: req.disk_ids,
             taps: taps.clone(),
             accel,
+            isolated: req.isolated,
         };
 
         // Reserve the name (and hold the guest's lock until it runs), then
@@ -336,7 +340,9 @@ impl Guests {
                 let t = tap.clone();
                 blocking(move || hv_create_tap(&t)).await??;
                 created.push(tap.clone());
-                bridge.add_guest_port(tap)?;
+                if !record.isolated {
+                    bridge.add_guest_port(tap)?;
+                }
             }
             let spec = hv::GuestSpec {
                 name: record.name.clone(),
@@ -350,7 +356,7 @@ impl Guests {
         }
         .await;
         if result.is_err() {
-            remove_taps(&created, bridge).await;
+            remove_taps(&created, (!record.isolated).then_some(bridge)).await;
         }
         result
     }
@@ -364,14 +370,20 @@ impl Guests {
     /// The guest's current state.
     pub async fn get(&self, name: &str) -> Result<GuestInfo, Error> {
         let (record, slot) = self.slot(name).await?;
-        with_guest(slot, move |g| {
+        let serial = hv::run_dir::RunDir::new(self.run_dir(name)).serial_log();
+        let isolated = record.isolated;
+        let mut info = with_guest(slot, move |g| {
             let state = match g.as_ref() {
                 Some(g) => hv_state(g),
                 None => GuestState::Stopped,
             };
             info_of(&record, g.as_ref(), state)
         })
-        .await
+        .await?;
+        if isolated {
+            info.console = Some(crate::console_seen::read(&serial));
+        }
+        Ok(info)
     }
 
     /// ACPI power button; after [`POWERDOWN_TIMEOUT`] QEMU is stopped hard.
@@ -405,7 +417,7 @@ impl Guests {
             Ok::<_, Error>(())
         })
         .await??;
-        remove_taps(&record.taps, bridge).await;
+        remove_taps(&record.taps, (!record.isolated).then_some(bridge)).await;
         let run_dir = self.run_dir(&record.name);
         match std::fs::remove_dir_all(&run_dir) {
             Ok(()) => {}
@@ -437,12 +449,16 @@ fn info_of(record: &GuestRecord, guest: Option<&hv::Guest>, state: GuestState) -
         accel: record.accel,
         taps: record.taps.clone(),
         pid,
+        isolated: record.isolated,
+        console: None,
     }
 }
 
-async fn remove_taps(taps: &[String], bridge: &NodeBridge) {
+/// Deletes `taps`, detaching them from `bridge` first (`None`: an isolated
+/// guest's TAPs were never on it).
+async fn remove_taps(taps: &[String], bridge: Option<&NodeBridge>) {
     for tap in taps {
-        if let Err(e) = bridge.remove_guest_port(tap) {
+        if let Some(Err(e)) = bridge.map(|b| b.remove_guest_port(tap)) {
             tracing::warn!(tap, error = %e, "cannot detach TAP from the bridge");
         }
         let t = tap.clone();

@@ -17,6 +17,7 @@
 pub mod api;
 pub mod blocks;
 pub mod bridge;
+pub mod console_seen;
 pub mod disks;
 pub mod enroll;
 pub mod export_api;

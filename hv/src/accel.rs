@@ -41,6 +41,18 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
 /// to start (or started) user space (init/main.c: free_initmem, run_init_process).
 const USER_SPACE_MARKERS: [&str; 2] = ["as init process", "Freeing unused kernel"];
 
+/// The last non-empty line of console output, cleaned ([`clean_console`]).
+pub fn last_console_line(text: &str) -> Option<String> {
+    text.rsplit(['\n', '\r'])
+        .map(|l| clean_console(l).trim().to_string())
+        .find(|l| !l.is_empty())
+}
+
+/// True when a serial-console line shows the kernel reached user space.
+pub fn line_reached_user_space(line: &str) -> bool {
+    USER_SPACE_MARKERS.iter().any(|m| line.contains(m))
+}
+
 /// Result of the accelerator probe.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccelProbe {
@@ -248,7 +260,7 @@ fn boot_probe(opts: &ProbeOptions) -> AccelProbe {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left.min(Duration::from_millis(200))) {
             Ok(Line::Console(l)) => {
-                if USER_SPACE_MARKERS.iter().any(|m| l.contains(m)) {
+                if line_reached_user_space(&l) {
                     break Ok(());
                 }
                 if !l.trim().is_empty() {
@@ -322,7 +334,7 @@ fn spawn_reader<R: Read + Send + 'static>(pipe: Option<R>, tx: mpsc::Sender<Line
 
 /// Drops terminal escape sequences and control characters SeaBIOS and the
 /// kernel print, keeping the text.
-fn clean_console(line: &str) -> String {
+pub fn clean_console(line: &str) -> String {
     let mut out = String::new();
     let mut chars = line.chars().peekable();
     while let Some(c) = chars.next() {

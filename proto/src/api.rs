@@ -118,6 +118,10 @@ pub struct StartGuest {
     pub profile: HardwareProfile,
     /// Uploaded disk ids, one per `profile.disks` entry, same order.
     pub disk_ids: Vec<String>,
+    /// A rehearsal copy: its TAPs are created but joined to nothing (no
+    /// bridge, no uplink), so its frames and its MAC never leave the node.
+    #[serde(default)]
+    pub isolated: bool,
 }
 
 /// Life-cycle state of a guest on a node.
@@ -146,4 +150,22 @@ pub struct GuestInfo {
     /// QEMU's PID while running.
     #[serde(default)]
     pub pid: Option<u32>,
+    /// Started with [`StartGuest::isolated`]: its TAPs are on no bridge.
+    #[serde(default)]
+    pub isolated: bool,
+    /// What the serial console showed so far (isolated guests only: the
+    /// appliance watches a rehearsal copy boot through it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<ConsoleSeen>,
+}
+
+/// What a guest's serial console showed so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleSeen {
+    /// The kernel started user space (its init) according to the console.
+    pub user_space: bool,
+    /// Bytes the console wrote.
+    pub bytes: u64,
+    /// Its last non-empty line (control characters removed).
+    pub last_line: String,
 }

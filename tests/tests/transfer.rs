@@ -256,6 +256,7 @@ async fn cut_link_resumes_and_a_same_base_server_dedups() {
         name: "nokey".into(),
         profile: one_disk_profile(),
         disk_ids: vec!["web2".into()],
+        isolated: false,
     };
     node.keyless.forget_disk_key("web2").await.unwrap();
     match node.keyless.start_guest(&start).await.unwrap_err() {

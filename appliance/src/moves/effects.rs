@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::app::App;
 use crate::model::{Location, MoveRecord, ServerRecord, Step};
 use crate::moves::executor::{Effects, StepResult};
-use crate::moves::{pull, route, transfer};
+use crate::moves::{pull, rehearse, route, transfer};
 use crate::store::SERVERS;
 
 /// How long the source may take to shut down on the ACPI button.
@@ -61,6 +61,7 @@ impl Effects for RealEffects {
             Step::PreCopy => self.pre_copy(&server, mv, log),
             Step::StopSource => route::stop(&app, &self.rt, &server, &from, STOP_TIMEOUT),
             Step::CopyDisks => self.copy_disks(&server, mv, log),
+            Step::Rehearse => crate::moves::rehearse::boot_isolated(&app, &self.rt, &server, mv, log),
             Step::StartTarget => route::start(&app, &self.rt, &server, &to, &mv.target_disk_ids),
             Step::SwitchL2 => route::switch_l2(&app, &server, &from, &to),
             Step::Verify => verify_answers(&server, log),
@@ -98,7 +99,7 @@ impl Effects for RealEffects {
                 log(format!("source {said}; waiting for it to answer"));
                 verify_answers(&s, log)
             }
-            Step::Done | Step::RolledBack => Ok(String::new()),
+            Step::Done | Step::RolledBack | Step::Rehearsed => Ok(String::new()),
         }
     }
 }
@@ -109,9 +110,28 @@ impl RealEffects {
     /// (to the data-center image it becomes, or to a relay file the
     /// appliance sends on to the other cloud).
     fn copy_disks(&self, server: &ServerRecord, mv: &mut MoveRecord, log: &mut dyn FnMut(String)) -> StepResult {
+        let work = self.app.data_dir.join("transfer");
+        if mv.rehearse {
+            let sources = route::disks_at(&self.app, server, &mv.from)?;
+            // The source keeps running: send a still copy of each disk.
+            let copies = rehearse::still_copies(&work, mv, &sources, log)?;
+            let paths: Vec<String> = copies.iter().map(|c| c.path().display().to_string()).collect();
+            // The still copies are removed when `copies` drops.
+            return self.copy_disks_from(&route::with_dc_disks(server, &paths), mv, &work, log);
+        }
+        self.copy_disks_from(server, mv, &work, log)
+    }
+
+    /// [`Self::copy_disks`] reading the data-center disks `server` names.
+    fn copy_disks_from(
+        &self,
+        server: &ServerRecord,
+        mv: &mut MoveRecord,
+        work: &std::path::Path,
+        log: &mut dyn FnMut(String),
+    ) -> StepResult {
         let (from, to) = (mv.from.clone(), route::target(mv));
         let sources = route::disks_at(&self.app, server, &from)?;
-        let work = self.app.data_dir.join("transfer");
         let opts = transfer::Options::default();
         let mut ids = Vec::new();
         let mut digests = Vec::new();
@@ -154,7 +174,7 @@ impl RealEffects {
             };
             let id = route::cloud_disk_id(mv, server, i);
             let client = self.app.cloud_client(name).map_err(e)?;
-            let sending = transfer::send_disk(&client, &id, &local, &work, &opts, self.progress(mv));
+            let sending = transfer::send_disk(&client, &id, &local, work, &opts, self.progress(mv));
             let got = self.with_progress(i, mv, sending, log).map_err(e)?;
             if let Some(r) = relay {
                 let _ = std::fs::remove_file(r);

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::model::{now_rfc3339, MoveEvent, MoveRecord, Step};
-use crate::moves::machine::{next, Outcome};
+use crate::moves::machine::{next, next_rehearsal, Outcome};
 use crate::store::{Store, StoreError, MOVES};
 
 /// What a step did, for the timeline.
@@ -74,7 +74,11 @@ pub fn drive(store: &Store, move_id: &str, effects: &mut dyn Effects) -> Result<
                 Outcome::Failed(why)
             }
         };
-        mv.step = next(step, &outcome);
+        mv.step = if mv.rehearse {
+            next_rehearsal(step, &outcome)
+        } else {
+            next(step, &outcome)
+        };
         if mv.step.is_terminal() {
             mv.finished_at = Some(now_rfc3339());
         }
@@ -153,6 +157,8 @@ mod tests {
             target_disk_ids: vec![],
             started_at: now_rfc3339(),
             finished_at: None,
+            rehearse: false,
+            rehearsal: None,
         };
         store.put(&MOVES, "m-1", &mv).unwrap();
     }

@@ -46,6 +46,20 @@ pub fn next(step: Step, outcome: &Outcome) -> Step {
         (RollbackSource, false) => RollbackSource,
         (Done, _) => Done,
         (RolledBack, _) => RolledBack,
+        // Rehearsal steps (see [`next_rehearsal`]) never run in a move.
+        (Rehearse | Rehearsed, _) => Rehearsed,
+    }
+}
+
+/// The step after `step` of a rehearsal: copy while the source runs, boot
+/// the copy isolated, end. Nothing is stopped or carried, so any failure
+/// just ends it (with the failure recorded).
+pub fn next_rehearsal(step: Step, outcome: &Outcome) -> Step {
+    use Step::*;
+    match (step, outcome) {
+        (Plan, Outcome::Ok) => CopyDisks,
+        (CopyDisks, Outcome::Ok) => Rehearse,
+        _ => Rehearsed,
     }
 }
 
@@ -88,6 +102,21 @@ mod tests {
                 assert!(path.contains(&RollbackL2), "{failing:?} must take the MAC back: {path:?}");
             }
             assert!(!path.contains(&Done));
+        }
+    }
+
+    #[test]
+    fn a_rehearsal_never_stops_the_source_nor_switches_l2() {
+        let fail = Outcome::Failed("x".into());
+        let mut s = Plan;
+        let mut seen = vec![s];
+        while !s.is_terminal() {
+            s = next_rehearsal(s, &Outcome::Ok);
+            seen.push(s);
+        }
+        assert_eq!(seen, vec![Plan, CopyDisks, Rehearse, Rehearsed]);
+        for failing in [Plan, CopyDisks, Rehearse] {
+            assert_eq!(next_rehearsal(failing, &fail), Rehearsed);
         }
     }
 

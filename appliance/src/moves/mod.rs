@@ -6,6 +6,8 @@
 //! the real effects (source host, cloud node, LCG, checks). Disks travel by
 //! [`transfer`] (allocated blocks only, hashed, compressed, parallel,
 //! resumable, deduplicated at the node) reading them through [`extents`].
+//! A [`rehearse`]al copies the disks and boots the copy on an isolated
+//! segment of the node while the source keeps running.
 
 pub mod disk_keys;
 pub mod effects;
@@ -13,6 +15,7 @@ pub mod executor;
 pub mod extents;
 pub mod machine;
 pub mod pull;
+pub mod rehearse;
 pub mod route;
 pub mod stage;
 pub mod transfer;

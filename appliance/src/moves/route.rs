@@ -117,6 +117,7 @@ pub fn start(app: &App, rt: &tokio::runtime::Handle, server: &ServerRecord, at: 
                 name: server.name.clone(),
                 profile: server.profile.clone(),
                 disk_ids: disks.to_vec(),
+                isolated: false,
             };
             let g = rt.block_on(client.start_guest(&req)).map_err(|e| e.to_string())?;
             let nic = server
@@ -175,6 +176,8 @@ mod tests {
             target_disk_ids: vec![],
             started_at: String::new(),
             finished_at: None,
+            rehearse: false,
+            rehearsal: None,
         };
         assert_eq!(target(&mv), Location::Cloud { name: "cloud1".into() });
         mv.to = DC.into();
