@@ -75,7 +75,7 @@ fn a_rehearsal_boots_an_isolated_copy_while_the_source_keeps_answering() {
     // While it runs: the source answers from the LAN with its MAC, and once
     // the copy runs, its TAP exists on the node in a state of its own.
     let t = Instant::now();
-    let (mut checks, mut tap_seen) = (0, None::<String>);
+    let (mut checks, mut tap_seen, mut copy_frames) = (0, None::<String>, 0u64);
     let status = loop {
         if let Some(status) = rehearsal.0.try_wait().expect("wait") {
             break status;
@@ -86,10 +86,13 @@ fn a_rehearsal_boots_an_isolated_copy_while_the_source_keeps_answering() {
         assert_eq!(fact(&body, "mac").as_deref(), Some(SERVER_MAC), "{body}");
         assert_eq!(lab.client_arp_mac().as_deref(), Some(SERVER_MAC));
         checks += 1;
-        if tap_seen.is_none() {
-            // `ip link show` fails until the copy's TAP exists.
-            if let Ok(out) = lab.ns.exec(&lab.cloud, &["ip", "-o", "link", "show", REHEARSAL_TAP]) {
-                tap_seen = Some(String::from_utf8_lossy(&out.stdout).trim().to_string());
+        // `ip link show` fails until the copy's TAP exists (and after it goes).
+        if let Ok(out) = lab.ns.exec(&lab.cloud, &["ip", "-o", "link", "show", REHEARSAL_TAP]) {
+            tap_seen = Some(String::from_utf8_lossy(&out.stdout).trim().to_string());
+            // Frames the copy sent into its TAP (the kernel counts them as received).
+            let stat = format!("/sys/class/net/{REHEARSAL_TAP}/statistics/rx_packets");
+            if let Ok(out) = lab.ns.exec(&lab.cloud, &["cat", &stat]) {
+                copy_frames = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(copy_frames);
             }
         }
         assert!(t.elapsed() < Duration::from_secs(420), "the rehearsal did not end within 7 min");
@@ -104,7 +107,7 @@ fn a_rehearsal_boots_an_isolated_copy_while_the_source_keeps_answering() {
     );
     let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("null")).expect("rehearsal JSON");
     eprintln!(
-        "rehearsal in {:.1} s, {checks} LAN checks; rehearsal: {}",
+        "rehearsal in {:.1} s, {checks} LAN checks, {copy_frames} frames sent by the copy into its TAP; rehearsal: {}",
         t.elapsed().as_secs_f64(),
         v["move"]["rehearsal"]
     );
@@ -133,7 +136,12 @@ fn a_rehearsal_boots_an_isolated_copy_while_the_source_keeps_answering() {
     let tap = tap_seen.expect("the rehearsal TAP was never seen on the node");
     assert!(!tap.contains("master"), "the rehearsal TAP is on a kernel bridge: {tap}");
 
-    // Nothing with the server's MAC came onto the LAN from the LCG.
+    // The copy did send frames (from its NIC, with the server's MAC) ...
+    assert!(
+        copy_frames > 0,
+        "the copy sent no frame into its TAP: the LAN check below would prove nothing"
+    );
+    // ... and none came onto the LAN from the LCG.
     std::thread::sleep(Duration::from_millis(500));
     capture.stop();
     let frames = std::fs::read(&pcap).expect("capture file");
