@@ -3,7 +3,9 @@
 //! bound to the adapter's instance GUID, and the start type of the boot
 //! storage drivers, which decides which disk controllers Windows can boot
 //! from. Every size and count comes from hostile bytes: the hive is read
-//! only up to [`MAX_HIVE`], and both crates bounds-check their structures.
+//! only up to [`MAX_HIVE`], and both readers bounds-check their structures
+//! (`ntfs` through the copy in `vendor/ntfs`, patched where fuzzing found it
+//! overflowing on a hostile index record: see its `ISTHMUS-PATCH.md`).
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::net::Ipv4Addr;
@@ -346,6 +348,24 @@ mod tests {
         let err = parse_system(hive).expect_err("hostile hive accepted");
         assert!(err.contains("SYSTEM hive") || err.contains("ControlSet"), "{err}");
         eprintln!("hostile hive: {err}");
+    }
+
+    /// Found by the fuzzer (`inspect_windows`, after 357 k runs): an NTFS
+    /// directory index record whose allocated size is near `u32::MAX`
+    /// overflowed `24 + size` inside `ntfs` 0.4.0 (patched copy in
+    /// `vendor/ntfs`). The lookup of `\Windows\System32\config\SYSTEM`
+    /// now ends in an error naming NTFS, no panic (tests run with overflow
+    /// checks on).
+    #[test]
+    fn ntfs_index_record_with_huge_size_is_refused_without_panic() {
+        use super::super::image::MemImage;
+        let data = include_bytes!("testdata/ntfs-index-size-overflow.bin").to_vec();
+        let len = data.len() as u64;
+        let mut r = RangeReader::new(Arc::new(MemImage(data)), 0, len);
+        match read_system_hive(&mut r, len) {
+            Err(e) => assert!(e.starts_with("NTFS"), "{e}"),
+            Ok(found) => panic!("hostile volume accepted: {:?} bytes", found.map(|h| h.len())),
+        }
     }
 
     /// Found by the fuzzer: the `ntfs` crate panicked on a short read; the
