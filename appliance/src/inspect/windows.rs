@@ -356,15 +356,21 @@ mod tests {
     /// `vendor/ntfs`). The lookup of `\Windows\System32\config\SYSTEM`
     /// now ends in an error naming NTFS, no panic (tests run with overflow
     /// checks on).
+    /// The second find: an index entry whose length field is shorter than
+    /// the entry header (slice indexing past the end, in any build).
     #[test]
-    fn ntfs_index_record_with_huge_size_is_refused_without_panic() {
+    fn hostile_ntfs_indexes_are_refused_without_panic() {
         use super::super::image::MemImage;
-        let data = include_bytes!("testdata/ntfs-index-size-overflow.bin").to_vec();
-        let len = data.len() as u64;
-        let mut r = RangeReader::new(Arc::new(MemImage(data)), 0, len);
-        match read_system_hive(&mut r, len) {
-            Err(e) => assert!(e.starts_with("NTFS"), "{e}"),
-            Ok(found) => panic!("hostile volume accepted: {:?} bytes", found.map(|h| h.len())),
+        for data in [
+            &include_bytes!("testdata/ntfs-index-size-overflow.bin")[..],
+            &include_bytes!("testdata/ntfs-index-entry-too-short.bin")[..],
+        ] {
+            let len = data.len() as u64;
+            let mut r = RangeReader::new(Arc::new(MemImage(data.to_vec())), 0, len);
+            match read_system_hive(&mut r, len) {
+                Err(e) => assert!(e.starts_with("NTFS"), "{e}"),
+                Ok(found) => panic!("hostile volume accepted: {:?} bytes", found.map(|h| h.len())),
+            }
         }
     }
 

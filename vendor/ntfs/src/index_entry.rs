@@ -285,7 +285,11 @@ where
             });
         }
 
-        if self.index_entry_length() as usize > self.slice.len() {
+        // ISTHMUS PATCH: an entry shorter than its own header was accepted, and reading
+        // its header fields after the slice is cut to that length panicked.
+        if (self.index_entry_length() as usize) < INDEX_ENTRY_HEADER_SIZE
+            || self.index_entry_length() as usize > self.slice.len()
+        {
             return Err(NtfsError::InvalidIndexEntrySize {
                 position: self.position,
                 expected: self.index_entry_length(),
