@@ -268,20 +268,7 @@ impl App {
             )));
         }
         let id = format!("m-{}", moves.len() + 1);
-        let mv = MoveRecord {
-            id: id.clone(),
-            server: server.into(),
-            from: s.location.clone(),
-            to: to.into(),
-            step: Step::Plan,
-            failure: None,
-            disk_digests: vec![],
-            target_disk_ids: vec![],
-            started_at: now_rfc3339(),
-            finished_at: None,
-            rehearse,
-            rehearsal: None,
-        };
+        let mv = MoveRecord::new(&id, server, s.location.clone(), to, rehearse);
         self.store.put(&MOVES, &id, &mv)?;
         Ok(mv)
     }

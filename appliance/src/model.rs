@@ -208,6 +208,26 @@ pub struct MoveRecord {
     pub rehearsal: Option<Rehearsal>,
 }
 
+impl MoveRecord {
+    /// A move at its first step ([`Step::Plan`]), started now.
+    pub fn new(id: &str, server: &str, from: Location, to: &str, rehearse: bool) -> Self {
+        MoveRecord {
+            id: id.into(),
+            server: server.into(),
+            from,
+            to: to.into(),
+            step: Step::Plan,
+            failure: None,
+            disk_digests: vec![],
+            target_disk_ids: vec![],
+            started_at: now_rfc3339(),
+            finished_at: None,
+            rehearse,
+            rehearsal: None,
+        }
+    }
+}
+
 /// What a rehearsal saw of the copy it booted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rehearsal {

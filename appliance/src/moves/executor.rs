@@ -146,20 +146,7 @@ mod tests {
     }
 
     fn new_move(store: &Store) {
-        let mv = MoveRecord {
-            id: "m-1".into(),
-            server: "web1".into(),
-            from: Location::Dc,
-            to: "cloud1".into(),
-            step: Step::Plan,
-            failure: None,
-            disk_digests: vec![],
-            target_disk_ids: vec![],
-            started_at: now_rfc3339(),
-            finished_at: None,
-            rehearse: false,
-            rehearsal: None,
-        };
+        let mv = MoveRecord::new("m-1", "web1", Location::Dc, "cloud1", false);
         store.put(&MOVES, "m-1", &mv).unwrap();
     }
 

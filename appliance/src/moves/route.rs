@@ -165,20 +165,7 @@ mod tests {
 
     #[test]
     fn dc_is_the_data_center_and_anything_else_a_cloud() {
-        let mut mv = MoveRecord {
-            id: "m-1".into(),
-            server: "web1".into(),
-            from: Location::Dc,
-            to: "cloud1".into(),
-            step: Step::Plan,
-            failure: None,
-            disk_digests: vec![],
-            target_disk_ids: vec![],
-            started_at: String::new(),
-            finished_at: None,
-            rehearse: false,
-            rehearsal: None,
-        };
+        let mut mv = MoveRecord::new("m-1", "web1", Location::Dc, "cloud1", false);
         assert_eq!(target(&mv), Location::Cloud { name: "cloud1".into() });
         mv.to = DC.into();
         assert_eq!(target(&mv), Location::Dc);
