@@ -105,6 +105,7 @@ fn run(label: &str, base: &Path, dir: &Path, luks: bool, accel: AccelKind) -> an
         unit,
         boot,
         media: Default::default(),
+        wwn: None,
     };
     let spec = GuestSpec {
         name: format!("bench-{label}"),

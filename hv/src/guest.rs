@@ -935,6 +935,7 @@ mod tests {
                     unit: 0,
                     boot: true,
                     media: Default::default(),
+                    wwn: None,
                 }],
                 nics: vec![],
                 smbios: Default::default(),

@@ -34,6 +34,7 @@ fn spec(name: &str, disks: Vec<std::path::PathBuf>, tap: &str, run_dir: &Path) -
         unit,
         boot,
         media: Default::default(),
+        wwn: None,
     };
     GuestSpec {
         name: name.into(),

@@ -35,12 +35,18 @@ struct Case {
     cdrom: bool,
 }
 
+/// The SAS address the LSI SAS 1068 case's disk had at its source (a
+/// Seagate-style NAA 5 WWN): the guest must read this one, not the
+/// address hv derives when a profile has none.
+const SOURCE_SAS_ADDRESS: &str = "0x5000c500a1b2c3d4";
+
 fn profile(c: &Case, n: u32) -> HardwareProfile {
     let mut disks = vec![DiskSpec {
         bus: c.bus,
         unit: 0,
         boot: true,
         media: DiskMedia::Disk,
+        wwn: (c.bus == DiskBus::Lsisas1068).then(|| SOURCE_SAS_ADDRESS.parse().unwrap()),
     }];
     if c.cdrom {
         disks.push(DiskSpec {
@@ -48,6 +54,7 @@ fn profile(c: &Case, n: u32) -> HardwareProfile {
             unit: 2,
             boot: false,
             media: DiskMedia::Cdrom,
+            wwn: None,
         });
     }
     HardwareProfile {
@@ -152,8 +159,13 @@ fn check(c: Case, n: u32) {
         }
 
         if c.bus == DiskBus::Lsisas1068 {
+            // The SAS transport's view (what mptsas attached by) and the
+            // disk's own device identification page (udev's wwn-0x… link).
             let addr = sh(&mut con, "cat /sys/class/sas_device/end_device-*/sas_address");
-            assert_eq!(addr.trim(), format!("0x{:016x}", hv::qemu::devices::sas_address(0)), "{}", c.label);
+            assert_eq!(addr.trim(), SOURCE_SAS_ADDRESS, "{}: SAS address", c.label);
+            let wwid = sh(&mut con, &format!("cat /sys/block/{}/device/wwid", c.root_disk));
+            let naa = SOURCE_SAS_ADDRESS.trim_start_matches("0x");
+            assert_eq!(wwid.trim(), format!("naa.{naa}"), "{}: WWID", c.label);
         }
 
         let serial = sh(&mut con, "cat /sys/class/dmi/id/product_serial");
@@ -177,7 +189,9 @@ fn check(c: Case, n: u32) {
 
 /// LSI SAS 1068 as VMware's `lsisas1068` (with its usual e1000): the disk
 /// appears only because each SAS disk gets a non-zero SAS address
-/// (`scsi-hd wwn=`); the guest's SAS transport shows that address.
+/// (`scsi-hd wwn=`); here the profile carries the source's own address
+/// ([`SOURCE_SAS_ADDRESS`]) and the guest's SAS transport and the disk's
+/// WWID show it.
 #[test]
 fn lsisas1068_e1000_on_pc() {
     check(

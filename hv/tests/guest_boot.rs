@@ -42,6 +42,7 @@ fn boot(case: Case) {
                     unit: 0,
                     boot: true,
                     media: Default::default(),
+                    wwn: None,
                 }],
                 nics: vec![NicSpec {
                     model: case.nic,

@@ -67,12 +67,16 @@ fn every_bus_and_nic_starts_with_devices_where_the_profile_says() {
                                     unit: 0,
                                     boot: false,
                                     media: Default::default(),
+                                    wwn: None,
                                 },
                                 DiskSpec {
                                     bus,
                                     unit: 1,
                                     boot: true,
                                     media: Default::default(),
+                                    // A source WWN, on every bus that has one.
+                                    wwn: (!matches!(bus, DiskBus::VirtioBlk | DiskBus::Nvme))
+                                        .then(|| "0x5000c50000000001".parse().unwrap()),
                                 },
                             ],
                             nics: vec![NicSpec {

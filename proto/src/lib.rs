@@ -10,6 +10,8 @@ pub mod identity;
 pub mod mac;
 pub mod profile;
 pub mod transfer;
+pub mod wwn;
 
 pub use mac::MacAddr;
 pub use profile::{DiskBus, DiskSpec, Firmware, HardwareProfile, Machine, NicModel, NicSpec, PciSlot, Smbios};
+pub use wwn::Wwn;

@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::MacAddr;
+use crate::{MacAddr, Wwn};
 
 /// Firmware the guest boots with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -191,6 +191,14 @@ pub struct DiskSpec {
     /// Hard disk (default) or CD-ROM drive.
     #[serde(default, skip_serializing_if = "DiskMedia::is_default")]
     pub media: DiskMedia,
+    /// The disk's World Wide Name at its source, kept so that the guest
+    /// sees the same name after the move: its SAS address on `lsisas1068`,
+    /// the WWN a SCSI, SATA or IDE disk reports (`/dev/disk/by-id/wwn-0x…`).
+    /// Absent: no WWN, except on `lsisas1068`, whose disks need a SAS
+    /// address and get a stable one derived from the unit. Not on
+    /// `virtio-blk` or `nvme`, which carry no WWN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wwn: Option<Wwn>,
 }
 
 /// One NIC as the guest sees it.
@@ -285,6 +293,17 @@ pub enum ProfileError {
         /// The unit.
         unit: u8,
     },
+    /// A WWN on a bus whose disks have none.
+    #[error("disk on {bus:?} unit {unit} has a wwn, but {bus:?} disks carry no WWN; remove the wwn or put the disk on a SCSI, SAS, SATA or IDE bus")]
+    WwnBus {
+        /// The bus.
+        bus: DiskBus,
+        /// The unit.
+        unit: u8,
+    },
+    /// Two disks with one WWN.
+    #[error("two disks share WWN {0}: each disk needs its own WWN")]
+    DuplicateWwn(Wwn),
     /// Two NICs with one MAC.
     #[error("two NICs share MAC {0}: each NIC needs its own MAC")]
     DuplicateMac(MacAddr),
@@ -312,6 +331,7 @@ impl HardwareProfile {
             return Err(ProfileError::NoDisk);
         }
         let mut seen = std::collections::HashSet::new();
+        let mut wwns = std::collections::HashSet::new();
         for d in &self.disks {
             if d.unit >= d.bus.max_units() {
                 return Err(ProfileError::Unit {
@@ -325,6 +345,14 @@ impl HardwareProfile {
             }
             if !seen.insert((d.bus, d.unit)) {
                 return Err(ProfileError::DuplicateUnit { bus: d.bus, unit: d.unit });
+            }
+            if let Some(w) = d.wwn {
+                if matches!(d.bus, DiskBus::VirtioBlk | DiskBus::Nvme) {
+                    return Err(ProfileError::WwnBus { bus: d.bus, unit: d.unit });
+                }
+                if !wwns.insert(w) {
+                    return Err(ProfileError::DuplicateWwn(w));
+                }
             }
         }
         let mut macs = std::collections::HashSet::new();
@@ -368,6 +396,7 @@ mod tests {
                 unit: 0,
                 boot: true,
                 media: DiskMedia::Disk,
+                wwn: None,
             }],
             nics: vec![NicSpec {
                 model: NicModel::E1000,
@@ -405,6 +434,7 @@ mod tests {
             unit: 0,
             boot: false,
             media: DiskMedia::Disk,
+            wwn: None,
         });
         assert!(matches!(p.validate(), Err(ProfileError::DuplicateUnit { .. })));
         let mut p = sample();
@@ -446,10 +476,39 @@ mod tests {
             unit: 0,
             boot: true,
             media: DiskMedia::Cdrom,
+            wwn: None,
         };
         assert!(matches!(p.validate(), Err(ProfileError::CdromBus { .. })));
         p.disks[0].media = DiskMedia::Disk;
         p.validate().unwrap();
+    }
+
+    #[test]
+    fn disk_wwn_is_typed_and_checked() {
+        let d: DiskSpec = serde_json::from_str(r#"{"bus":"lsisas1068","wwn":"50:00:c5:00:a1:b2:c3:d4"}"#).unwrap();
+        assert_eq!(d.wwn.map(Wwn::get), Some(0x5000_c500_a1b2_c3d4));
+        assert!(serde_json::to_string(&d).unwrap().contains(r#""wwn":"0x5000c500a1b2c3d4""#));
+        assert!(
+            !serde_json::to_string(&sample().disks[0]).unwrap().contains("wwn"),
+            "no wwn, none written"
+        );
+        let e = serde_json::from_str::<DiskSpec>(r#"{"bus":"sata","wwn":"6000c29a1b2c3d4e"}"#).unwrap_err();
+        assert!(e.to_string().contains("NAA"), "{e}");
+        let mut p = sample();
+        p.disks[0].wwn = d.wwn;
+        p.validate().unwrap();
+        p.disks.push(DiskSpec {
+            unit: 1,
+            boot: false,
+            ..p.disks[0].clone()
+        });
+        assert_eq!(p.validate(), Err(ProfileError::DuplicateWwn(d.wwn.unwrap())));
+        for bus in [DiskBus::VirtioBlk, DiskBus::Nvme] {
+            let mut p = sample();
+            p.disks[0].bus = bus;
+            p.disks[0].wwn = d.wwn;
+            assert_eq!(p.validate(), Err(ProfileError::WwnBus { bus, unit: 0 }));
+        }
     }
 
     #[test]

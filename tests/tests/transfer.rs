@@ -155,6 +155,7 @@ fn one_disk_profile() -> proto::HardwareProfile {
             unit: 0,
             boot: true,
             media: proto::profile::DiskMedia::Disk,
+            wwn: None,
         }],
         nics: vec![],
         smbios: proto::Smbios::default(),

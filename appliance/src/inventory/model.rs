@@ -435,6 +435,7 @@ impl ImportedServer {
                 unit,
                 boot: disks.is_empty() && d.kind == DiskKind::Disk,
                 media,
+                wwn: None,
             });
         }
         let mut nics = Vec::new();

@@ -242,6 +242,9 @@ pub enum Device {
         bootindex: Option<u32>,
         /// Hard disk (`ide-hd`) or CD-ROM (`ide-cd`).
         media: DiskMedia,
+        /// `wwn=`: the World Wide Name the drive reports in its IDENTIFY
+        /// data (the source's, from the profile).
+        wwn: Option<u64>,
     },
     /// `scsi-hd|scsi-cd,drive=..,bus=..,scsi-id=..,lun=0`.
     ScsiHd {
@@ -255,7 +258,8 @@ pub enum Device {
         bootindex: Option<u32>,
         /// Hard disk (`scsi-hd`) or CD-ROM (`scsi-cd`).
         media: DiskMedia,
-        /// `wwn=`: the disk's SAS address on a SAS HBA. QEMU's `mptsas1068`
+        /// `wwn=`: the disk's World Wide Name (device identification VPD
+        /// page), and its SAS address on a SAS HBA: QEMU's `mptsas1068`
         /// reports each target's SAS address from it (default 0), and Linux'
         /// `mptsas` skips attached devices whose SAS address is 0.
         wwn: Option<u64>,
@@ -392,6 +396,11 @@ fn bootindex(o: Opts, idx: Option<u32>) -> Opts {
     o.kv_opt("bootindex", idx.map(|i| i.to_string()))
 }
 
+/// QEMU's `wwn=` value (hex, as `info qtree` shows it).
+fn wwn_opt(wwn: Option<u64>) -> Option<String> {
+    wwn.map(|w| format!("0x{w:016x}"))
+}
+
 impl Device {
     fn render(&self) -> String {
         match self {
@@ -416,13 +425,18 @@ impl Device {
                 unit,
                 bootindex: b,
                 media,
+                wwn,
             } => {
                 let head = match media {
                     DiskMedia::Disk => "ide-hd",
                     DiskMedia::Cdrom => "ide-cd",
                 };
-                let o = Opts::new(head).kv("drive", drive).kv("bus", bus);
-                bootindex(o.kv_opt("unit", unit.map(|u| u.to_string())), *b).done()
+                let o = Opts::new(head)
+                    .kv("drive", drive)
+                    .kv("bus", bus)
+                    .kv_opt("unit", unit.map(|u| u.to_string()))
+                    .kv_opt("wwn", wwn_opt(*wwn));
+                bootindex(o, *b).done()
             }
             Device::ScsiHd {
                 drive,
@@ -441,7 +455,7 @@ impl Device {
                     .kv("bus", bus)
                     .kv("scsi-id", scsi_id.to_string())
                     .kv("lun", "0")
-                    .kv_opt("wwn", wwn.map(|w| format!("0x{w:016x}")));
+                    .kv_opt("wwn", wwn_opt(*wwn));
                 bootindex(o, *b).done()
             }
             Device::VirtioBlk {

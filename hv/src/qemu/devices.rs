@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 
 use proto::api::AccelKind;
 use proto::profile::DiskMedia;
-use proto::{DiskBus, Firmware, Machine, PciSlot};
+use proto::{DiskBus, DiskSpec, Firmware, Machine, PciSlot};
 
 use super::args::{Arg, CacheMode, Device, Drive, NetdevTap, Nic, RootBus, ScsiModel, SmbiosType1};
 use super::host::{HostFacts, OVMF_DIR};
@@ -394,6 +394,7 @@ fn disk_devices(spec: &GuestSpec, images: &[DiskImage], args: &mut Vec<Arg>) -> 
                 unit: Some(d.unit % 2),
                 bootindex,
                 media,
+                wwn: disk_wwn(d),
             },
             (DiskBus::Ide, Machine::Q35) => {
                 return Err(MapError::IdeOnQ35 {
@@ -407,6 +408,7 @@ fn disk_devices(spec: &GuestSpec, images: &[DiskImage], args: &mut Vec<Arg>) -> 
                 unit: None,
                 bootindex,
                 media,
+                wwn: disk_wwn(d),
             },
             (DiskBus::Sata, Machine::Q35) => Device::IdeHd {
                 drive,
@@ -414,6 +416,7 @@ fn disk_devices(spec: &GuestSpec, images: &[DiskImage], args: &mut Vec<Arg>) -> 
                 unit: None,
                 bootindex,
                 media,
+                wwn: disk_wwn(d),
             },
             (DiskBus::Scsi | DiskBus::Lsisas1068 | DiskBus::Megasas | DiskBus::Pvscsi | DiskBus::VirtioScsi | DiskBus::Buslogic, _) => {
                 let Some((_, hba)) = scsi_hba(d.bus) else {
@@ -426,7 +429,7 @@ fn disk_devices(spec: &GuestSpec, images: &[DiskImage], args: &mut Vec<Arg>) -> 
                     scsi_id: d.unit,
                     bootindex,
                     media,
-                    wwn: (d.bus == DiskBus::Lsisas1068).then(|| sas_address(d.unit)),
+                    wwn: disk_wwn(d),
                 }
             }
             (DiskBus::VirtioBlk, _) => Device::VirtioBlk {
@@ -446,13 +449,21 @@ fn disk_devices(spec: &GuestSpec, images: &[DiskImage], args: &mut Vec<Arg>) -> 
     Ok(())
 }
 
-/// The SAS address a disk on the LSI SAS 1068 gets: NAA 5 with QEMU's OUI
-/// 52:54:00 and the unit number, so it is never 0 and stays the same on
-/// every start of the profile. (QEMU's `mptsas1068` reports the `wwn` of
-/// each `scsi-hd` as its SAS address, 0 by default, and Linux' `mptsas`
-/// ignores attached devices with address 0: the controller came up and the
-/// disk never appeared. The source's own SAS address is not in the profile
-/// yet.)
+/// The WWN a disk's device gets: the source's own from the profile, else on
+/// the LSI SAS 1068 the derived [`sas_address`] (a SAS disk needs one), else
+/// none (QEMU's default).
+fn disk_wwn(d: &DiskSpec) -> Option<u64> {
+    d.wwn
+        .map(proto::Wwn::get)
+        .or_else(|| (d.bus == DiskBus::Lsisas1068).then(|| sas_address(d.unit)))
+}
+
+/// The SAS address a disk on the LSI SAS 1068 gets when the profile has
+/// none from its source: NAA 5 with QEMU's OUI 52:54:00 and the unit
+/// number, so it is never 0 and stays the same on every start of the
+/// profile. (QEMU's `mptsas1068` reports the `wwn` of each `scsi-hd` as its
+/// SAS address, 0 by default, and Linux' `mptsas` ignores attached devices
+/// with address 0: the controller came up and the disk never appeared.)
 pub fn sas_address(unit: u8) -> u64 {
     (0x5 << 60) | (0x52_5400 << 36) | u64::from(unit)
 }
@@ -578,6 +589,7 @@ mod tests {
             unit,
             boot,
             media: DiskMedia::Disk,
+            wwn: None,
         }
     }
 
@@ -827,6 +839,36 @@ mod tests {
         assert!(matches!(e, MapError::Unemulated { unit: 0, .. }), "{e}");
         let m = e.to_string();
         assert!(m.contains("BusLogic") && m.contains("buslogic") && m.contains("LSI Logic"), "{m}");
+    }
+
+    /// A source WWN in the profile reaches the drive on every bus that
+    /// has one, and replaces the derived SAS address on `lsisas1068`.
+    #[test]
+    fn source_wwn_is_kept() {
+        let wwn: proto::Wwn = "0x5000c500a1b2c3d4".parse().unwrap();
+        for (machine, bus, driver) in [
+            (Machine::Pc, DiskBus::Lsisas1068, "scsi-hd"),
+            (Machine::Pc, DiskBus::Megasas, "scsi-hd"),
+            (Machine::Q35, DiskBus::VirtioScsi, "scsi-hd"),
+            (Machine::Pc, DiskBus::Ide, "ide-hd"),
+            (Machine::Q35, DiskBus::Sata, "ide-hd"),
+        ] {
+            let mut s = spec(machine, Firmware::Bios, bus, NicModel::E1000);
+            s.profile.disks[0].wwn = Some(wwn);
+            s.profile.validate().unwrap();
+            let a = map(&s, &host(false)).unwrap();
+            let d0 = expect(&a, "-device", &[driver, "drive=disk0", "wwn=0x5000c500a1b2c3d4"]);
+            assert!(!a[d0 + 1].contains("wwn=0x55254"), "{}", a[d0 + 1]);
+            // The second disk has no source WWN: derived on SAS, none elsewhere.
+            let d1 = expect(&a, "-device", &[driver, "drive=disk1"]);
+            assert_eq!(
+                a[d1 + 1].contains("wwn=0x5525400000000001"),
+                bus == DiskBus::Lsisas1068,
+                "{}",
+                a[d1 + 1]
+            );
+            assert_eq!(a[d1 + 1].contains("wwn="), bus == DiskBus::Lsisas1068, "{}", a[d1 + 1]);
+        }
     }
 
     #[test]

@@ -139,6 +139,7 @@ pub fn ide_e1000_spec(name: &str, disk: PathBuf, tap: &str, run_dir: &Path, memo
                 unit: 0,
                 boot: true,
                 media: Default::default(),
+                wwn: None,
             }],
             nics: vec![NicSpec {
                 model: NicModel::E1000,
