@@ -213,6 +213,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), DaemonError> {
             drive_in_background(app.clone(), rt.clone(), id);
         }
     }
+    // Disaster recovery: replica refresh rounds, interrupted failovers/failbacks.
+    crate::dr::ops::spawn_loop(app.clone(), rt.clone());
 
     // Web console over HTTPS with a certificate from our CA, naming every address it
     // answers on (a wildcard listen answers on all of the host's interfaces).

@@ -7,6 +7,7 @@ pub mod cloud;
 pub mod cloud_removal;
 pub mod console;
 pub mod daemon;
+pub mod dr;
 pub mod inspect;
 pub mod inventory;
 pub mod lcg;

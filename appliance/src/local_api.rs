@@ -104,6 +104,7 @@ pub fn router(app: Arc<App>, rt: tokio::runtime::Handle) -> Router {
         )
         .merge(crate::lcg_api::routes())
         .merge(crate::cloud_removal::routes())
+        .merge(crate::dr::api::routes())
         .with_state((app, rt))
 }
 

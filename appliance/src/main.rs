@@ -107,6 +107,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Disaster recovery: a stopped replica in a cloud, refreshed every RPO;
+    /// failover starts it with the server's MAC, failback brings the changes home.
+    Dr {
+        #[command(subcommand)]
+        cmd: appliance::dr::api::DrCmd,
+    },
     /// The LCG: its tunnels to the clouds and the MACs they carry.
     Lcg {
         #[command(subcommand)]
@@ -433,6 +439,7 @@ async fn run(cli: Cli) -> Result<()> {
             );
         }
         Cmd::Lcg { cmd } => appliance::lcg_api::run(&client, cmd).await?,
+        Cmd::Dr { cmd } => appliance::dr::api::run(&client, cmd).await?,
         Cmd::Cloud {
             cmd: CloudCmd::Remove { name },
         } => {

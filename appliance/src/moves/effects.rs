@@ -356,7 +356,7 @@ fn progress_line(disk: usize, done: u64, total: u64, took: Duration) -> String {
 /// Waits until the server answers at its IP on its check ports, from the
 /// appliance's own LAN address (so through the LCG once the MAC is carried),
 /// and checks the MAC the appliance's ARP table holds for that IP.
-fn verify_answers(s: &ServerRecord, log: &mut dyn FnMut(String)) -> StepResult {
+pub fn verify_answers(s: &ServerRecord, log: &mut dyn FnMut(String)) -> StepResult {
     let Some(ip) = s.ip else {
         return Ok("no IP in the inventory; reachability not checked".into());
     };

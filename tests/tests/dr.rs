@@ -1,0 +1,211 @@
+//! End-to-end disaster recovery (issue 7 §6) on real parts: web1 runs in the
+//! data-center namespace and is protected to cloud1 (a stopped, encrypted
+//! replica refreshed by incremental rounds). A file is written in the
+//! running source and `dr sync` takes a recovery point; then the source
+//! QEMU is killed (the data center is lost) and `dr failover` starts the
+//! replica in the cloud: the client reaches the server's IP with its MAC
+//! through the LCG, and the file is there. A second file is written in the
+//! cloud copy; `dr failback` brings the server home, pulling back only the
+//! blocks that differ: both files are in the data-center copy. Wrong
+//! requests (unknown server or cloud, bad RPO, failover twice, failback
+//! when not failed over) are refused with a JSON error and a non-zero exit.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use isthmus_lab::guest_shell;
+use isthmus_lab::process::{kill_pidfile, tail};
+use isthmus_lab::scenario::{fact, Lab, SERVER_MAC};
+
+/// Runs `isthmus dr ARGS --json`: (exit success, the last stdout line as JSON).
+fn dr(lab: &Lab, args: &[&str]) -> (bool, serde_json::Value) {
+    let bin = isthmus_lab::bin("isthmus").expect("isthmus binary");
+    let out = Command::new(bin)
+        .arg("--data-dir")
+        .arg(lab.work.join("appliance"))
+        .arg("dr")
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("isthmus runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // `status` prints one pretty object; the others one line after any progress.
+    let v = serde_json::from_str(&stdout)
+        .or_else(|_| serde_json::from_str(stdout.lines().last().unwrap_or("null")))
+        .unwrap_or_else(|e| {
+            panic!(
+                "isthmus dr {args:?} printed no JSON ({e}): {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    (out.status.success(), v)
+}
+
+/// `dr ARGS` must fail with a JSON error naming `needle`.
+fn refused(lab: &Lab, args: &[&str], needle: &str) {
+    let (ok, v) = dr(lab, args);
+    assert!(!ok, "isthmus dr {args:?} succeeded: {v}");
+    let msg = v["error"].as_str().unwrap_or_default();
+    assert!(msg.contains(needle), "isthmus dr {args:?}: error {msg:?} does not say {needle:?}");
+}
+
+/// `dr ARGS` must succeed; its JSON.
+fn ok(lab: &Lab, args: &[&str]) -> serde_json::Value {
+    let (ok, v) = dr(lab, args);
+    assert!(
+        ok,
+        "isthmus dr {args:?} failed: {v:#}\n--- appliance ---\n{}\n--- node ---\n{}",
+        tail(&lab.appliance_log()),
+        tail(&lab.node_log())
+    );
+    v
+}
+
+/// Writes `text` into `file` of the guest whose run dir is `dir` (under the
+/// lab's work dir) and syncs; the text is typed in two halves so that the
+/// echoed command never holds it whole.
+fn write_file(lab: &Lab, dir: &str, file: &str, text: &str) {
+    let (head, tail) = text.split_at(6);
+    guest_shell::run(
+        &lab.work.join(dir),
+        &format!("echo '{head}''{tail}' > {file} && sync && echo WRO''TE-{file}"),
+        &format!("WROTE-{file}"),
+        Duration::from_secs(90),
+    )
+    .unwrap_or_else(|e| panic!("writing {file} in {dir}: {e:#}"));
+}
+
+fn cat(lab: &Lab, dir: &str, files: &str, want: &[&str]) {
+    let out = guest_shell::run(
+        &lab.work.join(dir),
+        &format!("cat {files}"),
+        want[want.len() - 1],
+        Duration::from_secs(90),
+    )
+    .unwrap_or_else(|e| panic!("cat {files} in {dir}: {e:#}"));
+    for w in want {
+        assert!(out.contains(w), "{dir}: {files} lacks {w}: {out}");
+    }
+}
+
+fn events(v: &serde_json::Value) -> Vec<String> {
+    v["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["message"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn failover_failback_keeps_data_written_after_failover() {
+    let t = Instant::now();
+    let lab = Lab::with_source("dr").expect("lab with the source running in the data center");
+    let lap = |what: &str| eprintln!("{:>6.1} s  {what}", t.elapsed().as_secs_f64());
+    lap("lab up, source answers");
+
+    // Wrong requests, each refused with what to do next.
+    refused(&lab, &["protect", "nosuch", "--to", "cloud1"], "no server nosuch");
+    refused(&lab, &["protect", "web1", "--to", "nocloud"], "no cloud nocloud");
+    refused(&lab, &["protect", "web1", "--to", "cloud1", "--rpo", "15x"], "unknown unit");
+    refused(&lab, &["protect", "web1", "--to", "cloud1", "--rpo", "15"], "has no unit");
+    refused(&lab, &["failover", "web1"], "is not protected");
+    refused(&lab, &["failover", "nosuch"], "no server nosuch");
+
+    // Protect: the first round copies the whole disk and makes a point.
+    let p = ok(&lab, &["protect", "web1", "--to", "cloud1", "--rpo", "1h"]);
+    assert_eq!(p["state"], "protecting", "{p:#}");
+    assert_eq!(p["rpo"], "1h");
+    assert_eq!(p["rpo_met"], true, "{p:#}");
+    let first = &p["rounds"][0];
+    assert!(first["blocks_sent"].as_u64().unwrap_or(0) > 0, "{p:#}");
+    lap(&format!(
+        "protected: first round sent {} of {} blocks",
+        first["blocks_sent"], first["blocks"]
+    ));
+    refused(&lab, &["failback", "web1"], "was not failed over");
+    // Nothing runs on the node: the replica is disks only.
+    let node_guests = std::fs::read_to_string(lab.work.join("node/guests.json")).unwrap_or_default();
+    assert!(
+        !node_guests.contains("web1"),
+        "a guest runs on the node while protecting: {node_guests}"
+    );
+
+    // A write in the running source, then a round: only changed blocks cross.
+    let one = format!("ISTHMUS-DR-ONE-{}", std::process::id());
+    write_file(&lab, "appliance/sources/web1", "/dr1.txt", &one);
+    let r = ok(&lab, &["sync", "web1"]);
+    let (sent, blocks) = (r["blocks_sent"].as_u64().unwrap_or(0), r["blocks"].as_u64().unwrap_or(0));
+    assert!(
+        sent > 0 && sent * 2 < blocks,
+        "the sync round sent {sent} of {blocks} blocks: {r:#}"
+    );
+    lap(&format!("dr sync: {sent} of {blocks} blocks sent"));
+    let status = ok(&lab, &["status"]);
+    assert_eq!(status[0]["rpo_met"], true, "{status:#}");
+    assert_eq!(status[0]["rounds"].as_array().map(|a| a.len()), Some(2), "{status:#}");
+
+    // The data center is lost: the source QEMU dies.
+    kill_pidfile(&lab.work.join("appliance/sources/web1/qemu.pid"));
+    let dead = Instant::now();
+    while lab.client_get().is_ok_and(|b| b.contains("hostname=")) {
+        assert!(dead.elapsed() < Duration::from_secs(30), "the killed source still answers");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    lap("source killed");
+
+    // Failover: the replica starts in cloud1 and answers at the server's IP with its MAC.
+    let f = ok(&lab, &["failover", "web1"]);
+    assert_eq!(f["state"], "failed-over", "{f:#}");
+    assert_eq!(f["op"]["step"], "done", "{f:#}");
+    let msgs = events(&f);
+    assert!(
+        msgs.iter().any(|m| m.starts_with("verify: ok")),
+        "no verified answer after the failover: {msgs:#?}"
+    );
+    let body = lab
+        .wait_client(Duration::from_secs(120))
+        .expect("the server answers after the failover");
+    assert_eq!(fact(&body, "mac").as_deref(), Some(SERVER_MAC), "{body}");
+    assert_eq!(lab.client_arp_mac().as_deref(), Some(SERVER_MAC));
+    assert!(
+        lab.cloud_serial().contains("ISTHMUS-FACTS"),
+        "the copy answering is not the cloud one"
+    );
+    lap("failed over: the client reaches the cloud copy with the server's MAC");
+    refused(&lab, &["failover", "web1"], "failed over");
+    let s: serde_json::Value = serde_json::from_str(&lab.isthmus(&["status", "--json"]).unwrap()).unwrap();
+    assert_eq!(s["servers"][0]["location"]["name"], "cloud1", "{s:#}");
+
+    // The file written before the last point is in the cloud copy; write another there.
+    cat(&lab, "node/guests/web1", "/dr1.txt", &[&one]);
+    let two = format!("ISTHMUS-DR-TWO-{}", std::process::id());
+    write_file(&lab, "node/guests/web1", "/dr2.txt", &two);
+    lap("cloud copy has file one, wrote file two");
+
+    // Failback: only blocks that differ come home; both files are there.
+    let b = ok(&lab, &["failback", "web1"]);
+    assert_eq!(b["state"], "protecting", "{b:#}");
+    assert_eq!(b["op"]["step"], "done", "{b:#}");
+    let pulled = &b["failback"][0];
+    let (fetched, blocks) = (
+        pulled["fetched"].as_u64().unwrap_or(u64::MAX),
+        pulled["blocks"].as_u64().unwrap_or(0),
+    );
+    assert!(fetched < blocks, "failback fetched {fetched} of {blocks} blocks: {b:#}");
+    lap(&format!("failed back: {fetched} of {blocks} blocks pulled"));
+    let body = lab
+        .wait_client(Duration::from_secs(120))
+        .expect("the server answers after the failback");
+    assert_eq!(fact(&body, "mac").as_deref(), Some(SERVER_MAC), "{body}");
+    cat(&lab, "appliance/sources/web1", "/dr1.txt /dr2.txt", &[&one, &two]);
+    let s: serde_json::Value = serde_json::from_str(&lab.isthmus(&["status", "--json"]).unwrap()).unwrap();
+    assert_eq!(s["servers"][0]["location"]["kind"], "dc", "{s:#}");
+    let lcg: serde_json::Value = serde_json::from_str(&lab.isthmus(&["lcg", "status", "--json"]).unwrap()).unwrap();
+    assert!(
+        !lcg.to_string().to_lowercase().contains(SERVER_MAC),
+        "the LCG still carries the MAC after the failback: {lcg}"
+    );
+    refused(&lab, &["failback", "web1"], "was not failed over");
+    lap("data-center copy has both files; protection resumed");
+}
