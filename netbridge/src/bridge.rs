@@ -20,7 +20,7 @@ use proto::MacAddr;
 
 use crate::filter::{self, Decision, Filtered, PeerId, PeerVlans, Place, PortId, PortKind, Switch};
 use crate::guard::{LanGuard, Verdict};
-use crate::ha::{self, Change, Control, Member};
+use crate::ha::{self, Change, Control, Members};
 use crate::noise::Identity;
 use crate::port::packet::{RecvBatch, RecvInfo, BATCH as RX_BATCH, HEADROOM};
 use crate::port::ring::RxRing;
@@ -110,6 +110,7 @@ impl Bridge {
         let link = Link::open(0, &cfg.local, &first, now)?;
         let mut local = Local::new(now, ha);
         local.switch.add_peer(0, PeerVlans::default());
+        local.ha.add_peer(0, first.peer_public);
         for spec in cfg.ports {
             local.add_port(spec)?;
         }
@@ -199,8 +200,7 @@ impl BridgeHandle {
     }
 
     /// Removes peer `id` with the MACs carried via it (its cloud node was
-    /// removed). Peer 0 may go too; under [`Ha::Member`] peer 0 is the
-    /// arbiter, so a member without it holds no lease and forwards nothing.
+    /// removed), and with it that tunnel's HA lease. Peer 0 may go too.
     pub fn remove_peer(&self, id: PeerId) -> Result<(), Error> {
         self.request(|tx| Command::RemovePeer(id, tx))
     }
@@ -293,15 +293,85 @@ impl ShellCounters {
 /// This bridge's part in HA.
 enum HaState {
     Off,
-    Member(Box<Member>),
-    Arbiter(ha::SharedArbiter, ha::MemberId),
+    /// An LCG: one lease per tunnel (each cloud node arbitrates its own).
+    Member(Members),
+    /// A cloud node: the segment's arbiter, and each tunnel's member key.
+    Arbiter(ha::SharedArbiter, HashMap<PeerId, ha::MemberId>),
+}
+
+impl HaState {
+    /// A tunnel was added; `public` is its peer's static key.
+    fn add_peer(&mut self, peer: PeerId, public: [u8; 32]) {
+        match self {
+            HaState::Off => {}
+            HaState::Member(m) => m.add(peer),
+            HaState::Arbiter(_, keys) => {
+                keys.insert(peer, public);
+            }
+        }
+    }
+
+    /// A tunnel went away (a member gives up its lease with it).
+    fn remove_peer(&mut self, peer: PeerId) {
+        match self {
+            HaState::Off => {}
+            HaState::Member(m) => m.remove(peer),
+            HaState::Arbiter(_, keys) => {
+                keys.remove(&peer);
+            }
+        }
+    }
+
+    /// May frames cross tunnel `peer` now? Always without HA; with HA only
+    /// while we hold its lease (member) or its member does (arbiter).
+    fn may_cross(&self, peer: PeerId, now: Instant) -> bool {
+        match self {
+            HaState::Off => true,
+            HaState::Member(m) => m.holds(peer, now),
+            HaState::Arbiter(a, keys) => keys
+                .get(&peer)
+                .is_some_and(|k| a.lock().map(|a| a.may_forward(k, now)).unwrap_or(false)),
+        }
+    }
+
+    /// May frames cross any tunnel (may this side touch its ports at all)?
+    fn may_cross_any(&self, now: Instant) -> bool {
+        match self {
+            HaState::Off => true,
+            HaState::Member(m) => m.holds_any(now),
+            HaState::Arbiter(a, keys) => a.lock().map(|a| keys.values().any(|k| a.may_forward(k, now))).unwrap_or(false),
+        }
+    }
+
+    /// Tunnel `peer`'s lease as this side sees it; `None` without HA.
+    fn lease(&self, peer: PeerId, now: Instant) -> Option<ha::LeaseView> {
+        match self {
+            HaState::Off => None,
+            HaState::Member(m) => m.leases(now).into_iter().find(|l| l.peer == peer),
+            HaState::Arbiter(a, _) => Some(ha::LeaseView {
+                peer,
+                held: self.may_cross(peer, now),
+                epoch: a.lock().map(|a| a.epoch()).unwrap_or(0),
+                takeovers: 0,
+            }),
+        }
+    }
+
+    /// Drops from `peers` the tunnels that may not be crossed now; true if
+    /// any was dropped.
+    fn retain_crossable(&self, peers: &mut Vec<(PeerId, u16)>, now: Instant) -> bool {
+        if matches!(self, HaState::Off) {
+            return false;
+        }
+        let before = peers.len();
+        peers.retain(|(p, _)| self.may_cross(*p, now));
+        peers.len() != before
+    }
 }
 
 /// The local side: ports and the switch between them and the tunnel.
 struct Local {
     ha: HaState,
-    /// Whether we could forward at the last check (to log changes).
-    ha_was_active: bool,
     /// Addresses to announce for each carried MAC on an HA takeover.
     announce: HashMap<MacAddr, Vec<IpAddr>>,
     switch: Switch,
@@ -327,12 +397,11 @@ impl Local {
         nonce.copy_from_slice(&r[..8]);
         let ha = match ha {
             Ha::Off => HaState::Off,
-            Ha::Member => HaState::Member(Box::default()),
-            Ha::Arbiter { arbiter, member } => HaState::Arbiter(arbiter, member),
+            Ha::Member => HaState::Member(Members::new()),
+            Ha::Arbiter { arbiter } => HaState::Arbiter(arbiter, HashMap::new()),
         };
         Local {
             ha,
-            ha_was_active: false,
             announce: HashMap::new(),
             switch: Switch::default(),
             guard: LanGuard::new(nonce, MacAddr(probe_src), now),
@@ -345,25 +414,23 @@ impl Local {
         }
     }
 
-    /// May frames cross between the ports and the tunnel now? Always without
-    /// HA; with HA only while the lease is ours (member) or our member's
-    /// (arbiter).
+    /// May frames cross between the ports and any tunnel now? Always
+    /// without HA; with HA while at least one tunnel's lease is held.
     fn may_forward(&self, now: Instant) -> bool {
-        match &self.ha {
-            HaState::Off => true,
-            HaState::Member(m) => m.is_active(now),
-            HaState::Arbiter(a, id) => a.lock().map(|a| a.may_forward(*id, now)).unwrap_or(false),
-        }
+        self.ha.may_cross_any(now)
     }
 
-    /// Logs HA state changes seen by time (a lapsed lease); true if active.
-    fn ha_check(&mut self, now: Instant) -> bool {
-        let active = !matches!(self.ha, HaState::Off) && self.may_forward(now);
-        if self.ha_was_active && !active {
-            tracing::warn!("HA lease lapsed: this side stops forwarding");
+    /// Logs the tunnels whose lease lapsed by time (a member whose renewals
+    /// went unanswered).
+    fn ha_check(&mut self, now: Instant) {
+        if let HaState::Member(m) = &mut self.ha {
+            for peer in m.lapsed(now) {
+                tracing::warn!(
+                    peer,
+                    "HA lease of this tunnel lapsed: no frame crosses it until it is granted again"
+                );
+            }
         }
-        self.ha_was_active = active;
-        active
     }
 
     /// Announces every carried MAC's addresses on the LAN (gratuitous ARP,
@@ -380,10 +447,15 @@ impl Local {
         }
     }
 
-    /// Announces all carried MACs (after an HA takeover).
-    fn announce_all(&mut self, now: Instant) {
-        let all: Vec<(MacAddr, Vec<IpAddr>)> = self.announce.iter().map(|(m, ips)| (*m, ips.clone())).collect();
-        self.announce_macs(&all, now);
+    /// Announces the MACs carried via `peer` (after taking its HA lease over).
+    fn announce_via(&mut self, peer: PeerId, now: Instant) {
+        let macs: Vec<(MacAddr, Vec<IpAddr>)> = self
+            .announce
+            .iter()
+            .filter(|(m, _)| self.switch.carried_via(m) == Some(peer))
+            .map(|(m, ips)| (*m, ips.clone()))
+            .collect();
+        self.announce_macs(&macs, now);
     }
 
     fn has_lan_port(&self) -> bool {
@@ -492,7 +564,7 @@ impl Local {
             // Not for us (no HA here, or the wrong direction); never switched.
             return;
         }
-        if !self.may_forward(now) {
+        if !self.ha.may_cross(from, now) {
             self.counters.ha_standby_drops += 1;
             return;
         }
@@ -503,6 +575,10 @@ impl Local {
         match self.switch.forward(Place::Peer(from), frame, now, &mut self.decision) {
             Ok(()) => {
                 self.send_to_ports(frame, scratch, now);
+                // To another cloud only through a tunnel whose lease we hold.
+                if self.ha.retain_crossable(&mut self.decision.peers, now) {
+                    self.counters.ha_standby_drops += 1;
+                }
                 if !self.decision.peers.is_empty() {
                     send_to_links(others, &self.decision.peers, frame, scratch, &mut self.counters, now);
                 }
@@ -679,11 +755,14 @@ fn switch_frame(local: &mut Local, links: &mut [Link], scratch: &mut [u8], from:
         return;
     }
     let verdict = if lan {
+        // Under HA a MAC carried via a tunnel whose lease another LCG holds
+        // is that LCG's to put on the LAN: not ours, and no alarm here.
         let carried = |at: usize| {
             frame
                 .get(at..at + 6)
                 .and_then(|b| <[u8; 6]>::try_from(b).ok())
-                .is_some_and(|m| local.switch.is_carried(&MacAddr(m)))
+                .and_then(|m| local.switch.carried_via(&MacAddr(m)))
+                .is_some_and(|p| local.ha.may_cross(p, now))
         };
         let (src_carried, dst_carried) = (carried(6), carried(0));
         local.guard.lan_ingress(frame, src_carried, dst_carried, now)
@@ -698,36 +777,40 @@ fn switch_frame(local: &mut Local, links: &mut [Link], scratch: &mut [u8], from:
         return;
     }
     local.send_to_ports(frame, scratch, now);
+    if local.ha.retain_crossable(&mut local.decision.peers, now) {
+        local.counters.ha_standby_drops += 1;
+    }
     if !local.decision.peers.is_empty() {
         send_to_links(links.iter_mut(), &local.decision.peers, frame, scratch, &mut local.counters, now);
     }
 }
 
-/// An HA control message out of the tunnel: the arbiter answers requests;
-/// a member takes over (and announces) or stops.
-/// Only peer 0 (the cloud node that arbitrates) speaks HA.
+/// An HA control message out of tunnel `link`: the arbiter answers
+/// requests; a member takes that tunnel's lease over (and announces the
+/// MACs carried via it) or stops using that tunnel.
 fn ha_message(local: &mut Local, link: &mut Link, msg: Control, now: Instant) {
-    if link.id != 0 {
-        return;
-    }
+    let peer = link.id;
     match &mut local.ha {
         HaState::Off => {}
-        HaState::Arbiter(a, id) => {
-            let answer = a.lock().ok().and_then(|mut a| a.on_message(*id, msg, now));
+        HaState::Arbiter(a, keys) => {
+            let Some(key) = keys.get(&peer) else { return };
+            let answer = a.lock().ok().and_then(|mut a| a.on_message(key, msg, now));
             if let Some(answer) = answer {
                 link.send(&answer.encode(), &mut local.counters, now);
             }
         }
-        HaState::Member(m) => match m.on_message(msg, now) {
+        HaState::Member(m) => match m.on_message(peer, msg, now) {
             Change::None => {}
             Change::BecameActive { epoch } => {
-                tracing::warn!(epoch, "HA lease granted: this LCG is now active; announcing carried MACs");
-                local.ha_was_active = true;
-                local.announce_all(now);
+                tracing::warn!(
+                    peer,
+                    epoch,
+                    "HA lease granted: this LCG now carries this tunnel; announcing its MACs"
+                );
+                local.announce_via(peer, now);
             }
             Change::Fenced => {
-                tracing::warn!("HA lease held by another LCG: this side stops forwarding");
-                local.ha_was_active = false;
+                tracing::warn!(peer, "HA lease of this tunnel held by another LCG: no frame crosses it here");
             }
         },
     }
@@ -821,7 +904,7 @@ impl Worker {
                     let now = Instant::now();
                     self.local.announce.insert(m, ips.clone());
                     // An HA standby announces when it takes over, not now.
-                    if self.local.may_forward(now) {
+                    if self.local.ha.may_cross(peer, now) {
                         self.local.announce_macs(&[(m, ips)], now);
                     }
                     self.publish(now);
@@ -861,6 +944,7 @@ impl Worker {
                         Link::open(id, &self.key, &spec, Instant::now()).map(|l| {
                             tracing::info!(peer = id, listen = %spec.listen, "peer added");
                             self.local.switch.add_peer(id, spec.vlans.clone());
+                            self.local.ha.add_peer(id, spec.peer_public);
                             self.links.push(l);
                         })
                     };
@@ -872,6 +956,7 @@ impl Worker {
                         Some(i) => {
                             self.links.remove(i);
                             self.local.switch.remove_peer(id);
+                            self.local.ha.remove_peer(id);
                             self.local.announce.retain(|m, _| self.local.switch.is_carried(m));
                             tracing::info!(peer = id, "peer removed");
                             Ok(())
@@ -1074,25 +1159,26 @@ impl Worker {
         let Some(probe) = self.local.guard.probe_due(now) else { return };
         self.local.send_on_lan(&probe, now);
         for l in &mut self.links {
-            if l.tunnel.is_established(now) {
+            if l.tunnel.is_established(now) && self.local.ha.may_cross(l.id, now) {
                 l.send(&probe, &mut self.local.counters, now);
             }
         }
     }
 
-    /// HA member: asks for (or renews) the lease when due; notices a lapse.
+    /// HA member: asks each tunnel's cloud for (or renews) its lease when
+    /// due; notices lapses.
     fn ha_tick(&mut self, now: Instant) {
         self.local.ha_check(now);
-        let HaState::Member(m) = &mut self.local.ha else { return };
-        // Peer 0 arbitrates; without it no lease is asked for (or held).
-        let Some(link) = self.links.iter_mut().find(|l| l.id == 0) else {
-            return;
-        };
-        if !link.tunnel.is_established(now) {
-            return;
+        let Local { ha, counters, .. } = &mut self.local;
+        let HaState::Member(m) = ha else { return };
+        for link in &mut self.links {
+            if !link.tunnel.is_established(now) {
+                continue;
+            }
+            if let Some(req) = m.request_due(link.id, now) {
+                link.send(&req.encode(), counters, now);
+            }
         }
-        let Some(req) = m.request_due(now) else { return };
-        link.send(&req.encode(), &mut self.local.counters, now);
     }
 
     fn port_error(local: &mut Local, i: usize, e: &io::Error) {
@@ -1156,11 +1242,11 @@ impl Worker {
             ha_active: !matches!(self.local.ha, HaState::Off) && self.local.may_forward(now),
             ha_epoch: match &self.local.ha {
                 HaState::Off => 0,
-                HaState::Member(m) => m.epoch(),
+                HaState::Member(m) => m.max_epoch(),
                 HaState::Arbiter(a, _) => a.lock().map(|a| a.epoch()).unwrap_or(0),
             },
             ha_takeovers: match &self.local.ha {
-                HaState::Member(m) => m.stats().takeovers,
+                HaState::Member(m) => m.takeovers(),
                 _ => 0,
             },
             ha_standby_drops: c.ha_standby_drops,
@@ -1177,6 +1263,7 @@ impl Worker {
                         rx_frames: s.rx_frames,
                         rx_dropped: s.rx_dropped(),
                         last_handshake_age: None,
+                        ha: self.local.ha.lease(l.id, now),
                     }
                 })
                 .collect(),

@@ -20,6 +20,22 @@
 //! - an arbiter that (re)starts grants nothing for one [`LEASE`]: a member that
 //!   held a lease from its previous life has let it lapse by then.
 //!
+//! **One lease per cloud.** An LCG has one tunnel per cloud node, and each
+//! cloud node arbitrates its own lease ([`Members`] keeps one [`Member`] per
+//! tunnel). The LCG forwards a frame into, or out of, a tunnel only while it
+//! holds that tunnel's lease; an LCG that holds none forwards nothing. Two
+//! LCGs may hold the leases of different clouds (a partition between one LCG
+//! and one cloud moves only that cloud): each cloud still hears one LCG.
+//!
+//! **Members are known by their key.** The arbiter names a member by the
+//! static Noise public key of its tunnel ([`MemberId`]), so one arbiter can
+//! serve the member tunnels of one bridge or of several.
+//!
+//! **Engaged on first request.** Until some member has asked for a lease,
+//! an arbiter lets every tunnel forward ([`Arbiter::is_engaged`]): a cloud
+//! node can always run one, and an LCG without HA keeps working. The first
+//! request engages it for the rest of its life (it never disengages).
+//!
 //! The standby keeps its session up (handshakes, keepalives, lease requests)
 //! but forwards nothing either way and does not probe or raise alarms on the
 //! LAN; when it is granted the lease it announces the carried MACs
@@ -29,8 +45,11 @@
 //! ([`Control`]; `PROTOCOL.md`, "HA control frames"); the shell never lets a
 //! frame that looks like one in from a local port.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::filter::PeerId;
 
 /// How long a grant lasts at the arbiter.
 pub const LEASE: Duration = Duration::from_millis(1500);
@@ -47,8 +66,14 @@ const CONTROL_MAGIC: &[u8; 8] = b"ISTHMUSH";
 /// Outstanding requests remembered (to find a grant's send time).
 const PENDING: usize = 16;
 
-/// Identifies a member at an arbiter (the cloud node numbers its tunnels).
-pub type MemberId = u32;
+/// Identifies a member at an arbiter: the static Noise public key of the
+/// member's tunnel (authenticated by the handshake).
+pub type MemberId = [u8; 32];
+
+/// A member's key, short, for logs.
+fn short(m: &MemberId) -> String {
+    m[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// A lease message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -262,6 +287,107 @@ impl Member {
     }
 }
 
+/// What a member knows about one tunnel's lease (for status pages).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseView {
+    /// The tunnel.
+    pub peer: PeerId,
+    /// True while the lease is held: frames cross this tunnel.
+    pub held: bool,
+    /// The epoch of the lease held (or last seen).
+    pub epoch: u64,
+    /// Times this member took this tunnel's lease over.
+    pub takeovers: u64,
+}
+
+/// An LCG's leases, one [`Member`] per tunnel (one per cloud node, each
+/// arbitrating its own lease). Time is passed in; the bridge shell sends
+/// the requests it returns into the named tunnel.
+#[derive(Debug, Default)]
+pub struct Members {
+    /// Per tunnel: the member and whether it was active when last looked at.
+    peers: BTreeMap<PeerId, (Member, bool)>,
+}
+
+impl Members {
+    /// No tunnels.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A new tunnel, in standby (no lease).
+    pub fn add(&mut self, peer: PeerId) {
+        self.peers.entry(peer).or_insert_with(|| (Member::new(), false));
+    }
+
+    /// A tunnel that went away: its lease (if any) is given up with it.
+    pub fn remove(&mut self, peer: PeerId) {
+        self.peers.remove(&peer);
+    }
+
+    /// Does this LCG hold `peer`'s lease now (may frames cross that tunnel)?
+    pub fn holds(&self, peer: PeerId, now: Instant) -> bool {
+        self.peers.get(&peer).is_some_and(|(m, _)| m.is_active(now))
+    }
+
+    /// Does it hold any lease (may it touch the LAN at all)?
+    pub fn holds_any(&self, now: Instant) -> bool {
+        self.peers.values().any(|(m, _)| m.is_active(now))
+    }
+
+    /// A request to send into `peer`'s tunnel, when one is due.
+    pub fn request_due(&mut self, peer: PeerId, now: Instant) -> Option<Control> {
+        self.peers.get_mut(&peer)?.0.request_due(now)
+    }
+
+    /// A message out of `peer`'s tunnel.
+    pub fn on_message(&mut self, peer: PeerId, msg: Control, now: Instant) -> Change {
+        let Some((m, was)) = self.peers.get_mut(&peer) else {
+            return Change::None;
+        };
+        let change = m.on_message(msg, now);
+        *was = m.is_active(now);
+        change
+    }
+
+    /// Tunnels whose lease ran out by time since the last call (a renewal
+    /// went unanswered): the shell logs them.
+    pub fn lapsed(&mut self, now: Instant) -> Vec<PeerId> {
+        let mut out = Vec::new();
+        for (peer, (m, was)) in &mut self.peers {
+            let active = m.is_active(now);
+            if *was && !active {
+                out.push(*peer);
+            }
+            *was = active;
+        }
+        out
+    }
+
+    /// Each tunnel's lease.
+    pub fn leases(&self, now: Instant) -> Vec<LeaseView> {
+        self.peers
+            .iter()
+            .map(|(peer, (m, _))| LeaseView {
+                peer: *peer,
+                held: m.is_active(now),
+                epoch: m.epoch(),
+                takeovers: m.stats().takeovers,
+            })
+            .collect()
+    }
+
+    /// The highest epoch held or seen over the tunnels.
+    pub fn max_epoch(&self) -> u64 {
+        self.peers.values().map(|(m, _)| m.epoch()).max().unwrap_or(0)
+    }
+
+    /// Takeovers over all tunnels.
+    pub fn takeovers(&self) -> u64 {
+        self.peers.values().map(|(m, _)| m.stats().takeovers).sum()
+    }
+}
+
 /// Counters of an arbiter.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ArbiterStats {
@@ -276,6 +402,7 @@ pub struct ArbiterStats {
 /// The cloud node's lease arbiter for one segment.
 #[derive(Debug)]
 pub struct Arbiter {
+    engaged: bool,
     holder: Option<MemberId>,
     epoch: u64,
     expires: Instant,
@@ -291,6 +418,7 @@ impl Arbiter {
     /// may still hold a lease from this arbiter's previous life).
     pub fn new(now: Instant) -> Self {
         Arbiter {
+            engaged: false,
             holder: None,
             epoch: 0,
             expires: now,
@@ -319,14 +447,26 @@ impl Arbiter {
         self.stats
     }
 
-    /// May frames of `member`'s tunnel cross (either way)?
-    pub fn may_forward(&self, member: MemberId, now: Instant) -> bool {
-        self.holder(now) == Some(member)
+    /// Has any member asked for a lease yet? Before that, no member of this
+    /// segment runs HA and every tunnel may forward.
+    pub fn is_engaged(&self) -> bool {
+        self.engaged
+    }
+
+    /// May frames of `member`'s tunnel cross (either way)? Once engaged,
+    /// only the holder's.
+    pub fn may_forward(&self, member: &MemberId, now: Instant) -> bool {
+        !self.engaged || self.holder(now).as_ref() == Some(member)
     }
 
     /// Answers a message from `member` (only requests get an answer).
-    pub fn on_message(&mut self, member: MemberId, msg: Control, now: Instant) -> Option<Control> {
+    pub fn on_message(&mut self, member: &MemberId, msg: Control, now: Instant) -> Option<Control> {
         let Control::Request { seq, .. } = msg else { return None };
+        if !self.engaged {
+            self.engaged = true;
+            tracing::info!(member = %short(member), "HA engaged: from now on only the lease holder's tunnel forwards");
+        }
+        let member = *member;
         let lease_ms = u32::try_from(LEASE.as_millis()).unwrap_or(u32::MAX);
         match self.holder(now) {
             Some(h) if h == member => {
@@ -351,7 +491,7 @@ impl Arbiter {
                 self.holder = Some(member);
                 self.expires = now + LEASE;
                 self.stats.handovers += 1;
-                tracing::info!(member, epoch = self.epoch, "HA lease granted to a new holder");
+                tracing::info!(member = %short(&member), epoch = self.epoch, "HA lease granted to a new holder");
                 Some(Control::Grant {
                     epoch: self.epoch,
                     seq,
@@ -365,6 +505,9 @@ impl Arbiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const K1: MemberId = [1; 32];
+    const K2: MemberId = [2; 32];
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -404,7 +547,7 @@ mod tests {
     /// Member `m` asks at `t`; the arbiter answers at `t + delay`.
     fn exchange(m: &mut Member, a: &mut Arbiter, id: MemberId, t: Instant, delay: Duration) -> Change {
         let Some(req) = m.request_due(t) else { return Change::None };
-        let Some(ans) = a.on_message(id, req, t + delay) else {
+        let Some(ans) = a.on_message(&id, req, t + delay) else {
             return Change::None;
         };
         m.on_message(ans, t + delay + delay)
@@ -416,22 +559,22 @@ mod tests {
         let mut a = Arbiter::new(t0);
         let (mut m1, mut m2) = (Member::new(), Member::new());
         // Grace period: nobody.
-        assert_eq!(exchange(&mut m1, &mut a, 1, t0, ms(1)), Change::None);
+        assert_eq!(exchange(&mut m1, &mut a, K1, t0, ms(1)), Change::None);
         assert!(!m1.is_active(t0 + ms(2)));
         let t = t0 + LEASE;
-        assert_eq!(exchange(&mut m1, &mut a, 1, t, ms(1)), Change::BecameActive { epoch: 1 });
+        assert_eq!(exchange(&mut m1, &mut a, K1, t, ms(1)), Change::BecameActive { epoch: 1 });
         assert!(m1.is_active(t + ms(2)));
-        assert!(a.may_forward(1, t + ms(2)));
-        assert_eq!(exchange(&mut m2, &mut a, 2, t + ms(10), ms(1)), Change::None);
+        assert!(a.may_forward(&K1, t + ms(2)));
+        assert_eq!(exchange(&mut m2, &mut a, K2, t + ms(10), ms(1)), Change::None);
         assert!(!m2.is_active(t + ms(20)));
-        assert!(!a.may_forward(2, t + ms(20)));
+        assert!(!a.may_forward(&K2, t + ms(20)));
         assert_eq!(m2.stats().denials, 1);
         // Renewals keep m1 active, epoch unchanged.
         let mut now = t;
         for _ in 0..20 {
             now += REQUEST_INTERVAL;
-            assert_eq!(exchange(&mut m1, &mut a, 1, now, ms(1)), Change::None);
-            assert_eq!(exchange(&mut m2, &mut a, 2, now, ms(1)), Change::None);
+            assert_eq!(exchange(&mut m1, &mut a, K1, now, ms(1)), Change::None);
+            assert_eq!(exchange(&mut m2, &mut a, K2, now, ms(1)), Change::None);
             assert!(m1.is_active(now + ms(2)) && !m2.is_active(now + ms(2)));
         }
         assert_eq!(a.epoch(), 1);
@@ -443,12 +586,12 @@ mod tests {
         let mut a = Arbiter::new(t0);
         let (mut m1, mut m2) = (Member::new(), Member::new());
         let t = t0 + LEASE;
-        assert_eq!(exchange(&mut m1, &mut a, 1, t, ms(5)), Change::BecameActive { epoch: 1 });
+        assert_eq!(exchange(&mut m1, &mut a, K1, t, ms(5)), Change::BecameActive { epoch: 1 });
         // m1 dies now (no more requests). m2 asks every interval.
         let mut now = t;
         let took_over = loop {
             now += REQUEST_INTERVAL;
-            if let Change::BecameActive { epoch } = exchange(&mut m2, &mut a, 2, now, ms(5)) {
+            if let Change::BecameActive { epoch } = exchange(&mut m2, &mut a, K2, now, ms(5)) {
                 break (now, epoch);
             }
             assert!(now < t + ms(5000), "no takeover");
@@ -461,9 +604,9 @@ mod tests {
         // Takeover within a lease plus one request interval.
         assert!(took_over.0 - t <= LEASE + REQUEST_INTERVAL);
         // The arbiter now refuses m1's tunnel, and m1 coming back is fenced.
-        assert!(!a.may_forward(1, took_over.0 + ms(10)));
+        assert!(!a.may_forward(&K1, took_over.0 + ms(10)));
         // m1's own view lapsed; a fresh request is denied.
-        assert_eq!(exchange(&mut m1, &mut a, 1, took_over.0 + ms(20), ms(1)), Change::None);
+        assert_eq!(exchange(&mut m1, &mut a, K1, took_over.0 + ms(20), ms(1)), Change::None);
         assert!(!m1.is_active(took_over.0 + ms(30)));
     }
 
@@ -529,5 +672,166 @@ mod tests {
         assert!(m.request_due(t0 + ms(100)).is_none());
         assert!(m.request_due(t0 + REQUEST_INTERVAL).is_some());
         assert_eq!(m.stats().requests, 2);
+    }
+
+    #[test]
+    fn an_arbiter_lets_every_tunnel_forward_until_the_first_request_engages_it() {
+        let t0 = Instant::now();
+        let mut a = Arbiter::new(t0);
+        // No member runs HA (an LCG without HA): its tunnel forwards.
+        assert!(!a.is_engaged());
+        assert!(a.may_forward(&K1, t0) && a.may_forward(&K2, t0 + ms(5000)));
+        // The first request engages it for good: grace period, nobody forwards.
+        let t = t0 + ms(5000);
+        assert!(matches!(
+            a.on_message(&K2, Control::Request { epoch: 0, seq: 1 }, t),
+            Some(Control::Grant { epoch: 1, .. })
+        ));
+        assert!(a.is_engaged());
+        assert!(a.may_forward(&K2, t) && !a.may_forward(&K1, t));
+        // Engaged for good: after the holder lapses, nobody forwards.
+        assert!(!a.may_forward(&K2, t + LEASE) && !a.may_forward(&K1, t + LEASE));
+        // A fresh arbiter that hears a request during its grace denies it.
+        let mut b = Arbiter::new(t0);
+        assert!(matches!(
+            b.on_message(&K1, Control::Request { epoch: 0, seq: 1 }, t0 + ms(10)),
+            Some(Control::Deny { .. })
+        ));
+        assert!(!b.may_forward(&K1, t0 + ms(10)));
+    }
+
+    /// Two LCGs ([`Members`], keys `K1`/`K2`), each with a tunnel (peer 0,
+    /// peer 1) to each of two clouds (an arbiter each), stepped every 50 ms;
+    /// requests and answers take `delay` each way. `up(lcg, cloud, t)`: is
+    /// that tunnel (and the LCG) alive at `t`? Returns, per step, who holds
+    /// which cloud, after checking at every step that no cloud is held by
+    /// both LCGs and that a holder is believed by its cloud.
+    fn simulate(until: Duration, up: impl Fn(usize, usize, Duration) -> bool) -> Vec<(Duration, [[bool; 2]; 2])> {
+        let t0 = Instant::now();
+        let delay = ms(5);
+        let mut arbiters = [Arbiter::new(t0), Arbiter::new(t0)];
+        let mut lcgs = [Members::new(), Members::new()];
+        let keys = [K1, K2];
+        for l in &mut lcgs {
+            l.add(0);
+            l.add(1);
+        }
+        let mut out = Vec::new();
+        let mut at = Duration::ZERO;
+        while at <= until {
+            let now = t0 + at;
+            for (l, lcg) in lcgs.iter_mut().enumerate() {
+                for (c, arbiter) in arbiters.iter_mut().enumerate() {
+                    if !up(l, c, at) {
+                        continue;
+                    }
+                    let peer = c as PeerId;
+                    let Some(req) = lcg.request_due(peer, now) else { continue };
+                    if let Some(ans) = arbiter.on_message(&keys[l], req, now + delay) {
+                        lcg.on_message(peer, ans, now + delay + delay);
+                    }
+                }
+            }
+            let check = now + delay + delay;
+            let mut held = [[false; 2]; 2];
+            for (l, lcg) in lcgs.iter().enumerate() {
+                for (c, arbiter) in arbiters.iter().enumerate() {
+                    held[l][c] = up(l, c, at) && lcg.holds(c as PeerId, check);
+                    if lcg.holds(c as PeerId, check) {
+                        assert!(
+                            arbiter.may_forward(&keys[l], check),
+                            "LCG {l} holds cloud {c} unknown to it at {at:?}"
+                        );
+                    }
+                }
+            }
+            for c in 0..2 {
+                assert!(
+                    !(lcgs[0].holds(c as PeerId, check) && lcgs[1].holds(c as PeerId, check)),
+                    "both LCGs hold cloud {c} at {at:?}"
+                );
+            }
+            out.push((at, held));
+            at += ms(50);
+        }
+        out
+    }
+
+    /// The first step at or after `from` where `pred` holds.
+    fn first(steps: &[(Duration, [[bool; 2]; 2])], from: Duration, pred: impl Fn(&[[bool; 2]; 2]) -> bool) -> Option<Duration> {
+        steps.iter().find(|(at, h)| *at >= from && pred(h)).map(|(at, _)| *at)
+    }
+
+    #[test]
+    fn one_lease_per_cloud_the_standby_takes_every_cloud_over_when_the_active_lcg_dies() {
+        let kill = ms(4000);
+        // LCG 1 starts first; LCG 2 100 ms later; LCG 1 dies at `kill`.
+        let steps = simulate(ms(8000), |l, _, at| if l == 0 { at < kill } else { at >= ms(100) });
+        let both_1 = first(&steps, Duration::ZERO, |h| h[0] == [true, true]).expect("LCG 1 never held both clouds");
+        assert!(both_1 <= LEASE + REQUEST_INTERVAL, "grace period too long: {both_1:?}");
+        // Until the kill the standby holds nothing.
+        assert!(steps.iter().filter(|(at, _)| *at < kill).all(|(_, h)| h[1] == [false, false]));
+        let took = first(&steps, kill, |h| h[1] == [true, true]).expect("LCG 2 never took both clouds over");
+        assert!(took - kill <= LEASE + REQUEST_INTERVAL, "failover took {:?}", took - kill);
+        assert!(took - kill < ms(3000));
+    }
+
+    #[test]
+    fn losing_one_cloud_moves_only_that_clouds_lease() {
+        // LCG 1's tunnel to cloud 1 goes down at 4 s; everything else stays.
+        let cut = ms(4000);
+        let steps = simulate(ms(8000), |l, c, at| !(l == 0 && c == 1 && at >= cut) && (l == 0 || at >= ms(100)));
+        let split = first(&steps, cut, |h| h[0] == [true, false] && h[1] == [false, true]).expect("cloud 1 did not move to LCG 2");
+        assert!(split - cut <= LEASE + REQUEST_INTERVAL);
+        // Cloud 0 stayed with LCG 1 the whole time after its first grant.
+        let got = first(&steps, Duration::ZERO, |h| h[0][0]).expect("LCG 1 never held cloud 0");
+        assert!(steps.iter().filter(|(at, _)| *at >= got).all(|(_, h)| h[0][0] && !h[1][0]));
+    }
+
+    #[test]
+    fn members_track_each_tunnel_and_report_lapses() {
+        let t0 = Instant::now();
+        let mut m = Members::new();
+        m.add(0);
+        m.add(3);
+        assert!(!m.holds_any(t0));
+        let Some(Control::Request { seq, .. }) = m.request_due(3, t0) else {
+            panic!()
+        };
+        assert!(m.request_due(7, t0).is_none(), "no tunnel 7");
+        let g = Control::Grant {
+            epoch: 4,
+            seq,
+            lease_ms: 1500,
+        };
+        // A grant for tunnel 3 says nothing about tunnel 0.
+        assert_eq!(m.on_message(0, g, t0 + ms(1)), Change::None);
+        assert_eq!(m.on_message(3, g, t0 + ms(1)), Change::BecameActive { epoch: 4 });
+        assert!(m.holds(3, t0 + ms(2)) && !m.holds(0, t0 + ms(2)) && m.holds_any(t0 + ms(2)));
+        assert_eq!(m.lapsed(t0 + ms(2)), Vec::<PeerId>::new());
+        let end = t0 + LEASE - MEMBER_MARGIN;
+        assert_eq!(m.lapsed(end), vec![3]);
+        assert_eq!(m.lapsed(end + ms(1)), Vec::<PeerId>::new());
+        assert_eq!(
+            m.leases(end),
+            vec![
+                LeaseView {
+                    peer: 0,
+                    held: false,
+                    epoch: 0,
+                    takeovers: 0
+                },
+                LeaseView {
+                    peer: 3,
+                    held: false,
+                    epoch: 4,
+                    takeovers: 1
+                }
+            ]
+        );
+        assert_eq!((m.max_epoch(), m.takeovers()), (4, 1));
+        m.remove(3);
+        assert!(!m.holds(3, t0 + ms(2)));
+        assert_eq!(m.leases(t0).len(), 1);
     }
 }

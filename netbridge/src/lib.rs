@@ -153,17 +153,17 @@ pub enum Ha {
     /// One LCG per segment: forward whenever the tunnel is up.
     #[default]
     Off,
-    /// An LCG of an HA pair: forward only while holding the lease the
-    /// cloud node grants; announce the carried MACs on taking over.
+    /// An LCG of an HA pair: forward through each tunnel only while
+    /// holding the lease its cloud node grants (one lease per tunnel);
+    /// announce the MACs carried via a tunnel on taking its lease over.
     Member,
-    /// The cloud node's side of an HA pair: one bridge per member, all
-    /// sharing `arbiter`; this bridge's peer is `member`. Frames of this
-    /// tunnel cross only while `member` holds the lease.
+    /// The cloud node's side: every tunnel of this bridge is a member of
+    /// `arbiter` (known by its peer's static key; one arbiter may be shared
+    /// by several bridges of one segment). Once a member has asked for the
+    /// lease, frames of a tunnel cross only while its member holds it.
     Arbiter {
-        /// Shared by the bridges of the segment's members.
+        /// The segment's arbiter.
         arbiter: ha::SharedArbiter,
-        /// This tunnel's member number.
-        member: ha::MemberId,
     },
 }
 
@@ -255,6 +255,9 @@ pub struct PeerStatus {
     pub rx_dropped: u64,
     /// Time since this tunnel's last completed handshake.
     pub last_handshake_age: Option<Duration>,
+    /// HA: this tunnel's lease (held by us on an LCG, by this tunnel's
+    /// member on a cloud node); `None` without HA.
+    pub ha: Option<ha::LeaseView>,
 }
 
 /// Counters of a bridge: totals over its tunnels, and per peer in

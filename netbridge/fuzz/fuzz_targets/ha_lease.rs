@@ -12,7 +12,7 @@ use libfuzzer_sys::fuzz_target;
 use netbridge::ha::{Arbiter, Control, Member, MemberId};
 
 /// A message in flight: deliver at `at` to `to` (0: arbiter from member
-/// `from`; 1/2: member).
+/// `from`, a member key; 1/2: member).
 struct InFlight {
     at: Instant,
     to: u8,
@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
                 let i = usize::from(op & 1);
                 if let Some(req) = members[i].request_due(now) {
                     if arg != 255 {
-                        flight.push(InFlight { at: now + delay, to: 0, from: i as MemberId + 1, msg: req });
+                        flight.push(InFlight { at: now + delay, to: 0, from: [i as u8 + 1; 32], msg: req });
                     }
                 }
             }
@@ -59,11 +59,11 @@ fuzz_target!(|data: &[u8]| {
                     let times = if arg & 2 == 2 { 2 } else { 1 };
                     for _ in 0..times {
                         if m.to == 0 {
-                            if let Some(ans) = arb.on_message(m.from, m.msg, now) {
+                            if let Some(ans) = arb.on_message(&m.from, m.msg, now) {
                                 flight.push(InFlight {
                                     at: now + delay,
-                                    to: m.from as u8,
-                                    from: 0,
+                                    to: m.from[0],
+                                    from: [0; 32],
                                     msg: ans,
                                 });
                             }
@@ -94,10 +94,10 @@ fuzz_target!(|data: &[u8]| {
         let (a, b) = (members[0].is_active(now), members[1].is_active(now));
         assert!(!(a && b), "both members active");
         if a {
-            assert!(arb.may_forward(1, now), "member 1 active without the arbiter's lease");
+            assert!(arb.may_forward(&[1; 32], now), "member 1 active without the arbiter's lease");
         }
         if b {
-            assert!(arb.may_forward(2, now), "member 2 active without the arbiter's lease");
+            assert!(arb.may_forward(&[2; 32], now), "member 2 active without the arbiter's lease");
         }
     }
 });
