@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use proto::identity::Fingerprint;
-use webui::{ApplianceInfo, CloudRow, ConsoleService, EnrollCloud, MoveEvent, MoveRow, Overview, ServerRow};
+use webui::{ApplianceInfo, CloudRow, ConsoleService, EnrollCloud, MoveEvent, MoveRow, Overview, Refusal, ServerRow, StartMove};
 
-use crate::app::{App, EnrollRequest};
-use crate::model::Step;
+use crate::app::{App, AppError, EnrollRequest, MoveDetail};
+use crate::inventory::ServerDescription;
+use crate::model::{ServerRecord, Step};
 
 /// Adapter from the service layer to the console's rows.
 pub struct Console {
@@ -30,6 +31,47 @@ impl Console {
             ca_fingerprint,
             accel,
         }
+    }
+}
+
+/// The console's row of a move.
+fn move_row(m: &MoveDetail) -> MoveRow {
+    MoveRow {
+        id: m.mv.id.clone(),
+        server: m.mv.server.clone(),
+        to: m.mv.to.clone(),
+        step: m.mv.step.label().into(),
+        state: match m.mv.step {
+            Step::Done => "done",
+            Step::RolledBack => "rolled-back",
+            Step::Rehearsed if m.mv.failure.is_some() => "rehearsal-failed",
+            Step::Rehearsed => "rehearsed",
+            s if m.mv.failure.is_some() && !s.is_terminal() => "failed",
+            _ => "running",
+        }
+        .into(),
+        progress_pct: m.progress_pct,
+        started_at: m.mv.started_at.clone(),
+        events: m
+            .events
+            .iter()
+            .map(|e| MoveEvent {
+                at: e.at.clone(),
+                step: e.step.label().into(),
+                message: e.message.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// The refusal an application error becomes (its message says what to do next).
+fn refusal(e: AppError) -> Refusal {
+    match e {
+        AppError::Invalid(m) => Refusal::Invalid(m),
+        AppError::Inventory(e) => Refusal::Invalid(e.to_string()),
+        AppError::NotFound(m) => Refusal::NotFound(m),
+        AppError::Conflict(m) => Refusal::Conflict(m),
+        e => Refusal::Failed(e.to_string()),
     }
 }
 
@@ -67,38 +109,7 @@ impl ConsoleService for Console {
         let servers = status
             .servers
             .iter()
-            .map(|s| {
-                let running = match &s.location {
-                    crate::model::Location::Dc => self.app.source.is_running(s),
-                    crate::model::Location::Cloud { .. } => true,
-                };
-                ServerRow {
-                    name: s.name.clone(),
-                    ip: s.ip.map(|i| i.to_string()),
-                    mac: s.profile.nics.first().map(|n| n.mac.to_string()),
-                    location: s.location.to_string(),
-                    state: if moving.contains(&s.name.as_str()) {
-                        "moving"
-                    } else if running {
-                        "running"
-                    } else {
-                        "stopped"
-                    }
-                    .into(),
-                    nic_model: s
-                        .profile
-                        .nics
-                        .first()
-                        .map(|n| format!("{:?}", n.model).to_lowercase())
-                        .unwrap_or_default(),
-                    disk_bus: s
-                        .profile
-                        .disks
-                        .first()
-                        .map(|d| format!("{:?}", d.bus).to_lowercase())
-                        .unwrap_or_default(),
-                }
-            })
+            .map(|s| self.server_row(s, moving.contains(&s.name.as_str())))
             .collect();
         let clouds = status
             .clouds
@@ -110,36 +121,7 @@ impl ConsoleService for Console {
                 enrolled_at: c.enrolled_at.clone(),
             })
             .collect();
-        let moves = status
-            .moves
-            .iter()
-            .map(|m| MoveRow {
-                id: m.mv.id.clone(),
-                server: m.mv.server.clone(),
-                to: m.mv.to.clone(),
-                step: m.mv.step.label().into(),
-                state: match m.mv.step {
-                    Step::Done => "done",
-                    Step::RolledBack => "rolled-back",
-                    Step::Rehearsed if m.mv.failure.is_some() => "rehearsal-failed",
-                    Step::Rehearsed => "rehearsed",
-                    s if m.mv.failure.is_some() && !s.is_terminal() => "failed",
-                    _ => "running",
-                }
-                .into(),
-                progress_pct: m.progress_pct,
-                started_at: m.mv.started_at.clone(),
-                events: m
-                    .events
-                    .iter()
-                    .map(|e| MoveEvent {
-                        at: e.at.clone(),
-                        step: e.step.label().into(),
-                        message: e.message.clone(),
-                    })
-                    .collect(),
-            })
-            .collect();
+        let moves = status.moves.iter().map(move_row).collect();
         Overview {
             servers,
             clouds,
@@ -150,6 +132,19 @@ impl ConsoleService for Console {
 
     fn verify_login(&self, user: &str, password: &str) -> bool {
         crate::auth::verify(&self.app.store, user, password)
+    }
+
+    fn add_server(&self, description: serde_json::Value) -> Result<ServerRow, Refusal> {
+        let d: ServerDescription = serde_json::from_value(description).map_err(|e| Refusal::Invalid(format!("server description: {e}")))?;
+        let rec = self.app.add_server(d).map_err(refusal)?;
+        Ok(self.server_row(&rec, false))
+    }
+
+    fn start_move(&self, req: StartMove) -> Result<MoveRow, Refusal> {
+        let mv = self.app.create_move(&req.server, &req.to, false).map_err(refusal)?;
+        crate::daemon::drive_in_background(self.app.clone(), self.rt.clone(), mv.id.clone());
+        let detail = self.app.move_detail(&mv.id).map_err(refusal)?;
+        Ok(move_row(&detail))
     }
 
     fn enroll_cloud(&self, req: EnrollCloud) -> Result<CloudRow, String> {
@@ -172,6 +167,39 @@ impl ConsoleService for Console {
 }
 
 impl Console {
+    fn server_row(&self, s: &ServerRecord, moving: bool) -> ServerRow {
+        let running = match &s.location {
+            crate::model::Location::Dc => self.app.source.is_running(s),
+            crate::model::Location::Cloud { .. } => true,
+        };
+        ServerRow {
+            name: s.name.clone(),
+            ip: s.ip.map(|i| i.to_string()),
+            mac: s.profile.nics.first().map(|n| n.mac.to_string()),
+            location: s.location.to_string(),
+            state: if moving {
+                "moving"
+            } else if running {
+                "running"
+            } else {
+                "stopped"
+            }
+            .into(),
+            nic_model: s
+                .profile
+                .nics
+                .first()
+                .map(|n| format!("{:?}", n.model).to_lowercase())
+                .unwrap_or_default(),
+            disk_bus: s
+                .profile
+                .disks
+                .first()
+                .map(|d| format!("{:?}", d.bus).to_lowercase())
+                .unwrap_or_default(),
+        }
+    }
+
     fn info(&self) -> ApplianceInfo {
         ApplianceInfo {
             version: env!("CARGO_PKG_VERSION").into(),

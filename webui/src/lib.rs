@@ -33,6 +33,7 @@ mod overview;
 mod problem;
 mod rate_limit;
 mod router;
+mod servers;
 mod service;
 mod session;
 mod state;
@@ -40,7 +41,7 @@ mod tls;
 mod topology;
 
 pub use router::router;
-pub use service::{ApplianceInfo, CloudRow, ConsoleService, EnrollCloud, MoveEvent, MoveRow, Overview, ServerRow};
+pub use service::{ApplianceInfo, CloudRow, ConsoleService, EnrollCloud, MoveEvent, MoveRow, Overview, Refusal, ServerRow, StartMove};
 pub use tls::{serve_https, Error};
 
 /// Compares two secrets in time that depends only on their lengths, not their contents,

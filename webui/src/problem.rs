@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::chrome::Chrome;
 use crate::negotiate::{respond, Format};
+use crate::service::Refusal;
 
 /// A request the console cannot answer with the page asked for.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,9 @@ pub(crate) enum Problem {
     /// The service (or the node it talked to) refused or failed the request.
     #[error("{0}")]
     Upstream(String),
+    /// The service refused an inventory or move request.
+    #[error("{0}")]
+    Refused(crate::service::Refusal),
     /// The service call panicked or was cancelled.
     #[error("the console service failed")]
     Service(#[source] tokio::task::JoinError),
@@ -63,6 +67,13 @@ impl Problem {
             Self::CrossSite => StatusCode::FORBIDDEN,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::Refused(r) => match r {
+                Refusal::Invalid(_) => StatusCode::BAD_REQUEST,
+                Refusal::NotFound(_) => StatusCode::NOT_FOUND,
+                Refusal::Conflict(_) => StatusCode::CONFLICT,
+                Refusal::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                Refusal::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+            },
             Self::Service(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -78,6 +89,9 @@ impl Problem {
                 r#"send Content-Type: application/json with {"name", "url": "https://IP:PORT", "fingerprint": "sha256:<64 hex>", "token"} from the node's bootstrap output"#
             }
             Self::Upstream(_) => "check the node's URL, fingerprint and token (tokens are one-time); see the appliance log",
+            Self::Refused(_) => {
+                "GET / (Accept: application/json) lists the servers, clouds and moves; change the request as the error says"
+            }
             Self::Service(_) => "retry; if it persists, see the appliance log",
         }
     }

@@ -12,7 +12,7 @@ use crate::negotiate::Format;
 use crate::problem::Problem;
 use crate::service::ConsoleService;
 use crate::state::AppState;
-use crate::{assets, auth, clouds, hardening, login, moves, overview};
+use crate::{assets, auth, clouds, hardening, login, moves, overview, servers};
 
 /// The console's routes around `svc`, ready for [`crate::serve_https`].
 ///
@@ -26,6 +26,8 @@ use crate::{assets, auth, clouds, hardening, login, moves, overview};
 /// | `GET /moves/{id}` | logged in | one move and its timeline; JSON [`crate::MoveRow`] with `Accept: application/json` |
 /// | `GET /api/overview` | logged in | JSON [`crate::Overview`] |
 /// | `POST /api/clouds` | logged in | JSON [`crate::EnrollCloud`] (`Content-Type: application/json`); enrols a cloud node: 200 [`crate::CloudRow`], 400 bad body, 502 enrolment failed |
+/// | `POST /api/servers` | logged in | JSON server description (the appliance's inventory schema); adds a data-center server: 200 [`crate::ServerRow`], 400 refused, 409 it runs in a cloud |
+/// | `POST /api/moves` | logged in | JSON [`crate::StartMove`]; starts a move: 200 [`crate::MoveRow`], 400 bad body, 404 unknown server or cloud, 409 there already |
 ///
 /// "Logged in" means a live session cookie or `Authorization: Bearer <token>` accepted by
 /// [`ConsoleService::verify_api_token`]. Without either, browsers are redirected (303) to
@@ -38,6 +40,8 @@ pub fn router(svc: Arc<dyn ConsoleService>) -> Router {
         .route("/", get(overview::page))
         .route("/api/overview", get(overview::api))
         .route("/api/clouds", post(clouds::enroll))
+        .route("/api/servers", post(servers::add))
+        .route("/api/moves", post(moves::start))
         .route("/moves/{id}", get(moves::page))
         .route("/logout", post(login::logout))
         .fallback(not_found)
@@ -59,7 +63,7 @@ async fn not_found(format: Format, uri: Uri) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::{ApplianceInfo, CloudRow, EnrollCloud, MoveEvent, MoveRow, Overview, ServerRow};
+    use crate::service::{ApplianceInfo, CloudRow, EnrollCloud, MoveEvent, MoveRow, Overview, Refusal, ServerRow, StartMove};
     use axum::body::Body;
     use axum::http::{header, HeaderValue, Request, StatusCode};
     use http_body_util::BodyExt;
@@ -138,6 +142,45 @@ mod tests {
                 endpoint: req.url,
                 accel: Some("kvm".into()),
                 enrolled_at: "2025-05-03T08:00:00Z".into(),
+            })
+        }
+
+        /// Adds any named server except `aws-only`, which "runs in a cloud".
+        fn add_server(&self, d: serde_json::Value) -> Result<ServerRow, Refusal> {
+            let Some(name) = d["name"].as_str() else {
+                return Err(Refusal::Invalid("missing field `name`".into()));
+            };
+            if name == "aws-only" {
+                return Err(Refusal::Conflict(format!("server {name} runs in aws-eu now")));
+            }
+            Ok(ServerRow {
+                name: name.into(),
+                ip: None,
+                mac: None,
+                location: "dc".into(),
+                state: "stopped".into(),
+                nic_model: "e1000".into(),
+                disk_bus: "ide".into(),
+            })
+        }
+
+        /// Moves `web-01` anywhere but `dc` (where it is); knows no other server.
+        fn start_move(&self, req: StartMove) -> Result<MoveRow, Refusal> {
+            if req.server != "web-01" {
+                return Err(Refusal::NotFound(format!("no server {}", req.server)));
+            }
+            if req.to == "dc" {
+                return Err(Refusal::Conflict("server web-01 runs in dc already".into()));
+            }
+            Ok(MoveRow {
+                id: "mv-8".into(),
+                server: req.server,
+                to: req.to,
+                step: "plan".into(),
+                state: "running".into(),
+                progress_pct: 0,
+                started_at: "2025-05-04T09:00:00Z".into(),
+                events: vec![],
             })
         }
     }
@@ -534,20 +577,23 @@ mod tests {
         assert_eq!(app.clone().oneshot(req).await.unwrap().status(), StatusCode::FORBIDDEN);
     }
 
+    /// A service with only the required methods (API token `t`): every default applies.
+    struct Plain;
+
+    impl ConsoleService for Plain {
+        fn overview(&self) -> Overview {
+            Fake.overview()
+        }
+        fn verify_login(&self, _: &str, _: &str) -> bool {
+            false
+        }
+        fn verify_api_token(&self, token: &str) -> bool {
+            token == "t"
+        }
+    }
+
     #[tokio::test]
     async fn enroll_cloud_default_is_not_supported() {
-        struct Plain;
-        impl ConsoleService for Plain {
-            fn overview(&self) -> Overview {
-                Fake.overview()
-            }
-            fn verify_login(&self, _: &str, _: &str) -> bool {
-                false
-            }
-            fn verify_api_token(&self, token: &str) -> bool {
-                token == "t"
-            }
-        }
         let req = enroll_req(
             Some((header::AUTHORIZATION, "Bearer t")),
             &enroll_body("lab", "https://10.0.0.9:8443", FP),
@@ -556,6 +602,83 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
         let v: serde_json::Value = serde_json::from_str(&body_text(resp).await).unwrap();
         assert_eq!(v["error"], "not supported");
+    }
+
+    fn json_post(uri: &str, auth: Option<(header::HeaderName, &str)>, body: &str) -> Request<Body> {
+        let mut b = Request::post(uri).header(header::CONTENT_TYPE, "application/json");
+        if let Some((name, value)) = auth {
+            b = b.header(name, value);
+        }
+        b.body(Body::from(body.to_owned())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn servers_and_moves_api_map_refusals_to_statuses() {
+        let app = app();
+        let cookie = login(&app).await;
+        // (uri, body, status, what the error or row must contain)
+        let table = [
+            ("/api/servers", r#"{"name":"web-02","profile":{}}"#, StatusCode::OK, "web-02"),
+            ("/api/servers", r#"{"profile":{}}"#, StatusCode::BAD_REQUEST, "missing field `name`"),
+            ("/api/servers", r#"["web-02"]"#, StatusCode::BAD_REQUEST, "must be a JSON object"),
+            ("/api/servers", "{not json", StatusCode::BAD_REQUEST, "JSON"),
+            ("/api/servers", r#"{"name":"aws-only"}"#, StatusCode::CONFLICT, "runs in aws-eu"),
+            ("/api/moves", r#"{"server":"web-01","to":"aws-eu"}"#, StatusCode::OK, "mv-8"),
+            (
+                "/api/moves",
+                r#"{"server":"nope","to":"aws-eu"}"#,
+                StatusCode::NOT_FOUND,
+                "no server nope",
+            ),
+            ("/api/moves", r#"{"server":"web-01","to":"dc"}"#, StatusCode::CONFLICT, "already"),
+            (
+                "/api/moves",
+                r#"{"server":"web-01","to":"aws-eu","x":1}"#,
+                StatusCode::BAD_REQUEST,
+                "unknown field",
+            ),
+        ];
+        for (uri, body, status, want) in table {
+            let resp = app
+                .clone()
+                .oneshot(json_post(uri, Some((header::COOKIE, &cookie)), body))
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), status, "{uri} {body}");
+            let text = body_text(resp).await;
+            assert!(text.contains(want), "{uri} {body}: {text}");
+            if status != StatusCode::OK {
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert!(v["hint"].as_str().unwrap().contains("GET /"), "{text}");
+            }
+        }
+        // The bearer token works too; nothing works without login.
+        let ok = r#"{"server":"web-01","to":"aws-eu"}"#;
+        let resp = app
+            .clone()
+            .oneshot(json_post("/api/moves", Some((header::AUTHORIZATION, "Bearer tok-123")), ok))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        for uri in ["/api/servers", "/api/moves"] {
+            let resp = app.clone().oneshot(json_post(uri, None, ok)).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{uri}");
+        }
+    }
+
+    #[tokio::test]
+    async fn servers_and_moves_default_is_not_implemented() {
+        for (uri, body) in [
+            ("/api/servers", r#"{"name":"web-02"}"#),
+            ("/api/moves", r#"{"server":"web-01","to":"aws-eu"}"#),
+        ] {
+            let resp = router(Arc::new(Plain))
+                .oneshot(json_post(uri, Some((header::AUTHORIZATION, "Bearer t")), body))
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::NOT_IMPLEMENTED, "{uri}");
+            assert!(body_text(resp).await.contains("not supported"), "{uri}");
+        }
     }
 
     #[test]

@@ -52,6 +52,59 @@ pub trait ConsoleService: Send + Sync + 'static {
         let _ = req;
         Err("not supported".into())
     }
+
+    /// Adds (or redefines) a data-center server from its description (`POST /api/servers`)
+    /// and returns its row.
+    ///
+    /// `description` is the JSON the caller sent, unparsed: its schema is the appliance's
+    /// server description (what `isthmus inventory add` reads). The default supports none.
+    fn add_server(&self, description: serde_json::Value) -> Result<ServerRow, Refusal> {
+        let _ = description;
+        Err(Refusal::Unsupported("adding servers"))
+    }
+
+    /// Starts a move (`POST /api/moves`) and returns its row as it is right after the
+    /// start; the move then runs in the background (poll `GET /moves/{id}`). The default
+    /// supports none.
+    fn start_move(&self, req: StartMove) -> Result<MoveRow, Refusal> {
+        let _ = req;
+        Err(Refusal::Unsupported("starting moves"))
+    }
+}
+
+/// Why the service refused a request; each kind has its own HTTP status. The message is
+/// shown to the caller as is, so it should say what to do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request is wrong (400).
+    Invalid(String),
+    /// It names a server, cloud or move the appliance does not know (404).
+    NotFound(String),
+    /// It conflicts with the current state, e.g. the server runs there already (409).
+    Conflict(String),
+    /// The appliance failed to do it (500).
+    Failed(String),
+    /// This service does not offer the operation (501).
+    Unsupported(&'static str),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Invalid(m) | Self::NotFound(m) | Self::Conflict(m) | Self::Failed(m) => f.write_str(m),
+            Self::Unsupported(what) => write!(f, "{what} is not supported by this console"),
+        }
+    }
+}
+
+/// A request to move a server: the body of `POST /api/moves`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StartMove {
+    /// The server to move (a [`ServerRow::name`]).
+    pub server: String,
+    /// Where to: `"dc"` or an enrolled cloud's name.
+    pub to: String,
 }
 
 /// A request to enrol a cloud node: the body of `POST /api/clouds`.
