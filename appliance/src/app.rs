@@ -259,6 +259,7 @@ impl App {
                 s.location
             )));
         }
+        crate::dr::ops::check_move(self, server)?;
         let moves = self.store.list(&MOVES)?;
         if let Some((_, m)) = moves.iter().find(|(_, m)| m.server == server && !m.step.is_terminal()) {
             return Err(AppError::Conflict(format!(

@@ -174,6 +174,10 @@ fn failover_failback_keeps_data_written_after_failover() {
     );
     lap("failed over: the client reaches the cloud copy with the server's MAC");
     refused(&lab, &["failover", "web1"], "failed over");
+    let mv = lab
+        .isthmus(&["move", "web1", "--to", "dc"])
+        .expect_err("a move of a failed-over server");
+    assert!(format!("{mv:#}").contains("dr failback web1"), "{mv:#}");
     let s: serde_json::Value = serde_json::from_str(&lab.isthmus(&["status", "--json"]).unwrap()).unwrap();
     assert_eq!(s["servers"][0]["location"]["name"], "cloud1", "{s:#}");
 
@@ -207,5 +211,29 @@ fn failover_failback_keeps_data_written_after_failover() {
         "the LCG still carries the MAC after the failback: {lcg}"
     );
     refused(&lab, &["failback", "web1"], "was not failed over");
-    lap("data-center copy has both files; protection resumed");
+    lap("data-center copy has both files");
+
+    // Protection resumed: with a 20 s RPO the daemon's loop refreshes the
+    // replica by itself (every 10 s), sending only what changed.
+    let p = ok(&lab, &["protect", "web1", "--to", "cloud1", "--rpo", "20s"]);
+    assert_eq!(p["rpo"], "20s", "{p:#}");
+    let rounds = p["rounds"].as_array().map_or(0, |a| a.len());
+    let t_loop = Instant::now();
+    let s = loop {
+        let s = ok(&lab, &["status"]);
+        if s[0]["rounds"].as_array().map_or(0, |a| a.len()) > rounds && s[0]["busy"] == false {
+            break s;
+        }
+        assert!(t_loop.elapsed() < Duration::from_secs(120), "the daemon made no round: {s:#}");
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let last = &s[0]["rounds"][rounds];
+    assert!(last["error"].is_null(), "{s:#}");
+    let (sent, blocks) = (
+        last["blocks_sent"].as_u64().unwrap_or(u64::MAX),
+        last["blocks"].as_u64().unwrap_or(0),
+    );
+    assert!(sent * 2 < blocks, "the daemon's round sent {sent} of {blocks} blocks: {s:#}");
+    assert_eq!(s[0]["rpo_met"], true, "{s:#}");
+    lap(&format!("protection resumed: the daemon's round sent {sent} of {blocks} blocks"));
 }

@@ -103,6 +103,20 @@ fn event(app: &App, server: &str, what: &str, step: Option<DrStep>, m: String) {
     }
 }
 
+/// Refuses a move of `server` while DR runs it from its replica or a
+/// failover/failback is under way (the move would not know the replica's
+/// disks, and two paths would drive one server).
+pub fn check_move(app: &App, server: &str) -> Result<(), AppError> {
+    ensure_tables(&app.store)?;
+    match app.store.get(&DR, server)? {
+        Some(rec) if rec.state != DrState::Protecting || rec.op_running() => Err(AppError::Conflict(format!(
+            "{server} is {} through disaster recovery: `isthmus dr failback {server}` brings it home first",
+            state_text(rec.state)
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Starts protecting `server` with a replica on `cloud` (or changes the RPO
 /// of its protection). The caller runs the first round.
 pub fn protect(app: &App, server: &str, cloud: &str, rpo: Rpo) -> Result<DrRecord, AppError> {
@@ -471,6 +485,14 @@ impl DrEffects for RealDrEffects {
                 let mut s = route::with_dc_disks(&server, &dests);
                 s.location = Location::Dc;
                 app.store.put(&SERVERS, &s.name, &s).map_err(|e| e.to_string())?;
+                // The replica holds exactly what was pulled (the cloud copy
+                // is stopped): that is the new recovery point.
+                if let Some(p) = rec.last_point.as_mut().filter(|p| p.disk_ids.len() == rec.failback.len()) {
+                    p.at = now_rfc3339();
+                    p.unix_s = unix_now();
+                    p.digests = rec.failback.iter().map(|d| d.digest.clone()).collect();
+                    p.capture = "the replica as the failback pulled it into the data-center disks".into();
+                }
                 // The stopped cloud copy must not hold the name on the node;
                 // the replica disks stay for the next rounds.
                 let client = app.cloud_client(&rec.cloud).map_err(e)?;
