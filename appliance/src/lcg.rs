@@ -7,6 +7,12 @@
 //! The first cloud opened is the bridge's peer 0; the others are added with
 //! [`netbridge::BridgeHandle::add_peer`]. Tunnel `n` binds the configured
 //! bridge port + `n`.
+//!
+//! **HA** (`isthmus lcg ha on`, persisted): the bridge runs as an HA member
+//! (`netbridge::Ha::Member`): it asks each cloud node for that cloud's lease
+//! and carries frames through a tunnel only while it holds its lease, so a
+//! second LCG on the same LAN can stand by and take every cloud over within
+//! about two seconds when this one dies. Switching HA restarts the bridge.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -58,6 +64,8 @@ pub enum LcgError {
 /// The running bridge and which peer is which cloud.
 struct Running {
     handle: BridgeHandle,
+    /// Started as an HA member.
+    ha: bool,
     peers: HashMap<String, PeerId>,
     next: PeerId,
 }
@@ -70,6 +78,9 @@ pub struct Lcg {
     store: Arc<Store>,
     bridge: Mutex<Option<Running>>,
 }
+
+/// META key: run the LCG as an HA member (bool).
+const HA_KEY: &str = "lcg.ha";
 
 fn carried_key(cloud: &str) -> String {
     format!("lcg.carried.{cloud}")
@@ -115,9 +126,42 @@ impl Lcg {
         Ok(self.store.put(&META, &carried_key(cloud), &v)?)
     }
 
+    /// Is the LCG configured as an HA member (persisted; off by default)?
+    pub fn ha(&self) -> Result<bool, LcgError> {
+        Ok(self.store.get(&META, HA_KEY)?.and_then(|v| v.as_bool()).unwrap_or(false))
+    }
+
+    /// Turns HA membership on or off (persisted). A running bridge in the
+    /// other mode is stopped and every enrolled cloud's tunnel reopened:
+    /// traffic pauses for the restart (with HA on, until this LCG is
+    /// granted each cloud's lease: about 1.5 s after the node's tunnel is
+    /// up, or never while another LCG holds it).
+    pub fn set_ha(&self, on: bool) -> Result<(), LcgError> {
+        self.store.put(&META, HA_KEY, &serde_json::Value::Bool(on))?;
+        let old = {
+            let mut guard = self.lock();
+            match guard.as_ref() {
+                Some(r) if r.ha != on => guard.take(),
+                _ => None,
+            }
+        };
+        let Some(old) = old else { return Ok(()) };
+        old.handle.shutdown();
+        tracing::info!(ha = on, "LCG bridge restarted to switch HA");
+        let mut first_error = None;
+        for (_, cloud) in self.store.list(&CLOUDS)? {
+            if let Err(e) = self.open(&cloud) {
+                tracing::error!("{e}");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     /// Opens the tunnel to a cloud (starting the bridge with the first one)
     /// and re-applies the MACs it carried before.
     pub fn open(&self, cloud: &CloudRecord) -> Result<(), LcgError> {
+        let ha = self.ha()?;
         let mut guard = self.lock();
         if guard.as_ref().is_some_and(|r| r.peers.contains_key(&cloud.name)) {
             return Ok(());
@@ -156,9 +200,11 @@ impl Lcg {
                     role,
                     ports: vec![PortSpec::Lan { ifname: self.lan.clone() }],
                 };
-                let handle = Bridge::spawn_ha(cfg, Ha::Off).map_err(failed)?;
+                let mode = if ha { Ha::Member } else { Ha::Off };
+                let handle = Bridge::spawn_ha(cfg, mode).map_err(failed)?;
                 *guard = Some(Running {
                     handle,
+                    ha,
                     peers: HashMap::from([(cloud.name.clone(), id)]),
                     next: id + 1,
                 });

@@ -1,5 +1,5 @@
-//! The LCG's operator surface: `isthmus lcg status|carry|release` and the
-//! local-API routes behind them. Moves carry their servers' MACs by
+//! The LCG's operator surface: `isthmus lcg status|carry|release|ha` and
+//! the local-API routes behind them. Moves carry their servers' MACs by
 //! themselves; `carry` is for cloud-side hosts that never lived in the data
 //! center but must answer on the LAN (a node's `--bridge-port`), and
 //! `release` for taking such an entry back.
@@ -26,6 +26,27 @@ pub struct CarryRequest {
     pub macs: Vec<MacAddr>,
 }
 
+/// `POST /v1/lcg/ha` body.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaRequest {
+    /// Run the LCG as an HA member.
+    pub on: bool,
+}
+
+/// A tunnel's HA lease in [`TunnelStatus`] (LCG in HA mode only).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct TunnelLease {
+    /// This LCG holds the cloud's lease: frames cross this tunnel.
+    pub held: bool,
+    /// The lease's epoch (fencing token), as last granted or seen.
+    pub epoch: u64,
+    /// Not held: another LCG carries this cloud (or none is granted yet).
+    pub standby: bool,
+    /// Times this LCG took the cloud's lease over.
+    pub takeovers: u64,
+}
+
 /// One cloud's tunnel in [`LcgStatus`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TunnelStatus {
@@ -47,6 +68,8 @@ pub struct TunnelStatus {
     pub handshake_age_s: Option<f64>,
     /// MACs carried via it (persisted).
     pub carried: Vec<MacAddr>,
+    /// Its HA lease; `None` when the LCG does not run HA.
+    pub lease: Option<TunnelLease>,
 }
 
 /// `GET /v1/lcg`: the LCG's bridge.
@@ -56,6 +79,10 @@ pub struct LcgStatus {
     pub lan: String,
     /// False before the first cloud is enrolled.
     pub running: bool,
+    /// Configured as an HA member (`isthmus lcg ha on`).
+    pub ha: bool,
+    /// HA on and no cloud's lease held: this LCG forwards nothing.
+    pub standby: bool,
     /// One per cloud.
     pub tunnels: Vec<TunnelStatus>,
     /// ALARM: carried MACs also seen on the LAN.
@@ -80,6 +107,8 @@ fn status(app: &App) -> Result<LcgStatus, AppError> {
         return Ok(LcgStatus {
             lan: lcg.lan().into(),
             running: false,
+            ha: lcg.ha()?,
+            standby: false,
             tunnels: vec![],
             duplicate_macs: vec![],
             loops_detected: 0,
@@ -103,11 +132,20 @@ fn status(app: &App) -> Result<LcgStatus, AppError> {
             rx_frames: p.rx_frames,
             rx_dropped: p.rx_dropped,
             handshake_age_s: p.last_handshake_age.map(|d| d.as_secs_f64()),
+            lease: p.ha.map(|l| TunnelLease {
+                held: l.held,
+                epoch: l.epoch,
+                standby: !l.held,
+                takeovers: l.takeovers,
+            }),
         });
     }
+    let ha = lcg.ha()?;
     Ok(LcgStatus {
         lan: lcg.lan().into(),
         running: true,
+        ha,
+        standby: ha && !stats.ha_active,
         tunnels,
         duplicate_macs: stats.duplicate_macs,
         loops_detected: stats.loops_detected,
@@ -135,6 +173,16 @@ pub fn routes() -> Router<(Arc<App>, tokio::runtime::Handle)> {
         .route(
             "/v1/lcg/carry",
             post(|State((app, _)): Shared, Json(r): Json<CarryRequest>| change(app, r, |app, r| app.lcg.carry(&r.cloud, &r.macs))),
+        )
+        .route(
+            "/v1/lcg/ha",
+            post(|State((app, _)): Shared, Json(r): Json<HaRequest>| async move {
+                let on = r.on;
+                tokio::task::spawn_blocking(move || app.lcg.set_ha(on))
+                    .await
+                    .map_err(|e| AppError::Invalid(e.to_string()))??;
+                Ok::<_, AppError>(Json(serde_json::json!({ "ha": on })))
+            }),
         )
         .route(
             "/v1/lcg/release",
@@ -175,6 +223,14 @@ pub enum LcgCmd {
         #[arg(required = true)]
         macs: Vec<MacAddr>,
     },
+    /// Run this LCG as an HA member (`on`): it forwards through each
+    /// cloud's tunnel only while it holds that cloud's lease, so a second
+    /// LCG on the same LAN can stand by. Restarts the bridge.
+    #[command(after_help = "Example:\n  isthmus lcg ha on\n  isthmus lcg status   # lease column: held/standby per cloud")]
+    Ha {
+        /// `on` or `off`.
+        state: OnOff,
+    },
     /// Stop carrying MACs via a cloud's tunnel.
     Release {
         /// Cloud name.
@@ -183,6 +239,15 @@ pub enum LcgCmd {
         #[arg(required = true)]
         macs: Vec<MacAddr>,
     },
+}
+
+/// A switch position on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnOff {
+    /// Switched on.
+    On,
+    /// Switched off.
+    Off,
 }
 
 /// Runs `isthmus lcg …` against the running appliance.
@@ -205,6 +270,14 @@ pub async fn run(client: &Client, cmd: LcgCmd) -> Result<(), ClientError> {
             let _: serde_json::Value = client.call("POST", "/v1/lcg/carry", Some(body)).await?;
             println!("carried via {cloud}");
         }
+        LcgCmd::Ha { state } => {
+            let body = serde_json::to_value(HaRequest { on: state == OnOff::On }).expect("json");
+            let _: serde_json::Value = client.call("POST", "/v1/lcg/ha", Some(body)).await?;
+            match state {
+                OnOff::On => println!("LCG runs as an HA member: it forwards through each cloud only while it holds that cloud's lease (`isthmus lcg status`)"),
+                OnOff::Off => println!("LCG HA off: it forwards whenever a tunnel is up"),
+            }
+        }
         LcgCmd::Release { cloud, macs } => {
             let body = serde_json::to_value(CarryRequest {
                 cloud: cloud.clone(),
@@ -225,17 +298,27 @@ fn table(s: &LcgStatus) -> String {
         let _ = writeln!(out, "LCG on {}: not running (no cloud enrolled yet)", s.lan);
         return out;
     }
-    let _ = writeln!(out, "LCG on {}: {} tunnel(s)", s.lan, s.tunnels.len());
+    let ha = match (s.ha, s.standby) {
+        (false, _) => "",
+        (true, false) => ", HA member (active)",
+        (true, true) => ", HA member: STANDBY (holds no cloud's lease, forwards nothing)",
+    };
+    let _ = writeln!(out, "LCG on {}: {} tunnel(s){ha}", s.lan, s.tunnels.len());
     let _ = writeln!(
         out,
-        "{:<16} {:>4} {:<5} {:<22} {:>10} {:>10} {:>8}  carried",
-        "cloud", "peer", "up", "endpoint", "tx", "rx", "dropped"
+        "{:<16} {:>4} {:<5} {:<22} {:>10} {:>10} {:>8} {:<12}  carried",
+        "cloud", "peer", "up", "endpoint", "tx", "rx", "dropped", "lease"
     );
     for t in &s.tunnels {
         let carried: Vec<String> = t.carried.iter().map(|m| m.to_string()).collect();
+        let lease = match t.lease {
+            None => "-".to_string(),
+            Some(l) if l.held => format!("held e{}", l.epoch),
+            Some(l) => format!("standby e{}", l.epoch),
+        };
         let _ = writeln!(
             out,
-            "{:<16} {:>4} {:<5} {:<22} {:>10} {:>10} {:>8}  {}",
+            "{:<16} {:>4} {:<5} {:<22} {:>10} {:>10} {:>8} {:<12}  {}",
             t.cloud,
             t.peer,
             if t.established { "yes" } else { "no" },
@@ -243,6 +326,7 @@ fn table(s: &LcgStatus) -> String {
             t.tx_frames,
             t.rx_frames,
             t.rx_dropped,
+            lease,
             carried.join(",")
         );
     }
@@ -258,4 +342,66 @@ fn table(s: &LcgStatus) -> String {
         let _ = writeln!(out, "ALARM: LAN port blocked because of a loop ({} detected)", s.loops_detected);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tunnel(cloud: &str, lease: Option<TunnelLease>) -> TunnelStatus {
+        TunnelStatus {
+            cloud: cloud.into(),
+            peer: 0,
+            established: true,
+            endpoint: None,
+            tx_frames: 0,
+            rx_frames: 0,
+            rx_dropped: 0,
+            handshake_age_s: None,
+            carried: vec![],
+            lease,
+        }
+    }
+
+    fn status(ha: bool, standby: bool, tunnels: Vec<TunnelStatus>) -> LcgStatus {
+        LcgStatus {
+            lan: "lan0".into(),
+            running: true,
+            ha,
+            standby,
+            tunnels,
+            duplicate_macs: vec![],
+            loops_detected: 0,
+            loop_blocked: false,
+            storm_drops: 0,
+            lan_filtered: 0,
+            lan_tx_frames: 0,
+            gratuitous_sent: 0,
+        }
+    }
+
+    #[test]
+    fn the_table_shows_each_clouds_lease_and_a_standby_lcg() {
+        let lease = |held| TunnelLease {
+            held,
+            epoch: 3,
+            standby: !held,
+            takeovers: 1,
+        };
+        let t = table(&status(
+            true,
+            false,
+            vec![tunnel("a", Some(lease(true))), tunnel("b", Some(lease(false)))],
+        ));
+        assert!(t.contains("HA member (active)"), "{t}");
+        assert!(t.lines().any(|l| l.starts_with("a ") && l.contains("held e3")), "{t}");
+        assert!(t.lines().any(|l| l.starts_with("b ") && l.contains("standby e3")), "{t}");
+        let t = table(&status(true, true, vec![tunnel("a", Some(lease(false)))]));
+        assert!(t.contains("STANDBY"), "{t}");
+        let t = table(&status(false, false, vec![tunnel("a", None)]));
+        assert!(
+            !t.contains("HA") && t.lines().any(|l| l.starts_with("a ") && l.contains(" - ")),
+            "{t}"
+        );
+    }
 }

@@ -3,6 +3,12 @@
 //! is the responder; the appliance's LCG initiates). Guest TAP devices are
 //! added to and removed from the tunnel as guests come and go.
 //!
+//! The bridge always runs the segment's HA lease arbiter
+//! (`netbridge::ha::Arbiter`): an LCG that runs as an HA member
+//! (`isthmus lcg ha on`) asks it for this cloud's lease and forwards only
+//! while it holds it; an LCG without HA never asks, and the arbiter, never
+//! engaged, lets its tunnel forward as before.
+//!
 //! Every call into `netbridge` goes through the small private functions at the
 //! bottom, so a change of its API stays local to them.
 
@@ -233,7 +239,10 @@ fn spawn(local: StaticKeypair, peer: &PeerIdentity, listen: SocketAddr) -> Resul
         role: netbridge::Role::Responder,
         ports: vec![],
     };
-    Ok(netbridge::Bridge::spawn(cfg)?)
+    let ha = netbridge::Ha::Arbiter {
+        arbiter: netbridge::ha::Arbiter::shared(std::time::Instant::now()),
+    };
+    Ok(netbridge::Bridge::spawn_ha(cfg, ha)?)
 }
 
 fn add_port(h: &netbridge::BridgeHandle, ifname: &str) -> Result<(), Error> {

@@ -11,8 +11,11 @@
 //! while cloud A's sees them; `isthmus lcg status --json` lists both
 //! tunnels established with what they carry; host B, known to the
 //! inventory, is announced on the LAN (gratuitous ARP) the moment its MAC is
-//! carried; after `isthmus lcg release` host A is no longer reachable, and
-//! after `isthmus cloud remove` of cloud A only B's tunnel is left, working.
+//! carried; after `isthmus lcg ha on` the LCG runs as an HA member, each
+//! node's arbiter grants it that cloud's lease (status: held, epoch, not
+//! standby) and both hosts still answer; after `isthmus lcg release` host A
+//! is no longer reachable, and after `isthmus cloud remove` of cloud A only
+//! B's tunnel is left, working.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -269,6 +272,41 @@ taps = ["tap-hostb"]
         ensure!(t["established"] == true, "{}: {t}", c.name);
         ensure!(t["carried"] == serde_json::json!([c.host_mac]), "{}: {t}", c.name);
         ensure!(t["rx_frames"].as_u64().unwrap_or(0) >= 10, "{}: {t}", c.name);
+        ensure!(t["lease"].is_null(), "no HA yet: {t}");
+    }
+
+    // HA in the product: the LCG becomes an HA member (its bridge restarts);
+    // each node's arbiter grants it that cloud's lease.
+    isthmus(&data, &["lcg", "ha", "on"])?;
+    let until = Instant::now() + Duration::from_secs(60);
+    let ha = loop {
+        let s: Value = serde_json::from_str(&isthmus(&data, &["lcg", "status", "--json"])?)?;
+        let held = |t: &Value| t["lease"]["held"] == true;
+        if s["tunnels"].as_array().is_some_and(|t| t.len() == 2 && t.iter().all(held)) {
+            break s;
+        }
+        ensure!(Instant::now() < until, "the HA LCG never held both clouds' leases: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("{}", serde_json::to_string_pretty(&ha)?);
+    ensure!(ha["ha"] == true && ha["standby"] == false, "{ha}");
+    for t in ha["tunnels"].as_array().context("tunnels")? {
+        ensure!(
+            t["lease"]["epoch"].as_u64().unwrap_or(0) >= 1 && t["lease"]["standby"] == false,
+            "{t}"
+        );
+    }
+    for c in &CLOUDS {
+        let until = Instant::now() + Duration::from_secs(30);
+        while ping(&cl, c.host_ip, 1).0 == 0 {
+            ensure!(Instant::now() < until, "{} stopped answering with HA on", c.host_ip);
+        }
+        let (replies, dups) = ping(&cl, c.host_ip, 5);
+        ensure!(
+            replies == 5 && dups == 0,
+            "HA on, {}: {replies}/5 replies, {dups} duplicates",
+            c.host_ip
+        );
     }
 
     // Rollback of a carried MAC: host A is no longer reachable.
