@@ -22,11 +22,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::packet::{set_option, PacketSocket, RecvInfo};
 use super::ring::{
-    describe_frame, map_ring, u16_at, u32_at, unmap_ring, TpFrame, Walked, PACKET_RX_RING, PACKET_VERSION, TP_STATUS_KERNEL, TP_STATUS_USER,
+    describe_frame, u16_at, u32_at, RingMap, TpFrame, Walked, PACKET_RX_RING, PACKET_VERSION, TP_STATUS_KERNEL, TP_STATUS_USER,
 };
 
 /// `TPACKET_V2` in `enum tpacket_versions` (linux/if_packet.h).
-const TPACKET_V2: libc::c_int = 1;
+pub(super) const TPACKET_V2: libc::c_int = 1;
 const PACKET_COPY_THRESH: libc::c_int = 7;
 /// The frame did not fit its slot; the whole frame is on the receive queue.
 const TP_STATUS_COPY: u32 = 1 << 1;
@@ -55,21 +55,20 @@ const TP_HDR_LEN: usize = 32;
 const SLL_PKTTYPE: usize = TP_HDR_LEN + 10;
 const SLL_END: usize = TP_HDR_LEN + 20;
 
-/// `struct tpacket_req`.
+/// `struct tpacket_req` (TPACKET_V1/V2 rings, receive or transmit).
 #[repr(C)]
-struct TpacketReq {
-    block_size: u32,
-    block_nr: u32,
-    frame_size: u32,
-    frame_nr: u32,
+pub(super) struct TpacketReq {
+    pub block_size: u32,
+    pub block_nr: u32,
+    pub frame_size: u32,
+    pub frame_nr: u32,
 }
 
 /// The mapped frame ring of one socket, and a buffer for frames too large
 /// for a slot. The mapping holds a reference on the socket's file, so it
 /// stays valid even if the fd is closed first; it is unmapped on drop.
 pub struct FrameRing {
-    map: *mut u8,
-    len: usize,
+    map: RingMap,
     /// The slot we expect the kernel to fill next.
     next: usize,
     /// The socket has PACKET_VNET_HDR: a virtio header precedes each frame.
@@ -80,22 +79,7 @@ pub struct FrameRing {
 
 impl std::fmt::Debug for FrameRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FrameRing")
-            .field("len", &self.len)
-            .field("next", &self.next)
-            .finish()
-    }
-}
-
-// SAFETY: FrameRing exclusively owns its mapping (no other handle to it
-// exists in this process); moving it to another thread moves that ownership.
-unsafe impl Send for FrameRing {}
-
-impl Drop for FrameRing {
-    fn drop(&mut self) {
-        // SAFETY: `map`/`len` are exactly what map_ring returned in `setup`,
-        // and no reference into the mapping outlives `&mut self` borrows.
-        unsafe { unmap_ring(self.map, self.len) }
+        f.debug_struct("FrameRing").field("next", &self.next).finish_non_exhaustive()
     }
 }
 
@@ -115,11 +99,9 @@ impl FrameRing {
             frame_nr: FRAME_COUNT as u32,
         };
         set_option(fd, libc::SOL_PACKET, PACKET_RX_RING, &req)?;
-        let len = BLOCK_SIZE * BLOCK_COUNT;
-        let map = map_ring(fd, len)?;
+        let map = RingMap::new(fd, BLOCK_SIZE * BLOCK_COUNT)?;
         Ok(FrameRing {
             map,
-            len,
             next: 0,
             vnet,
             copy_buf: vec![0u8; max_frame.max(FRAME_SIZE)].into_boxed_slice(),
@@ -132,7 +114,7 @@ impl FrameRing {
         // the mapping; slots are 2048-aligned, so the pointer is aligned for
         // AtomicU32. The kernel accesses the word concurrently, which is why
         // it is only touched atomically.
-        unsafe { AtomicU32::from_ptr(self.map.add(slot * FRAME_SIZE + TP_STATUS).cast::<u32>()) }
+        unsafe { AtomicU32::from_ptr(self.map.ptr().add(slot * FRAME_SIZE + TP_STATUS).cast::<u32>()) }
     }
 
     fn release(&mut self) {
@@ -164,7 +146,7 @@ impl FrameRing {
                 // says TP_STATUS_USER the kernel does not write to it, and
                 // this is the only reference to it until the status is reset
                 // below (the slice is dropped first).
-                let slot = unsafe { std::slice::from_raw_parts_mut(self.map.add(self.next * FRAME_SIZE), FRAME_SIZE) };
+                let slot = unsafe { std::slice::from_raw_parts_mut(self.map.ptr().add(self.next * FRAME_SIZE), FRAME_SIZE) };
                 match frame_in_slot(slot, self.vnet) {
                     Some((range, info)) => {
                         f(&mut slot[range], info);

@@ -11,6 +11,7 @@ pub mod frame_ring;
 pub mod gso;
 pub mod packet;
 pub mod ring;
+pub mod tx_ring;
 
 use std::time::{Duration, Instant};
 
@@ -89,7 +90,14 @@ pub fn lan_read() -> LanRead {
     }
 }
 
-/// The LAN port reads as [`lan_read`] says; guest ports use `recvmmsg`.
+/// Guest ports send through a transmit ring ([`tx_ring`]) unless
+/// `NETBRIDGE_GUEST_TX` is `mmsg` (or `0`): then with `sendmmsg`.
+pub fn guest_tx_ring() -> bool {
+    !matches!(std::env::var("NETBRIDGE_GUEST_TX").as_deref(), Ok("mmsg" | "0" | "off"))
+}
+
+/// The LAN port reads as [`lan_read`] says and sends with `sendmmsg`; guest
+/// ports read with `recvmmsg` and send as [`guest_tx_ring`] says.
 fn open_socket(spec: &PortSpec) -> Result<PacketSocket, Error> {
     match spec {
         PortSpec::Lan { .. } => match lan_read() {
@@ -97,6 +105,7 @@ fn open_socket(spec: &PortSpec) -> Result<PacketSocket, Error> {
             LanRead::BlockRing => PacketSocket::open_with_rx_ring(spec.ifname()),
             LanRead::Recvmmsg => PacketSocket::open(spec.ifname()),
         },
+        PortSpec::Guest { .. } if guest_tx_ring() => PacketSocket::open_with_tx_ring(spec.ifname()),
         PortSpec::Guest { .. } => PacketSocket::open(spec.ifname()),
     }
 }
@@ -137,13 +146,14 @@ impl Port {
         }
     }
 
-    /// Sends the queued frames (one `sendmmsg`); a closed port fails them all.
+    /// Sends the queued frames (one transmit-ring kick or `sendmmsg`); a
+    /// closed port fails them all.
     pub fn flush(&mut self) -> Flushed {
         let n = self.tx.len();
         if n == 0 {
             return Flushed::default();
         }
-        let r = match &self.state {
+        let r = match &mut self.state {
             State::Open(sock) => {
                 let mut refs: [&[u8]; packet::BATCH] = [&[]; packet::BATCH];
                 let mut start = 0;

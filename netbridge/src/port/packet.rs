@@ -9,10 +9,16 @@ use std::io;
 use std::mem::{size_of, size_of_val};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use super::frame_ring::FrameRing;
 use super::gso::GsoKind;
 use super::ring::{BlockRing, RxRing};
+use super::tx_ring::TxRing;
+
+/// After a transmit ring had to be dropped (a frame refused), frames go
+/// with `sendmmsg` for this long before a new ring is tried.
+const TX_RING_RETRY: Duration = Duration::from_secs(1);
 
 /// Bytes kept free in front of a received frame, so a VLAN tag the kernel
 /// moved into metadata can be put back without copying the frame.
@@ -188,6 +194,12 @@ pub struct PacketSocket {
     /// [`Self::open_with_frame_ring`]); then frames are read from it, not
     /// with `recvmsg`.
     ring: Option<RxRing>,
+    /// The transmit ring, if set up ([`Self::open_with_tx_ring`]); then
+    /// [`Self::send_batch`] sends through it.
+    tx_ring: Option<TxRing>,
+    /// When to set up a transmit ring again after one was dropped (`None`:
+    /// this socket sends with `sendmmsg` only).
+    tx_ring_retry: Option<Instant>,
 }
 
 impl AsFd for PacketSocket {
@@ -226,6 +238,8 @@ impl PacketSocket {
             ifindex,
             vnet: false,
             ring: None,
+            tx_ring: None,
+            tx_ring_retry: None,
         };
 
         // The virtio header tells us about super-frames (GRO/TSO) and pending
@@ -285,6 +299,46 @@ impl PacketSocket {
         Self::open_with(ifname, "TPACKET_V2", |s| {
             FrameRing::setup(s.fd.as_fd(), s.vnet, max_frame).map(RxRing::Frames)
         })
+    }
+
+    /// Like [`Self::open`], with a TPACKET_V2 transmit ring ([`TxRing`],
+    /// on a second, send-only socket): [`Self::send_batch`] then fills its
+    /// slots and sends them with one `send()`. If the ring cannot be set up,
+    /// says why once per process and sends with `sendmmsg`.
+    pub fn open_with_tx_ring(ifname: &str) -> Result<Self, Error> {
+        let mut sock = Self::open(ifname)?;
+        sock.tx_ring_retry = Some(Instant::now());
+        sock.retry_tx_ring();
+        Ok(sock)
+    }
+
+    /// Sets up the transmit ring if one is wanted and due.
+    fn retry_tx_ring(&mut self) {
+        static LOGGED: AtomicBool = AtomicBool::new(false);
+        let Some(at) = self.tx_ring_retry else { return };
+        let now = Instant::now();
+        if self.tx_ring.is_some() || now < at {
+            return;
+        }
+        let r = if self.vnet {
+            TxRing::setup(self.ifindex)
+        } else {
+            Err(io::Error::other("PACKET_VNET_HDR not supported"))
+        };
+        match r {
+            Ok(ring) => self.tx_ring = Some(ring),
+            Err(e) => {
+                if !LOGGED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(ifname = self.ifname, error = %e, "no TPACKET_V2 transmit ring; sending with sendmmsg instead");
+                }
+                self.tx_ring_retry = Some(now + TX_RING_RETRY);
+            }
+        }
+    }
+
+    /// True if frames leave through a transmit ring.
+    pub fn has_tx_ring(&self) -> bool {
+        self.tx_ring.is_some()
     }
 
     fn open_with(ifname: &str, what: &str, setup: impl FnOnce(&Self) -> io::Result<RxRing>) -> Result<Self, Error> {
@@ -492,9 +546,56 @@ impl PacketSocket {
         Ok(n)
     }
 
-    /// Transmits `frames` with one `sendmmsg(2)` (at most [`BATCH`] a call).
-    /// Returns how many were sent, and the error that stopped the rest.
-    pub fn send_batch(&self, frames: &[&[u8]]) -> (usize, Option<io::Error>) {
+    /// Transmits `frames`, in order: through the transmit ring if the socket
+    /// has one (one `send()` for all that fit its slots; a frame that does
+    /// not fit goes alone after what was queued before it), else with
+    /// `sendmmsg(2)` (at most [`BATCH`] a call). Returns how many were sent,
+    /// and the error that stopped the rest.
+    pub fn send_batch(&mut self, frames: &[&[u8]]) -> (usize, Option<io::Error>) {
+        self.retry_tx_ring();
+        let mut sent = 0;
+        for (i, f) in frames.iter().enumerate() {
+            let Some(ring) = self.tx_ring.as_mut() else {
+                // No ring (or it was dropped in this batch): sendmmsg.
+                let (n, e) = self.send_mmsg(&frames[i..]);
+                return (sent + n, e);
+            };
+            if ring.push(f).is_ok() {
+                continue;
+            }
+            // Too large, a runt, or the ring full of frames in flight: what
+            // is queued leaves first, then this frame on the plain socket.
+            let (n, e) = self.kick_tx_ring();
+            sent += n;
+            if e.is_some() {
+                return (sent, e);
+            }
+            match self.send(f) {
+                Ok(()) => sent += 1,
+                Err(e) => return (sent, Some(e)),
+            }
+        }
+        let (n, e) = self.kick_tx_ring();
+        (sent + n, e)
+    }
+
+    /// Sends what the transmit ring holds. If the kernel refused a frame,
+    /// the ring is dropped (its unsent frames with it: counted as failed by
+    /// the caller) and `sendmmsg` is used for [`TX_RING_RETRY`].
+    fn kick_tx_ring(&mut self) -> (usize, Option<io::Error>) {
+        let Some(ring) = self.tx_ring.as_mut() else { return (0, None) };
+        let k = ring.kick();
+        if k.left == 0 {
+            return (k.sent, None);
+        }
+        tracing::debug!(ifname = self.ifname, left = k.left, error = ?k.error, "transmit ring dropped after a refused frame");
+        self.tx_ring = None;
+        self.tx_ring_retry = Some(Instant::now() + TX_RING_RETRY);
+        (k.sent, k.error)
+    }
+
+    /// Transmits `frames` with `sendmmsg(2)` (at most [`BATCH`] a call).
+    fn send_mmsg(&self, frames: &[&[u8]]) -> (usize, Option<io::Error>) {
         let vnet_hdr = [0u8; VNET_HDR_LEN];
         let mut sent = 0;
         for chunk in frames.chunks(BATCH) {

@@ -113,24 +113,11 @@ impl RxRing {
 /// even if the fd is closed first; it is unmapped on drop.
 #[derive(Debug)]
 pub struct BlockRing {
-    map: *mut u8,
-    len: usize,
+    map: RingMap,
     /// The block we expect the kernel to hand over next.
     next: usize,
     /// The socket has PACKET_VNET_HDR: a virtio header precedes each frame.
     vnet: bool,
-}
-
-// SAFETY: BlockRing exclusively owns its mapping (no other handle to it exists
-// in this process); moving it to another thread moves that ownership.
-unsafe impl Send for BlockRing {}
-
-impl Drop for BlockRing {
-    fn drop(&mut self) {
-        // SAFETY: `map`/`len` are exactly what map_ring returned in `setup`,
-        // and no reference into the mapping outlives `&mut self` borrows.
-        unsafe { unmap_ring(self.map, self.len) }
-    }
 }
 
 impl BlockRing {
@@ -151,9 +138,8 @@ impl BlockRing {
             feature_req_word: 0,
         };
         set_option(fd, libc::SOL_PACKET, PACKET_RX_RING, &req)?;
-        let len = BLOCK_SIZE * BLOCK_COUNT;
-        let map = map_ring(fd, len)?;
-        Ok(BlockRing { map, len, next: 0, vnet })
+        let map = RingMap::new(fd, BLOCK_SIZE * BLOCK_COUNT)?;
+        Ok(BlockRing { map, next: 0, vnet })
     }
 
     fn status(&self, block: usize) -> &AtomicU32 {
@@ -161,7 +147,7 @@ impl BlockRing {
         // blocks start page-aligned and BLK_STATUS is a multiple of 4, so the
         // pointer is aligned for AtomicU32. The kernel accesses the word
         // concurrently, which is why it is only touched atomically.
-        unsafe { AtomicU32::from_ptr(self.map.add(block * BLOCK_SIZE + BLK_STATUS).cast::<u32>()) }
+        unsafe { AtomicU32::from_ptr(self.map.ptr().add(block * BLOCK_SIZE + BLK_STATUS).cast::<u32>()) }
     }
 
     /// Hands every frame of up to `max_blocks` blocks that the kernel has
@@ -182,7 +168,7 @@ impl BlockRing {
                 // says TP_STATUS_USER the kernel does not write to it, and
                 // this is the only reference to it until the status is reset
                 // below (the slice is dropped first).
-                let block = unsafe { std::slice::from_raw_parts_mut(self.map.add(b * BLOCK_SIZE), BLOCK_SIZE) };
+                let block = unsafe { std::slice::from_raw_parts_mut(self.map.ptr().add(b * BLOCK_SIZE), BLOCK_SIZE) };
                 walk_block(block, self.vnet, &mut f, &mut w);
             }
             // Release: our reads of the block happen before the kernel may
@@ -326,36 +312,58 @@ pub(super) fn describe_frame(buf: &mut [u8], f: TpFrame, vnet: bool) -> Option<(
     Some((range, info))
 }
 
-/// Maps the ring of `fd` (`len` bytes, as just requested with
-/// `PACKET_RX_RING`) shared, read-write, populated.
-pub(super) fn map_ring(fd: BorrowedFd<'_>, len: usize) -> io::Result<*mut u8> {
-    // SAFETY: a fresh shared mapping of the socket's ring (the kernel
-    // checks `len` against the ring it just made); the result is checked.
-    let map = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_POPULATE,
-            fd.as_raw_fd(),
-            0,
-        )
-    };
-    if map == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(map.cast::<u8>())
+/// A socket's ring (receive or transmit) mapped into this process: shared,
+/// read-write, populated; unmapped on drop. The mapping holds a reference on
+/// the socket's file, so it stays valid even if the fd is closed first.
+#[derive(Debug)]
+pub(super) struct RingMap {
+    ptr: *mut u8,
+    len: usize,
 }
 
-/// Unmaps what [`map_ring`] mapped.
-///
-/// # Safety
-/// `map`/`len` must be exactly what `map_ring` returned, and no reference
-/// into the mapping may be used afterwards.
-pub(super) unsafe fn unmap_ring(map: *mut u8, len: usize) {
-    // SAFETY: as the caller promises.
-    unsafe {
-        libc::munmap(map.cast::<libc::c_void>(), len);
+// SAFETY: a RingMap exclusively owns its mapping (no other handle to it
+// exists in this process); moving it to another thread moves that ownership.
+unsafe impl Send for RingMap {}
+
+impl RingMap {
+    /// Maps the ring of `fd` (`len` bytes, as just requested with
+    /// `PACKET_RX_RING`/`PACKET_TX_RING`).
+    pub(super) fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<RingMap> {
+        // SAFETY: a fresh shared mapping of the socket's ring (the kernel
+        // checks `len` against the ring it just made); the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(RingMap {
+            ptr: ptr.cast::<u8>(),
+            len,
+        })
+    }
+
+    /// The first byte of the mapping (`len` bytes follow).
+    pub(super) fn ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+}
+
+impl Drop for RingMap {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly what mmap returned in `new`; the
+        // owners hand out references into the mapping only for the length
+        // of a `&self`/`&mut self` borrow, all over by now.
+        unsafe {
+            libc::munmap(self.ptr.cast::<libc::c_void>(), self.len);
+        }
     }
 }
 
