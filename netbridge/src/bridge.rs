@@ -357,6 +357,17 @@ impl HaState {
         }
     }
 
+    /// May frames from local ports be switched at all (to other ports, and
+    /// into the tunnels [`HaState::retain_crossable`] keeps)? A member (an
+    /// LCG) holding no lease touches nothing; a cloud node always switches
+    /// between its own guests, whoever holds the lease.
+    fn may_use_ports(&self, now: Instant) -> bool {
+        match self {
+            HaState::Arbiter(..) => true,
+            _ => self.may_cross_any(now),
+        }
+    }
+
     /// Drops from `peers` the tunnels that may not be crossed now; true if
     /// any was dropped.
     fn retain_crossable(&self, peers: &mut Vec<(PeerId, u16)>, now: Instant) -> bool {
@@ -749,7 +760,7 @@ fn switch_frame(local: &mut Local, links: &mut [Link], scratch: &mut [u8], from:
         local.counters.lan_filtered += 1;
         return;
     }
-    if !local.may_forward(now) {
+    if !local.ha.may_use_ports(now) {
         // HA standby: no forwarding, no alarms, no loop detection.
         local.counters.ha_standby_drops += 1;
         return;

@@ -403,7 +403,7 @@ fn with_two_clouds_the_standby_takes_both_leases_when_the_active_lcg_is_killed()
         return Ok(());
     }
     let mut lab = Lab::new(format!("nk{}", std::process::id()));
-    let [a, s, l1, l2, ca, cb, ba, bb] = lab.add_namespaces(["a", "s", "l1", "l2", "ca", "cb", "ba", "bb"])?;
+    let [a, s, l1, l2, ca, cb, ba, bb, ba2] = lab.add_namespaces(["a", "s", "l1", "l2", "ca", "cb", "ba", "bb", "ba2"])?;
     wire_lan(&a, &s, &l1, &l2)?;
     // Underlay: one /30 per LCG and cloud.
     let underlay = [
@@ -422,6 +422,9 @@ fn with_two_clouds_the_standby_takes_both_leases_when_the_active_lcg_is_killed()
         must(&["ip", "-n", b, "link", "set", "eth0", "address", &mac.to_string()])?;
         must(&["ip", "-n", b, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
     }
+    // A second guest behind cloud A (never carried: it talks to its neighbour only).
+    veth(&ca, "gst1", &ba2, "eth0")?;
+    must(&["ip", "-n", &ba2, "addr", "add", "10.99.0.4/24", "dev", "eth0"])?;
 
     // Each cloud node: ONE bridge, both LCGs as its peers, its own arbiter.
     let psk = StaticKeypair::generate().private;
@@ -455,17 +458,11 @@ fn with_two_clouds_the_standby_takes_both_leases_when_the_active_lcg_is_killed()
             role: Role::Responder,
             vlans: PeerVlans::default(),
         };
-        // The peer's socket must be bound in the node's namespace too.
-        let h2 = h.clone();
-        let ns2 = ns.clone();
-        thread::spawn(move || -> Result<()> {
-            common::enter(&ns2)?;
-            Ok(h2.add_peer(1, spec)?)
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("add_peer thread panicked"))??;
+        // Opened by the bridge's worker, in the node's namespace.
+        h.add_peer(1, spec)?;
         cloud.push(h);
     }
+    cloud[0].add_port(PortSpec::Guest { ifname: "gst1".into() })?;
 
     let links = |l: [(&'static str, &'static str); 2]| {
         [
@@ -504,7 +501,7 @@ fn with_two_clouds_the_standby_takes_both_leases_when_the_active_lcg_is_killed()
     wait_for("LCG 2 established with both clouds (standby)", Duration::from_secs(20), || {
         lcg2.sample().established
     })?;
-    let pid1 = lcg1.child.id();
+    let (pid1, pid2) = (lcg1.child.id(), lcg2.child.id());
     let (ever2, latest2, latest1) = (lcg2.ever_active.clone(), lcg2.latest.clone(), lcg1.latest.clone());
     lab.children.push(lcg1.child);
     lab.children.push(lcg2.child);
@@ -587,5 +584,11 @@ fn with_two_clouds_the_standby_takes_both_leases_when_the_active_lcg_is_killed()
         );
         assert_eq!(st.ha_epoch, 2, "{name}");
     }
+    // With no LCG left, no lease is held anywhere; the cloud node still
+    // switches between its own guests.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid2 as i32), nix::sys::signal::Signal::SIGKILL)?;
+    wait_for("cloud A's lease to lapse", Duration::from_secs(10), || !cloud[0].stats().ha_active)?;
+    let (ok, out) = common::in_ns(&ba, &["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", "10.99.0.4"])?;
+    assert!(ok, "guests behind cloud A cannot reach each other without a lease holder:\n{out}");
     Ok(())
 }
