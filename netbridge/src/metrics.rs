@@ -170,7 +170,7 @@ impl Stats {
         emit(
             "ha_active",
             "gauge",
-            "1 while this side holds the HA lease and forwards.",
+            "1 while this side forwards under HA: an LCG holding at least one tunnel's lease, a node with a tunnel whose member may forward.",
             &[(None, if self.ha_active { 1.0 } else { 0.0 })],
         );
         emit(
@@ -229,6 +229,34 @@ impl Stats {
                 let _ = writeln!(out, "netbridge_{name}{{peer=\"{peer}\",tunnel=\"{}\"}} {}", p.id, value(p));
             }
         }
+        // Under HA only: each tunnel's lease (one per cloud on an LCG).
+        let leases: Vec<(u32, crate::ha::LeaseView)> = self.peers.iter().filter_map(|p| p.ha.map(|l| (p.id, l))).collect();
+        if !leases.is_empty() {
+            type PerLease = fn(&crate::ha::LeaseView) -> f64;
+            let families: [(&str, &str, PerLease); 2] = [
+                (
+                    "tunnel_ha_lease_held",
+                    "1 while this tunnel's HA lease is held (frames cross it).",
+                    |l| {
+                        if l.held {
+                            1.0
+                        } else {
+                            0.0
+                        }
+                    },
+                ),
+                ("tunnel_ha_epoch", "Epoch (fencing token) of this tunnel's HA lease.", |l| {
+                    l.epoch as f64
+                }),
+            ];
+            for (name, help, value) in families {
+                let _ = writeln!(out, "# HELP netbridge_{name} {help}");
+                let _ = writeln!(out, "# TYPE netbridge_{name} gauge");
+                for (id, l) in &leases {
+                    let _ = writeln!(out, "netbridge_{name}{{peer=\"{peer}\",tunnel=\"{id}\"}} {}", value(l));
+                }
+            }
+        }
         out
     }
 }
@@ -266,5 +294,40 @@ mod tests {
             let name = series.split('{').next().unwrap();
             assert!(text.contains(&format!("# TYPE {name} ")), "no TYPE for {name}");
         }
+    }
+
+    #[test]
+    fn each_tunnels_ha_lease_is_a_series_only_under_ha() {
+        let lease = |peer, held| crate::ha::LeaseView {
+            peer,
+            held,
+            epoch: 4,
+            takeovers: 1,
+        };
+        let peer = |id, ha| crate::PeerStatus {
+            id,
+            ha,
+            ..Default::default()
+        };
+        let off = Stats {
+            peers: vec![peer(0, None)],
+            ..Stats::default()
+        };
+        assert!(!off.prometheus("lcg").contains("ha_lease"));
+        let on = Stats {
+            peers: vec![peer(0, Some(lease(0, true))), peer(1, Some(lease(1, false)))],
+            ..Stats::default()
+        };
+        let text = on.prometheus("lcg");
+        assert!(
+            text.contains("netbridge_tunnel_ha_lease_held{peer=\"lcg\",tunnel=\"0\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("netbridge_tunnel_ha_lease_held{peer=\"lcg\",tunnel=\"1\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("netbridge_tunnel_ha_epoch{peer=\"lcg\",tunnel=\"1\"} 4\n"), "{text}");
+        assert!(text.contains("# TYPE netbridge_tunnel_ha_epoch gauge"));
     }
 }
