@@ -10,5 +10,6 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(s) = std::str::from_utf8(data) {
         let _ = s.parse::<proto::MacAddr>();
         let _ = s.parse::<proto::PciSlot>();
+        let _ = s.parse::<proto::Wwn>();
     }
 });
