@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build image demo test unit e2e smoke lint fmt fuzz clean-cache bench-netbridge bench-netbridge-deps images smoke-images bench-images bench-hv bench-move bench-inventory
+.PHONY: all deps build image demo test unit e2e smoke lint fmt fuzz clean-cache bench-netbridge bench-netbridge-deps images smoke-images bench-images bench-hv bench-hv-layouts bench-move bench-inventory
 
 all: build
 
@@ -65,6 +65,12 @@ bench-netbridge: bench-netbridge-deps
 # save/load, QEMU RSS (never part of `make test`); last line JSON. Root only.
 bench-hv: deps
 	$(CARGO) run -q -p hv --example bench_hv
+
+# LUKS disk layouts on the host without a guest (plain qcow2, qcow2-LUKS,
+# luks driver above qcow2; qemu-storage-daemon + fio nbd) and the cipher as
+# QEMU calls it (hv/README.md "Benchmark"); last line JSON. Root only.
+bench-hv-layouts: deps
+	bash hv/bench/luks-layouts.sh
 
 # Disk moves on the lab's internet link shaped to 1 Gbit/s (tc tbf): Isthmus's
 # block transfer (`isthmus stage`) beside iperf3, rsync --sparse (daemon) and

@@ -13,7 +13,8 @@
 # interleaved, medians reported. Then xts-speed.c measures the cipher the
 # way QEMU calls it (per 512-byte sector). Last line: one JSON object.
 #
-# Usage: bash hv/bench/luks-layouts.sh   (root; ROUNDS=3 RUNTIME=4 by default)
+# Usage: make bench-hv-layouts, or bash hv/bench/luks-layouts.sh (root;
+# ROUNDS=3 RUNTIME=4 by default; the README figures: ROUNDS=5).
 # The bench key is random, lives in a shell variable and reaches QEMU through
 # a pipe (/dev/fd/3): never argv, environment or a file.
 set -euo pipefail
