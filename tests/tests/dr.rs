@@ -13,6 +13,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use appliance::dr::executor::KILL_HOOK_ENV;
 use isthmus_lab::guest_shell;
 use isthmus_lab::process::{kill_pidfile, tail};
 use isthmus_lab::scenario::{fact, Lab, SERVER_MAC};
@@ -100,7 +101,7 @@ fn events(v: &serde_json::Value) -> Vec<String> {
 #[test]
 fn failover_failback_keeps_data_written_after_failover() {
     let t = Instant::now();
-    let lab = Lab::with_source("dr").expect("lab with the source running in the data center");
+    let mut lab = Lab::with_source("dr").expect("lab with the source running in the data center");
     let lap = |what: &str| eprintln!("{:>6.1} s  {what}", t.elapsed().as_secs_f64());
     lap("lab up, source answers");
 
@@ -154,11 +155,39 @@ fn failover_failback_keeps_data_written_after_failover() {
     }
     lap("source killed");
 
-    // Failover: the replica starts in cloud1 and answers at the server's IP with its MAC.
-    let f = ok(&lab, &["failover", "web1"]);
+    // Failover, with a crash of the appliance (SIGKILL by a test hook) right
+    // after the replica started, before that step's outcome was recorded:
+    // the restarted appliance resumes the failover at that step by itself.
+    lab.appliance.as_mut().expect("appliance").stop();
+    lab.spawn_appliance_env("appliance-dr-crash.log", &[(KILL_HOOK_ENV, "start-replica")])
+        .expect("appliance restarts with the crash hook");
+    let (done, v) = dr(&lab, &["failover", "web1"]);
+    assert!(!done, "the failover followed to its end through a crash: {v:#}");
+    assert!(
+        lab.appliance.as_mut().expect("appliance").wait_exit(Duration::from_secs(120)),
+        "the crash hook did not fire"
+    );
+    lap("appliance killed inside the failover");
+    lab.spawn_appliance("appliance-dr.log").expect("appliance restarts");
+    let t_resume = Instant::now();
+    let f = loop {
+        let f = ok(&lab, &["status", "web1"]);
+        if f["op"]["step"].as_str().is_some_and(|s| ["done", "failed"].contains(&s)) && f["busy"] == false {
+            break f;
+        }
+        assert!(t_resume.elapsed() < Duration::from_secs(300), "the failover did not resume: {f:#}");
+        std::thread::sleep(Duration::from_secs(1));
+    };
     assert_eq!(f["state"], "failed-over", "{f:#}");
     assert_eq!(f["op"]["step"], "done", "{f:#}");
     let msgs = events(&f);
+    let starts = msgs.iter().filter(|m| m.starts_with("start replica: started")).count();
+    assert_eq!(starts, 2, "the start-replica step ran again after the crash: {msgs:#?}");
+    assert!(
+        msgs.iter()
+            .any(|m| m.starts_with("start replica: ok") && m.contains("already running")),
+        "the resumed step found the replica running: {msgs:#?}"
+    );
     assert!(
         msgs.iter().any(|m| m.starts_with("verify: ok")),
         "no verified answer after the failover: {msgs:#?}"

@@ -177,6 +177,8 @@ pub enum DrCmd {
     },
     /// Protected servers: state, last recovery point, RPO met or missed.
     Status {
+        /// One server: its record and its timeline.
+        server: Option<String>,
         /// JSON for scripts.
         #[arg(long)]
         json: bool,
@@ -214,7 +216,7 @@ pub async fn run(client: &Client, cmd: DrCmd) -> Result<(), ClientError> {
     let json = match &cmd {
         DrCmd::Protect { json, .. }
         | DrCmd::Sync { json, .. }
-        | DrCmd::Status { json }
+        | DrCmd::Status { json, .. }
         | DrCmd::Failover { json, .. }
         | DrCmd::Failback { json, .. } => *json,
     };
@@ -292,7 +294,21 @@ async fn run_inner(client: &Client, cmd: DrCmd) -> Result<(), ClientError> {
                 );
             }
         }
-        DrCmd::Status { json } => {
+        DrCmd::Status {
+            server: Some(server),
+            json,
+        } => {
+            let d: DrDetail = client.call("GET", &format!("/v1/dr/{server}"), None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&d).expect("json"));
+            } else {
+                print!("{}", table(std::slice::from_ref(&d.view)));
+                for e in &d.events {
+                    println!("{} {:<8} {}", e.at, e.what, e.message);
+                }
+            }
+        }
+        DrCmd::Status { server: None, json } => {
             let all: Vec<DrView> = client.call("GET", "/v1/dr", None).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&all).expect("json"));

@@ -48,6 +48,7 @@ pub fn drive(store: &Store, server: &str, fx: &mut dyn DrEffects) -> Result<DrRe
         log(format!("{}: started", step.label()));
         let t = std::time::Instant::now();
         let result = fx.run(step, &mut rec, &mut log);
+        kill_hook(step);
         let took = t.elapsed().as_secs_f64();
         let ok = match result {
             Ok(m) => {
@@ -77,6 +78,19 @@ pub fn drive(store: &Store, server: &str, fx: &mut dyn DrEffects) -> Result<DrRe
         if next.is_terminal() {
             log(format!("{what} ended: {}", next.label()));
         }
+    }
+}
+
+/// Environment variable of a lab test hook: the DR step (kebab-case, as in
+/// the store) after whose effect the appliance kills itself with SIGKILL,
+/// before the step's outcome is recorded; the next start must run it again.
+pub const KILL_HOOK_ENV: &str = "ISTHMUS_TEST_DR_KILL_AFTER";
+
+fn kill_hook(step: DrStep) {
+    let Ok(want) = std::env::var(KILL_HOOK_ENV) else { return };
+    if serde_json::to_value(step).ok().as_ref().and_then(|v| v.as_str()) == Some(want.as_str()) {
+        eprintln!("test hook {KILL_HOOK_ENV}: SIGKILL after the effect of {want}, before its outcome is recorded");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
 }
 
