@@ -295,3 +295,72 @@ fn udp_through_tx_ring(lab: &mut Lab) -> Result<()> {
     }
     Ok(())
 }
+
+/// A transmit ring whose frames the kernel refuses (interface down) is
+/// dropped: the batch is reported failed, the port sends with `sendmmsg`
+/// (failing too while the link is down), and once the link is back a new
+/// ring is set up after the retry interval and frames flow through it.
+#[test]
+fn tx_ring_refused_by_a_down_interface_is_dropped_and_set_up_again() -> Result<()> {
+    let name = "tx_ring_refused_by_a_down_interface_is_dropped_and_set_up_again";
+    if !root_or_skip(name) {
+        return Ok(());
+    }
+    let mut lab = Lab::new(format!("nbd{}-", std::process::id()));
+    let ns = jumbo_veth(&mut lab, "d", "dtx", "drx")?;
+    let ns2 = ns.clone();
+    let link = move |state: &str| must(&["ip", "-n", &ns2, "link", "set", "dtx", state]);
+    let (rx_ready, go) = (std::sync::mpsc::channel::<()>(), std::sync::mpsc::channel::<()>());
+    let worker = thread::spawn(move || -> Result<usize> {
+        enter(&ns)?;
+        let rx = PacketSocket::open("drx")?;
+        let mut tx = PacketSocket::open_with_tx_ring("dtx")?;
+        if !tx.has_tx_ring() {
+            bail!("no TPACKET_V2 transmit ring on this kernel; the ring path is not tested");
+        }
+        let frames = [frame(60, None, 1), frame(1514, None, 2), frame(60, None, 3)];
+        let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        rx_ready.0.send(())?; // the caller takes the link down
+        go.1.recv()?;
+        let (n, e) = tx.send_batch(&refs);
+        assert_eq!(n, 0, "frames sent on a down interface");
+        assert!(e.is_some(), "no error from a down interface");
+        assert!(!tx.has_tx_ring(), "the refused ring was kept");
+        rx_ready.0.send(())?; // the caller brings the link back up
+        go.1.recv()?;
+        // Within the retry interval: sendmmsg. The socket still holds the
+        // ENETDOWN of the link's down event, which the first send reports.
+        let (mut n, mut e) = tx.send_batch(&refs);
+        if e.as_ref().and_then(std::io::Error::raw_os_error) == Some(libc::ENETDOWN) {
+            (n, e) = tx.send_batch(&refs);
+        }
+        assert_eq!((n, e.map(|e| e.to_string())), (3, None));
+        assert!(!tx.has_tx_ring());
+        thread::sleep(Duration::from_millis(1100));
+        let (n, e) = tx.send_batch(&refs);
+        assert_eq!((n, e.map(|e| e.to_string())), (3, None));
+        assert!(tx.has_tx_ring(), "no new ring after the retry interval");
+        let mut buf = vec![0u8; HEADROOM + PORT_FRAME_MAX];
+        let mut got = 0;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while got < 6 && Instant::now() < deadline {
+            match rx.recv(&mut buf)? {
+                Some(info) if buf[info.start + 6..info.start + 12] == SRC => got += 1,
+                Some(_) => {}
+                None => thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        Ok(got)
+    });
+    rx_ready.1.recv()?;
+    link("down")?;
+    go.0.send(())?;
+    rx_ready.1.recv()?;
+    link("up")?;
+    // A veth is only up (and carries frames) once its peer is up too: both are.
+    go.0.send(())?;
+    let got = worker.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+    assert_eq!(got, 6, "frames sent after the link came back did not all arrive");
+    drop(lab);
+    Ok(())
+}
