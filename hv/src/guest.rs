@@ -422,6 +422,13 @@ impl Guest {
         self.run.root()
     }
 
+    /// Which XTS code encrypts this guest's LUKS disks: the batched
+    /// preload when QEMU has `libisthmus-xts.so` mapped, else nettle's.
+    /// `None` once QEMU is gone. See [`crate::xts`].
+    pub fn xts(&self) -> Option<crate::xts::XtsImpl> {
+        crate::xts::in_process(self.pid)
+    }
+
     /// True while the QEMU process lives.
     pub fn is_running(&self) -> bool {
         is_our_qemu(self.pid, &self.run)
@@ -691,6 +698,7 @@ fn run_daemonizing(name: &str, argv: &[String], cgroup_procs: &[PathBuf]) -> Res
             });
         }
     }
+    crate::xts::apply(&mut cmd);
     let mut child = cmd
         .args(argv)
         .stdin(Stdio::null())

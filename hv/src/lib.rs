@@ -44,6 +44,7 @@ pub mod storage_daemon;
 pub mod suspend;
 pub mod tap;
 pub mod vmstate;
+pub mod xts;
 
 pub use accel::{probe_accel, probe_accel_with, AccelProbe, ProbeOptions};
 pub use alive::{AliveChange, AliveConfig, AliveSource, AliveStatus, AliveWatch};

@@ -128,7 +128,9 @@ impl EncryptedDisk {
                 Err(source) => return Err(StorageError::Dir { path: f.clone(), source }),
             }
         }
-        let child = Command::new(STORAGE_DAEMON)
+        let mut cmd = Command::new(STORAGE_DAEMON);
+        crate::xts::apply(&mut cmd);
+        let child = cmd
             .arg("--chardev")
             .arg(format!("socket,id=m0,path={},server=on,wait=off", qmp_sock.display()))
             .args(["--monitor", "chardev=m0"])
@@ -216,6 +218,12 @@ impl EncryptedDisk {
     /// Guest-visible size in bytes.
     pub fn size(&self) -> u64 {
         self.nbd.as_ref().map_or(0, NbdClient::size)
+    }
+
+    /// Which XTS code the daemon encrypts with (see [`crate::xts`]); `None`
+    /// once it is gone.
+    pub fn xts(&self) -> Option<crate::xts::XtsImpl> {
+        self.child.as_ref().and_then(|c| crate::xts::in_process(c.id()))
     }
 
     /// Reads plaintext at `offset`.

@@ -2,7 +2,8 @@
 //! whose key reaches QEMU only over QMP; what the guest writes is not in the
 //! provider-side file in the clear; a wrong or missing key refuses to start;
 //! the key is nowhere a provider could read it (command line, environment,
-//! `ps`, run directory, serial log).
+//! `ps`, run directory, serial log). QEMU runs hv's batched XTS preload
+//! (`hv::xts`), and the control decryption uses nettle's own XTS.
 
 mod support;
 
@@ -71,7 +72,10 @@ fn b64(bytes: &[u8]) -> String {
 /// stdin, as hv does) to raw.
 fn decrypt(img: &Path, out: &Path, key_hex: &str) {
     let opts = format!("driver=qcow2,file.filename={},encrypt.key-secret=k", img.display());
+    // No LD_PRELOAD: nettle's own XTS, so a disk the guest wrote through
+    // the batched preload (hv::xts) must decrypt to the same plaintext.
     let mut child = Command::new("qemu-img")
+        .env_remove("LD_PRELOAD")
         .args([
             "convert",
             "--object",
@@ -121,6 +125,8 @@ fn boots_from_luks_disk_and_the_provider_never_sees_plaintext_or_key() {
         assert!(hv::guest::running_pid(&run_dir).is_none(), "QEMU must not survive a wrong key");
 
         let g = Guest::launch_with_keys(&s, &[Some(key(KEY_HEX)), Some(key(KEY_HEX))]).unwrap();
+        // hv preloads its batched XTS (this build's libisthmus-xts.so).
+        assert_eq!(g.xts(), Some(hv::xts::XtsImpl::BatchedPreload));
         // The passphrase objects are gone once the disks are open.
         let objs = g.execute("qom-list", Some(serde_json::json!({"path": "/objects"}))).unwrap();
         assert!(!objs.to_string().contains("key-disk"), "secret objects left in QEMU: {objs}");

@@ -54,6 +54,8 @@ need flock util-linux
 # hv: UEFI guests (firmware = "efi") boot OVMF; gcc builds the guest's I/O benchmark.
 need /usr/share/OVMF/OVMF_CODE.fd ovmf
 need gcc gcc
+# hv: tests/xts_preload.rs checks the batched-XTS preload against nettle's headers/library.
+need /usr/include/nettle/xts.h nettle-dev
 # appliance inspect tests: a Windows system disk (hive filled by hivex, NTFS written by ntfs-3g)
 need hivexregedit libwin-hivex-perl
 need mkntfs ntfs-3g

@@ -76,6 +76,8 @@ pub fn create_encrypted_image(dst: &Path, source: &ImageSource, key: &DiskKey) -
     let create_opts = format!("encrypt.format=luks,encrypt.key-secret={SECRET_ID},encrypt.iter-time={LUKS_ITER_TIME_MS}");
     let secret = format!("secret,id={SECRET_ID},file=/dev/stdin,format=raw");
     let mut cmd = Command::new(QEMU_IMG);
+    // `convert` encrypts the whole source: batch its XTS too.
+    crate::xts::apply(&mut cmd);
     match source {
         ImageSource::Copy(src) => {
             let img = DiskImage::inspect(src)?;

@@ -1,0 +1,31 @@
+//! Builds `preload/xts-batch.c` into `$OUT_DIR/libisthmus-xts.so`, the
+//! batched-XTS library hv preloads into the QEMU processes it starts (see
+//! `src/xts.rs`). Only a C compiler and libc headers are needed (no
+//! nettle-dev): the same `cc` that links Rust binaries.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    let src = "preload/xts-batch.c";
+    let map = "preload/xts-batch.map";
+    println!("cargo:rerun-if-changed={src}");
+    println!("cargo:rerun-if-changed={map}");
+    println!("cargo:rerun-if-env-changed=CC");
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("libisthmus-xts.so");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let status = Command::new(&cc)
+        .args(["-O2", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared", "-fvisibility=hidden"])
+        .arg(format!("-Wl,--version-script={map}"))
+        .args(["-Wl,-z,relro,-z,now", "-o"])
+        .arg(&out)
+        .arg(src)
+        .arg("-ldl")
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => panic!("{cc} failed ({s}) building {src}; it needs only libc headers (libc6-dev)"),
+        Err(e) => panic!("cannot run the C compiler `{cc}` to build {src}: {e}; install gcc (tests/setup/deps.sh does)"),
+    }
+    println!("cargo:rustc-env=ISTHMUS_XTS_BUILT={}", out.display());
+}
