@@ -7,6 +7,9 @@
 #   qcow2-luks  qcow2 with encrypt.format=luks (what hv makes today)
 #   luks-qcow2  the `luks` block driver above a plain qcow2 node (the LUKS
 #               header and ciphertext inside the qcow2's guest view)
+#   qcow2-luks-batched  the qcow2-luks image again, the daemon started with
+#               hv's batched-XTS library in LD_PRELOAD (hv/preload/, what hv
+#               does when it finds it; built here with gcc)
 # Each is served by qemu-storage-daemon (cache.direct=on, aio=threads, the
 # same basis for all) over an NBD unix socket, and fio's nbd engine runs
 # 4k randread/randwrite and 1M read/write at QD16, ROUNDS rounds, layouts
@@ -14,7 +17,8 @@
 # way QEMU calls it (per 512-byte sector). Last line: one JSON object.
 #
 # Usage: make bench-hv-layouts, or bash hv/bench/luks-layouts.sh (root;
-# ROUNDS=3 RUNTIME=4 by default; the README figures: ROUNDS=5).
+# ROUNDS=3 RUNTIME=4 by default; the README figures: ROUNDS=5; LAYOUTS="plain
+# qcow2-luks qcow2-luks-batched" picks a subset).
 # The bench key is random, lives in a shell variable and reaches QEMU through
 # a pipe (/dev/fd/3): never argv, environment or a file.
 set -euo pipefail
@@ -51,7 +55,7 @@ key() { printf %s "$KEY"; }
 blockdev() {
   case $1 in
   plain) echo "driver=qcow2,node-name=d,file.driver=file,file.filename=$WORK/plain.qcow2,file.cache.direct=on,file.aio=threads" ;;
-  qcow2-luks) echo "driver=qcow2,node-name=d,encrypt.format=luks,encrypt.key-secret=k,file.driver=file,file.filename=$WORK/qcow2-luks.qcow2,file.cache.direct=on,file.aio=threads" ;;
+  qcow2-luks | qcow2-luks-batched) echo "driver=qcow2,node-name=d,encrypt.format=luks,encrypt.key-secret=k,file.driver=file,file.filename=$WORK/qcow2-luks.qcow2,file.cache.direct=on,file.aio=threads" ;;
   luks-qcow2) echo "driver=luks,node-name=d,key-secret=k,file.driver=qcow2,file.file.driver=file,file.file.filename=$WORK/luks-qcow2.qcow2,file.file.cache.direct=on,file.file.aio=threads" ;;
   esac
 }
@@ -63,8 +67,11 @@ qemu-img create -q --object secret,id=k,file=/dev/fd/3 -f qcow2 \
 qemu-img create -q --object secret,id=k,file=/dev/fd/3 -f luks -o key-secret=k,iter-time=10 luks.raw ${SIZE_MIB}M 3< <(key)
 qemu-img convert -q -f raw -O qcow2 luks.raw luks-qcow2.qcow2
 rm -f luks.raw
-LAYOUTS=(plain qcow2-luks luks-qcow2)
-for l in "${LAYOUTS[@]}"; do
+# hv's batched XTS (hv/preload/xts-batch.c), as build.rs builds it.
+gcc -O2 -fPIC -shared -fvisibility=hidden -Wl,--version-script="$HERE/../preload/xts-batch.map" \
+  -o "$WORK/libisthmus-xts.so" "$HERE/../preload/xts-batch.c" -ldl
+read -r -a LAYOUTS <<<"${LAYOUTS:-plain qcow2-luks qcow2-luks-batched luks-qcow2}"
+for l in plain qcow2-luks luks-qcow2; do
   # Fill through the layout, so reads decrypt real ciphertext.
   qemu-io --object secret,id=k,file=/dev/fd/3 --image-opts -t none \
     -c "write -q -P 0x5a 0 $((SIZE_MIB - 1))M" "$(blockdev "$l")" 3< <(key)
@@ -75,7 +82,9 @@ JOBS=("randread 4k" "randwrite 4k" "read 1M" "write 1M")
 run_layout() {
   local l=$1 sock=$WORK/nbd.sock
   rm -f "$sock"
-  qemu-storage-daemon --object secret,id=k,file=/dev/fd/3 --blockdev "$(blockdev "$l")" \
+  local preload=()
+  [[ $l == *-batched ]] && preload=(env LD_PRELOAD="$WORK/libisthmus-xts.so")
+  "${preload[@]}" qemu-storage-daemon --object secret,id=k,file=/dev/fd/3 --blockdev "$(blockdev "$l")" \
     --nbd-server addr.type=unix,addr.path="$sock" --export type=nbd,id=e,node-name=d,name=x,writable=on 3< <(key) &
   QSD_PID=$!
   for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
@@ -109,16 +118,17 @@ median() { # layout figure
 
 gcc -O2 -o xts-speed "$HERE/xts-speed.c" -lnettle -lgnutls
 CIPHER=$(./xts-speed)
+BATCHED=$(LD_PRELOAD="$WORK/libisthmus-xts.so" ./xts-speed | awk '$1 == "nettle_xts" { print $2 }')
 cipher() { echo "$CIPHER" | awk -v n="$1" '$1 == n { print $2 }'; }
 
-printf '%-12s %14s %15s %14s %15s\n' layout "4k randread" "4k randwrite" "1M read MiB/s" "1M write MiB/s"
+printf '%-18s %14s %15s %14s %15s\n' layout "4k randread" "4k randwrite" "1M read MiB/s" "1M write MiB/s"
 json="{\"bench\":\"hv-luks-layouts\",\"qemu\":\"$(qemu-img --version | head -1 | awk '{print $3}')\",\"rounds\":$ROUNDS,\"runtime_s\":$RUNTIME,\"load1_before\":$LOAD_BEFORE,\"load1_after\":$LOAD_AFTER"
 for l in "${LAYOUTS[@]}"; do
   rr=$(median "$l" randread_4k); rw=$(median "$l" randwrite_4k); sr=$(median "$l" read_1M); sw=$(median "$l" write_1M)
-  printf '%-12s %14s %15s %14s %15s\n' "$l" "$rr" "$rw" "$sr" "$sw"
+  printf '%-18s %14s %15s %14s %15s\n' "$l" "$rr" "$rw" "$sr" "$sw"
   k=${l//-/_}
   json+=",\"${k}_randread_iops\":$rr,\"${k}_randwrite_iops\":$rw,\"${k}_seq_read_mibps\":$sr,\"${k}_seq_write_mibps\":$sw"
 done
-echo "cipher per core, 512-byte sectors (MiB/s): $(echo "$CIPHER" | tr '\n' ' ')"
-json+=",\"nettle_xts512_mibps\":$(cipher nettle_xts),\"gnutls_xts512_mibps\":$(cipher gnutls_xts),\"aes_ecb512_mibps\":$(cipher aes_ecb)}"
+echo "cipher per core, 512-byte sectors (MiB/s): $(echo "$CIPHER" | tr '\n' ' ')batched_xts $BATCHED"
+json+=",\"nettle_xts512_mibps\":$(cipher nettle_xts),\"gnutls_xts512_mibps\":$(cipher gnutls_xts),\"aes_ecb512_mibps\":$(cipher aes_ecb),\"batched_xts512_mibps\":$BATCHED}"
 echo "$json"
