@@ -25,7 +25,14 @@ for c in mmdebstrap sfdisk mkfs.ext4 grub-mkimage qemu-img cpio strip jq python3
 done
 
 BINARIES=("${1:-$REPO/target/release/isthmus}")
-PACKAGES=(libc6 libgcc-s1 e2fsprogs)
+# No binary given: the release binary of this checkout, and the image is keyed
+# by the checkout's sources (common/lib.sh source_key), not the binary's digest.
+SOURCE_KEYED=${1:+}
+[[ -n ${1:-} ]] || SOURCE_KEYED=1
+# qemu-utils: qemu-img (format and allocated extents of a source disk image the
+# appliance moves, e.g. one placed on /data) and qemu-storage-daemon (reads
+# qcow2/VMDK sources through QEMU's block layer); the appliance runs no guests.
+PACKAGES=(libc6 libgcc-s1 e2fsprogs qemu-utils)
 ROOT_MODULES=("${BASE_MODULES[@]}")
 ROOT_MB=160
 DISK_MB=1024

@@ -33,11 +33,18 @@
 #      certificate from the appliance CA, and it stays enrolled across a reboot.
 #      Before that, a seed with a too-short token: the node's console says why
 #      it cannot start (it retries), and the log has it
+#   8. the skeleton's move through the images (smoke-move.sh): the appliance
+#      image, told over HTTPS (POST /api/servers, POST /api/moves), moves the
+#      test server - a disk image on its data partition - to the enrolled node
+#      image: the move ends done; the node's disk holds no plaintext of it, the
+#      moved disk is encrypted, and the server's QEMU ran in the node VM (nested
+#      TCG) with its MAC, its kernel booting on its serial console
 # The password is read from the serial log into a 0600 file and never printed.
 # Usage: smoke.sh [--if-cached] [APPLIANCE_IMAGE_DIR [CLOUD_NODE_IMAGE_DIR]]
 #   --if-cached: run only if the image of the current recipe is built, else say
 #   how to build it and exit 0 (what `make test` uses).
-# Env: BOOT_TIMEOUT (180 s), QEMU_MEM (512).
+# Env: BOOT_TIMEOUT (180 s), QEMU_MEM (512), MOVE_TIMEOUT (600 s), GUEST_WAIT
+#   (the moved guest's time to boot in the node before the node is powered off: 150 s).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -82,6 +89,7 @@ done
 [[ -f $IMG/appliance.qcow2 ]] || die "no appliance.qcow2 in '$IMG' (build with make images)"
 log "image $IMG"
 
+T_START=$EPOCHREALTIME
 PFX="isth-img-$$"
 NS_SW=$PFX-sw # bridges + the guest's TAPs
 NS_CL=$PFX-cl # the admin's browser
@@ -120,6 +128,9 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# shellcheck source=SCRIPTDIR/smoke-move.sh
+. "$HERE/smoke-move.sh"
 
 # Network: [client ns: vcl 10.78.0.100] - [sw ns: br0 = vsw + tap0 (mgmt)], br1 = tap1 (LAN)
 ip netns add "$NS_SW"
@@ -522,7 +533,9 @@ if [[ -n $NODE_IMG && -f $NODE_IMG/cloud-node.qcow2 ]]; then
   [[ $got == "$fp" ]] || die "round node: the API on $NODE_IP:8443 presents $got, the console said $fp"
   log "round node: API at https://$NODE_IP:8443 presents the printed bootstrap certificate"
 
-  # The appliance (same disk as all rounds above) enrols the node.
+  # The appliance (same disk as all rounds above) enrols the node; the disk of
+  # the server it then moves there is put on its data partition first.
+  move_prepare
   boot enrol
   login
   enrol() { # token-file out: POST /api/clouds as the logged-in admin; prints the HTTP status
@@ -561,15 +574,23 @@ if [[ -n $NODE_IMG && -f $NODE_IMG/cloud-node.qcow2 ]]; then
   fi
   log "round enrol: retry with the right token enrolled cloud1 in $T_ENROL s ($(jq -c . "$TMP/enrol-ok.json"));" \
     "the node refuses anonymous clients now"
+  move_run
+  ROUND=enrol
+  t_guest=$EPOCHREALTIME
   powerdown
   ca_pem_from_disk "$TMP/ca-4.pem"
   grep -q 'token does not match' "$TMP/messages" "$TMP/isthmus.log" 2>/dev/null ||
     die "round enrol: the refused enrolment is not in the appliance's log"
 
-  # The node: power-off, then a boot from the same disk keeps the enrolment.
+  # The node: power-off (once the moved guest had GUEST_WAIT s to boot in
+  # it), then a boot from the same disk keeps the enrolment.
   ROUND=node
+  left=$(awk -v a="$t_guest" -v b="$EPOCHREALTIME" -v w="${GUEST_WAIT:-150}" 'BEGIN { d = w - (b - a); print (d > 0 ? int(d) : 0) }')
+  log "round move: giving web1 ${left} s more to boot in the node before its power-off"
+  sleep "$left"
   power_button "$TMP/qmp-node.sock" "$NODE_PID"
   NODE_PID=
+  move_check_node
   node_log_from_disk "$TMP/node-1.log"
   grep -q 'enrolment attempt with a wrong token' "$TMP/node-1.log" || die "round node: the wrong token is not in the node's log"
   grep -q 'enrolment finished' "$TMP/node-1.log" || die "round node: the enrolment is not in the node's log"
@@ -590,5 +611,7 @@ else
   log "round node: skipped (no cloud node image built: make images)"
 fi
 ROUND=
-log "PASS: boot to console URL ${T_FIRST} s (first boot), ${T_SECOND} s (reboot); update round ${T_UPDATE} s; cloud node to fingerprint ${T_NODE} s; enrolment ${T_ENROL} s"
-printf '{"boot_to_url_first_s": %s, "boot_to_url_reboot_s": %s, "update_round_s": %s, "node_boot_to_fingerprint_s": %s, "enrol_s": %s}\n' "$T_FIRST" "$T_SECOND" "$T_UPDATE" "$T_NODE" "$T_ENROL"
+T_ALL=$(awk -v a="$T_START" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
+log "PASS in ${T_ALL} s: boot to console URL ${T_FIRST} s (first boot), ${T_SECOND} s (reboot); update round ${T_UPDATE} s; cloud node to fingerprint ${T_NODE} s; enrolment ${T_ENROL} s; move through the images ${T_MOVE} s (guest kernel seen: $GUEST_KERNEL)"
+printf '{"boot_to_url_first_s": %s, "boot_to_url_reboot_s": %s, "update_round_s": %s, "node_boot_to_fingerprint_s": %s, "enrol_s": %s, "move_s": %s, "guest_kernel_seen": %s, "smoke_s": %s}\n' \
+  "$T_FIRST" "$T_SECOND" "$T_UPDATE" "$T_NODE" "$T_ENROL" "$T_MOVE" "$GUEST_KERNEL" "$T_ALL"

@@ -28,6 +28,10 @@ for c in mmdebstrap sfdisk mkfs.ext4 grub-mkimage qemu-img cpio strip jq python3
 done
 
 BINARIES=("${1:-$REPO/target/release/isthmus-node}")
+# No binary given: the release binary of this checkout, and the image is keyed
+# by the checkout's sources (common/lib.sh source_key), not the binary's digest.
+SOURCE_KEYED=${1:+}
+[[ -n ${1:-} ]] || SOURCE_KEYED=1
 PACKAGES=(libc6 libgcc-s1 e2fsprogs qemu-system-x86 qemu-utils seabios ipxe-qemu ovmf)
 # QEMU 10 as on the build hosts (hv relies on it); everything else from bookworm.
 APT_PREFS='Package: qemu-system-x86 qemu-system-common qemu-system-data qemu-system-gui qemu-utils qemu-block-extra seabios ipxe-qemu

@@ -41,8 +41,32 @@ die() {
   exit 1
 }
 
+# What the Isthmus binaries are compiled from: the workspace manifest and lock,
+# the crates they link and the vendored crates; their tests, benches, examples,
+# fuzz targets and docs do not go into a binary. Paths relative to the checkout.
+RUST_SOURCES=(Cargo.toml Cargo.lock proto netbridge hv webui appliance csc vendor
+  ':(exclude)*/tests/*' ':(exclude)*/benches/*' ':(exclude)*/bench/*' ':(exclude)*/examples/*'
+  ':(exclude)*/fuzz/*' ':(exclude)*.md')
+
+# Source key: the rustc version and the content of every file in RUST_SOURCES
+# (tracked, or new and not ignored) of the checkout at $1, as it is on disk.
+# A fresh clone of the same tree has the same key without building anything,
+# so `smoke.sh --if-cached` (make test) finds images that `make images` built
+# from that tree in any checkout. Empty when $1 is not a git checkout.
+source_key() { # repo
+  git -C "$1" rev-parse --git-dir >/dev/null 2>&1 || return 0
+  (
+    cd "$1" || exit 1
+    rustc -V 2>/dev/null || echo 'rustc: none'
+    git ls-files -z --cached --others --exclude-standard --deduplicate -- "${RUST_SOURCES[@]}" |
+      LC_ALL=C sort -zu | xargs -0 -r sha256sum 2>/dev/null || true # a deleted tracked file is just absent
+  ) | sha256sum | cut -c1-16
+}
+
 # Recipe hash: the role's directory, common/, the overlay (content and mode),
-# the package list, sizes, and the sha256 of every binary shipped. Directories
+# the package list, sizes, and what the binaries are: the source key when the
+# build script was given no binary path (the release binaries of this checkout,
+# which `make images` builds first), else the sha256 of every binary shipped. Directories
 # count by name, not by where the checkout lives (a clone elsewhere, or the
 # lead's check of the committed tree, finds the same cache); tests and
 # measurements (smoke.sh, bench.sh, nested-boot.sh) do not go into the image.
@@ -58,7 +82,13 @@ recipe_hash() { # dirs...
     printf 'PREFS=%s\nSUITE=%s\nPACKAGES=%s\nROOT_MB=%s\nDISK_MB=%s\nMODULES=%s\nEPOCH=%s\nUPDATE_PUB=%s\n' \
       "${APT_PREFS:-}" "$SUITE" "${PACKAGES[*]}" "$ROOT_MB" "$DISK_MB" "${ROOT_MODULES[*]}" "$SOURCE_DATE_EPOCH" "$UPDATE_PUB"
     local b
-    for b in "${BINARIES[@]}"; do printf '%s %s\n' "$(basename "$b")" "$(sha256sum <"$b" | cut -c1-64)"; done
+    if [[ -n ${SOURCE_KEY:-} ]]; then
+      printf 'SOURCE=%s BINARIES=' "$SOURCE_KEY"
+      for b in "${BINARIES[@]}"; do printf '%s ' "$(basename "$b")"; done
+      echo
+    else
+      for b in "${BINARIES[@]}"; do printf '%s %s\n' "$(basename "$b")" "$(sha256sum <"$b" | cut -c1-64)"; done
+    fi
   ) | sha256sum | cut -c1-16
 }
 
@@ -357,6 +387,8 @@ finish_image() {
   "boot_uuid": "$BOOT_UUID",
   "version": "$HASH",
   "root_sha256": "$(sha256sum <"$WORK/root.img" | cut -c1-64)",
+  "source_key": "${SOURCE_KEY:-}",
+  "binaries_sha256": {$(for b in "${BINARIES[@]}"; do printf '"%s": "%s"' "$(basename "$b")" "$(sha256sum <"$b" | cut -c1-64)"; done | sed 's/""/", "/g')},
   $update_json
   "kernel_cmdline": "root=UUID=$ROOT_UUID ro $KERNEL_CMDLINE_EXTRA"
 }
@@ -366,9 +398,15 @@ JSON
 }
 
 # The whole build; prints the cache directory on fd 3.
+# SOURCE_KEYED=1 (set by build.sh when given no binary path) keys the image by
+# source_key instead of the binaries' digests; a lookup (ISTHMUS_CACHED_ONLY)
+# then needs no binaries at all.
 build_product_image() { # recipe-dirs...
   local b
+  SOURCE_KEY=
+  [[ -z ${SOURCE_KEYED:-} ]] || SOURCE_KEY=$(source_key "$REPO")
   for b in "${BINARIES[@]}"; do
+    [[ -n $SOURCE_KEY && -n ${ISTHMUS_CACHED_ONLY:-} ]] && break
     if [[ ! -x $b ]]; then
       [[ -z ${ISTHMUS_CACHED_ONLY:-} ]] || exit 3
       die "missing $b: build it first (make images runs cargo build --release)"
