@@ -198,6 +198,19 @@ impl CloudClient {
         .await
     }
 
+    /// `POST /v1/transfers/{id}/prepare`: the node makes the disk's
+    /// encrypted image ahead of the begin (answers once it is ready). A node
+    /// without the route answers 404 ([`CloudError::Refused`]).
+    pub async fn transfer_prepare(&self, id: &str, size: u64) -> Result<(), CloudError> {
+        self.hand_key(id, true).await?;
+        let req = self
+            .http
+            .post(format!("{}/v1/transfers/{id}/prepare", self.base))
+            .timeout(Duration::from_secs(600))
+            .json(&proto::transfer::TransferPrepare { size });
+        self.checked("transfer prepare", req).await.map(drop)
+    }
+
     /// `PUT /v1/disks/{id}/key`: hands the node the key of disk `id` (it
     /// keeps it in memory only); before every transfer and guest start.
     pub async fn grant_disk_key(&self, id: &str, key: &proto::transfer::WireKey) -> Result<(), CloudError> {

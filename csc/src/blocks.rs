@@ -18,9 +18,12 @@
 //! never names a block the image could lose in a crash). A broken link or a restart of either side loses
 //! nothing: the next [`BlockStore::begin`] re-reads the journal, re-hashes
 //! those blocks from `id.data` and asks only for the others (and clears any
-//! block of the earlier manifest that the new one says is zeros). At
-//! [`BlockStore::finish`] the node re-reads every data block, compares the
-//! whole-disk digest with the sender's, renames it to `disks/id.img` and adds
+//! block of the earlier manifest that the new one says is zeros). Every data
+//! block is read back from the image after the flush that made it durable,
+//! by a verifier thread of the transfer while later blocks still arrive
+//! ([`Transfer::commit`]); at [`BlockStore::finish`] the node reads back what
+//! is left, computes the whole-disk digest from the read-back hashes (of what
+//! is on disk, not of what arrived), compares it with the sender's, renames it to `disks/id.img` and adds
 //! its blocks to the index (`disks/.block-index`, append-only records of
 //! hash → disk id + block; hashes only, never block content). The index is a hint: every block taken from it is
 //! hashed again before use, so a disk changed by its guest since cannot
@@ -156,6 +159,14 @@ struct Transfer {
     journal_path: PathBuf,
     /// Blocks written but not yet flushed and journaled.
     unjournaled: Mutex<Vec<u64>>,
+    /// SHA-256 of each data block as read back from the image after its
+    /// last write was flushed: the node's side of the whole-disk digest.
+    readback: Mutex<HashMap<u64, BlockHash>>,
+    /// Batches of flushed blocks for the read-back thread (`None` once
+    /// finish closed it).
+    verify_tx: Mutex<Option<std::sync::mpsc::Sender<Vec<u64>>>>,
+    /// The read-back thread.
+    verifier: Mutex<Option<std::thread::JoinHandle<Result<(), Error>>>>,
     wire_bytes: AtomicU64,
     /// Block requests of this transfer still running.
     receiving: AtomicU64,
@@ -186,7 +197,8 @@ impl Transfer {
         Ok(())
     }
 
-    /// Flushes the image and journals the blocks written before the flush.
+    /// Flushes the image, journals the blocks written before the flush and
+    /// hands them to the read-back thread.
     fn commit(&self) -> Result<(), Error> {
         let blocks = std::mem::take(&mut *lock(&self.unjournaled));
         if blocks.is_empty() {
@@ -194,10 +206,60 @@ impl Transfer {
         }
         self.with_data(|d| d.flush())?;
         let mut out = Vec::with_capacity(blocks.len() * 8);
-        for i in blocks {
+        for i in &blocks {
             out.extend_from_slice(&i.to_be_bytes());
         }
-        lock(&self.journal).write_all(&out).map_err(io_err(&self.journal_path))
+        lock(&self.journal).write_all(&out).map_err(io_err(&self.journal_path))?;
+        match lock(&self.verify_tx).as_ref() {
+            // A send fails only when the thread ended on an error, which
+            // finish reports; the blocks are then read back there.
+            Some(tx) => drop(tx.send(blocks)),
+            None => self.read_back(&blocks)?,
+        }
+        Ok(())
+    }
+
+    /// Reads `blocks` back from the image and keeps their hashes.
+    fn read_back(&self, blocks: &[u64]) -> Result<(), Error> {
+        let mut buf = vec![0u8; BLOCK_SIZE as usize];
+        for &index in blocks {
+            let b = &mut buf[..block_len(self.size, index) as usize];
+            self.with_data(|d| d.read_at(b, index * BLOCK_SIZE))?;
+            let h = sha256(b);
+            lock(&self.readback).insert(index, h);
+        }
+        Ok(())
+    }
+
+    /// Starts the read-back thread of `t`. It holds the transfer only
+    /// weakly, so a transfer that is dropped (replaced) ends it.
+    fn start_verifier(t: &Arc<Transfer>, rx: std::sync::mpsc::Receiver<Vec<u64>>) {
+        let weak = Arc::downgrade(t);
+        let handle = std::thread::Builder::new().name("block-readback".into()).spawn(move || {
+            while let Ok(batch) = rx.recv() {
+                let Some(t) = weak.upgrade() else { break };
+                t.read_back(&batch)?;
+            }
+            Ok(())
+        });
+        match handle {
+            Ok(h) => *lock(&t.verifier) = Some(h),
+            // No thread: commit reads back inline.
+            Err(e) => {
+                tracing::warn!(disk = %t.id, error = %e, "no read-back thread; blocks are read back as they are journaled");
+                lock(&t.verify_tx).take();
+            }
+        }
+    }
+
+    /// Ends the read-back thread after it has read every batch it was
+    /// given; its error, if it failed.
+    fn stop_verifier(&self) -> Result<(), Error> {
+        lock(&self.verify_tx).take();
+        match lock(&self.verifier).take() {
+            Some(h) => h.join().map_err(|_| Error::Task("the block read-back thread panicked".into()))?,
+            None => Ok(()),
+        }
     }
 
     /// Journals block `index` as held (it is durable in the image already).
@@ -239,6 +301,17 @@ impl Drop for Receiving {
     }
 }
 
+/// An empty encrypted image made ahead of a transfer's begin
+/// ([`BlockStore::prepare`]), at `.transfers/{id}.prepared`.
+struct Prepared {
+    size: u64,
+    disk: EncryptedDisk,
+}
+
+/// A prepare in progress or done: begin locks it, so it waits for a
+/// creation still running.
+type PreparedSlot = Arc<Mutex<Option<Prepared>>>;
+
 /// Where the index found a block.
 #[derive(Clone, Debug)]
 struct Location {
@@ -258,9 +331,12 @@ pub struct BlockStore {
     index_path: PathBuf,
     index: Mutex<HashMap<BlockHash, Location>>,
     open: Mutex<HashMap<DiskId, Arc<Transfer>>>,
+    /// Images made ahead of a begin, by disk.
+    prepared: Mutex<HashMap<DiskId, PreparedSlot>>,
     wire_bytes: AtomicU64,
     blocks_received: AtomicU64,
     blocks_deduped: AtomicU64,
+    images_prepared: AtomicU64,
 }
 
 impl std::fmt::Debug for BlockStore {
@@ -278,6 +354,12 @@ impl BlockStore {
         let daemons_dir = disks_dir.join(".sd");
         // Daemons an earlier run of the node left behind hold images locked.
         hv::storage_daemon::reap_stale(&daemons_dir);
+        // Images prepared for a begin that never came (empty; no data).
+        if let Ok(rd) = std::fs::read_dir(&xfer_dir) {
+            for e in rd.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "prepared")) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         let index_path = disks_dir.join(".block-index");
         let index = match load_index(&index_path) {
             Ok(i) => i,
@@ -295,9 +377,11 @@ impl BlockStore {
             index_path,
             index: Mutex::new(index),
             open: Mutex::default(),
+            prepared: Mutex::default(),
             wire_bytes: AtomicU64::new(0),
             blocks_received: AtomicU64::new(0),
             blocks_deduped: AtomicU64::new(0),
+            images_prepared: AtomicU64::new(0),
         }
     }
 
@@ -308,6 +392,7 @@ impl BlockStore {
             blocks_received: self.blocks_received.load(Ordering::Relaxed),
             blocks_deduped: self.blocks_deduped.load(Ordering::Relaxed),
             index_blocks: lock(&self.index).len() as u64,
+            images_prepared: self.images_prepared.load(Ordering::Relaxed),
         }
     }
 
@@ -350,6 +435,60 @@ impl BlockStore {
         EncryptedDisk::open(&path, &key, &self.daemon_dir("r"), Access::ReadShared)
             .map(Some)
             .map_err(disk_err(&path))
+    }
+
+    fn prepared_path(&self, id: &DiskId) -> PathBuf {
+        self.xfer_dir.join(format!("{id}.prepared"))
+    }
+
+    /// Makes the empty encrypted image of a coming transfer of `id` of
+    /// `size` bytes (blocking: seconds of LUKS key derivation; call from a
+    /// blocking thread), so that [`BlockStore::begin`] finds it ready while
+    /// the sender was still hashing its disk. Nothing is made when a
+    /// transfer of `id` is open or can be resumed (its manifest is on disk):
+    /// begin keeps what it holds. Returns whether an image was made.
+    pub fn prepare(&self, id: DiskId, size: u64) -> Result<bool, Error> {
+        let size = proto::transfer::TransferPrepare { size }
+            .checked_size()
+            .map_err(|e| Error::BadManifest(e.0))?;
+        let (mpath, _, _) = self.paths(&id);
+        if mpath.is_file() {
+            return Ok(false);
+        }
+        let key = self.key(id.as_str()).ok_or_else(|| Error::NoKey(id.to_string()))?;
+        let slot: PreparedSlot = Arc::default();
+        let mut mine = lock(&slot);
+        let earlier = lock(&self.prepared).insert(id.clone(), slot.clone());
+        if let Some(earlier) = earlier {
+            // Waits for an earlier prepare of the same disk still running.
+            discard(lock(&earlier).take());
+        }
+        std::fs::create_dir_all(&self.xfer_dir).map_err(io_err(&self.xfer_dir))?;
+        let ppath = self.prepared_path(&id);
+        state_dir::remove_if_exists(&ppath).map_err(|e| Error::Io(ppath.clone(), io::Error::other(e.to_string())))?;
+        let disk = EncryptedDisk::create(&ppath, size, &key, &self.daemon_dir("p")).map_err(disk_err(&ppath))?;
+        let p = Prepared { size, disk };
+        if mpath.is_file() {
+            // A begin overtook this prepare and made its own image.
+            discard(Some(p));
+            return Ok(false);
+        }
+        *mine = Some(p);
+        Ok(true)
+    }
+
+    /// The image prepared for `id`, if one was made for `size` bytes
+    /// (waits for a prepare still running); any other is discarded.
+    fn take_prepared(&self, id: &DiskId, size: u64) -> Option<EncryptedDisk> {
+        let slot = lock(&self.prepared).remove(id)?;
+        let p = lock(&slot).take();
+        match p {
+            Some(p) if p.size == size => Some(p.disk),
+            other => {
+                discard(other);
+                None
+            }
+        }
     }
 
     fn paths(&self, id: &DiskId) -> (PathBuf, PathBuf, PathBuf) {
@@ -406,13 +545,27 @@ impl BlockStore {
             _ => None,
         };
         let earlier = if reopened.is_some() { earlier } else { None };
-        let data = match reopened {
-            Some(d) => d,
-            None => {
+        // An image prepared ahead serves only a fresh start.
+        let prepared = self.take_prepared(&id, req.size);
+        let data = match (reopened, prepared) {
+            (Some(d), prepared) => {
+                discard(prepared.map(|disk| Prepared { size: req.size, disk }));
+                d
+            }
+            (None, prepared) => {
                 state_dir::remove_if_exists(&dpath).map_err(|e| Error::Io(dpath.clone(), io::Error::other(e.to_string())))?;
-                EncryptedDisk::create(&dpath, req.size, &key, &dir).map_err(disk_err(&dpath))?
+                match prepared {
+                    // The daemon keeps its open file across the rename.
+                    Some(d) => {
+                        std::fs::rename(self.prepared_path(&id), &dpath).map_err(io_err(&dpath))?;
+                        self.images_prepared.fetch_add(1, Ordering::Relaxed);
+                        d
+                    }
+                    None => EncryptedDisk::create(&dpath, req.size, &key, &dir).map_err(disk_err(&dpath))?,
+                }
             }
         };
+        let (verify_tx, verify_rx) = std::sync::mpsc::channel();
         let t = Transfer {
             id: id.clone(),
             size: req.size,
@@ -431,6 +584,9 @@ impl BlockStore {
             ),
             journal_path: jpath,
             unjournaled: Mutex::default(),
+            readback: Mutex::default(),
+            verify_tx: Mutex::new(Some(verify_tx)),
+            verifier: Mutex::default(),
             wire_bytes: AtomicU64::new(0),
             receiving: AtomicU64::new(0),
             sent: AtomicU64::new(0),
@@ -448,12 +604,14 @@ impl BlockStore {
             }
             t.with_data(|d| d.flush())?;
             for index in written.into_iter().collect::<HashSet<_>>() {
-                match t.manifest.get(&index) {
-                    Some(want) if sha256(&t.read_block(index)?) == *want => {
-                        t.mark(index)?;
-                        t.resumed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {}
+                let Some(want) = t.manifest.get(&index) else { continue };
+                // Read back from the image: this hash is also the block's
+                // read-back for the final digest.
+                let h = sha256(&t.read_block(index)?);
+                lock(&t.readback).insert(index, h);
+                if h == *want {
+                    t.mark(index)?;
+                    t.resumed.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -462,6 +620,7 @@ impl BlockStore {
         self.dedup(&t)?;
         t.commit()?;
         let t = Arc::new(t);
+        Transfer::start_verifier(&t, verify_rx);
         let plan = self.plan(&t);
         open.insert(id, t);
         Ok(plan)
@@ -542,6 +701,7 @@ impl BlockStore {
             need: t.missing(),
             resumed: t.resumed.load(Ordering::Relaxed),
             deduped: t.deduped.load(Ordering::Relaxed),
+            raw_frames: true,
         }
     }
 
@@ -610,8 +770,9 @@ impl BlockStore {
                     index: f.index,
                 });
             }
-            let raw = f.decode()?;
-            t.write_block(f.index, &raw)?;
+            let index = f.index;
+            let raw = f.into_block()?;
+            t.write_block(index, &raw)?;
             t.sent.fetch_add(1, Ordering::Relaxed);
             self.blocks_received.fetch_add(1, Ordering::Relaxed);
             n += 1;
@@ -634,20 +795,26 @@ impl BlockStore {
         t.commit()?;
         // Only manifest blocks can hold data (the image starts blank, and
         // begin clears every other block an earlier attempt may have
-        // written), so those are read back; the rest count as zeros.
+        // written); the rest count as zeros. Each manifest block was read
+        // back after the flush that followed its last write (the read-back
+        // thread, resume, or here for any the thread did not get to).
+        let stopped = t.stop_verifier();
+        if let Err(e) = &stopped {
+            tracing::warn!(disk = %id, error = %e, "block read-back thread failed; reading back the rest now");
+        }
+        let unread: Vec<u64> = {
+            let rb = lock(&t.readback);
+            let mut v: Vec<u64> = t.manifest.keys().filter(|i| !rb.contains_key(i)).copied().collect();
+            v.sort_unstable();
+            v
+        };
+        t.read_back(&unread)?;
         let mut digest = DiskDigest::new(t.size);
-        let mut buf = vec![0u8; BLOCK_SIZE as usize];
-        for index in 0..block_count(t.size) {
-            if !t.manifest.contains_key(&index) {
-                digest.add(index, None);
-                continue;
-            }
-            let b = &mut buf[..block_len(t.size, index) as usize];
-            t.with_data(|d| d.read_at(b, index * BLOCK_SIZE))?;
-            if b.iter().all(|&x| x == 0) {
-                digest.add(index, None);
-            } else {
-                digest.add(index, Some(&sha256(b)));
+        {
+            let rb = lock(&t.readback);
+            for index in 0..block_count(t.size) {
+                // An all-zero block's hash is the digest's zero hash.
+                digest.add(index, t.manifest.get(&index).and(rb.get(&index)));
             }
         }
         let actual = digest.finish();
@@ -711,6 +878,15 @@ impl BlockStore {
             .map_err(io_err(&self.index_path))?;
         f.write_all(&out).map_err(io_err(&self.index_path))?;
         f.sync_data().map_err(io_err(&self.index_path))
+    }
+}
+
+/// Closes a prepared image that will not be used and deletes its file.
+fn discard(p: Option<Prepared>) {
+    if let Some(p) = p {
+        let path = p.disk.path().to_path_buf();
+        let _ = p.disk.close();
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -871,6 +1047,29 @@ mod tests {
         store.finish(&id, &digest).unwrap();
         assert!(stored(&store, "b", b.len()) == b);
         assert_eq!(store.stats().blocks_deduped, 4);
+    }
+
+    #[tokio::test]
+    async fn the_digest_is_of_what_was_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(BlockStore::new(dir.path().to_path_buf()));
+        let a = disk(4, 3);
+        let (m, digest) = manifest(&a);
+        let id: DiskId = "r".parse().unwrap();
+        key(&store, &id, 5);
+        let plan = store.begin(id.clone(), m).unwrap();
+        store
+            .receive(&id, futures_util::stream::iter(frames(&a, &plan.need)))
+            .await
+            .unwrap();
+        // A write that did not come through a checked frame (as a fault in
+        // the storage path would) changes what is on disk after the block
+        // arrived and was verified: the read-back sees it.
+        let t = store.get(&id).unwrap();
+        t.write_block(0, &vec![0x5a; BLOCK_SIZE as usize]).unwrap();
+        drop(t);
+        let e = store.finish(&id, &digest).unwrap_err();
+        assert!(matches!(e, Error::DigestMismatch { .. }), "{e}");
     }
 
     #[tokio::test]

@@ -7,7 +7,9 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use proto::transfer::{BlocksReceived, DiskKeyGrant, TransferBegin, TransferDone, TransferFinish, TransferPlan, TransferStats};
+use proto::transfer::{
+    BlocksReceived, DiskKeyGrant, TransferBegin, TransferDone, TransferFinish, TransferPlan, TransferPrepare, TransferStats,
+};
 
 use crate::api::{ApiJson, Failure};
 use crate::blocks;
@@ -53,6 +55,7 @@ pub fn routes() -> Router<Arc<Node>> {
     Router::new()
         .route("/v1/transfers", get(stats))
         .route("/v1/transfers/{id}", post(begin).layer(DefaultBodyLimit::max(MANIFEST_LIMIT)))
+        .route("/v1/transfers/{id}/prepare", post(prepare))
         .route("/v1/transfers/{id}/blocks", put(blocks))
         .route("/v1/transfers/{id}/finish", post(finish))
         .route("/v1/disks/{id}/key", put(grant_key).delete(forget_key))
@@ -92,6 +95,27 @@ async fn not_in_use(node: &Node, id: &DiskId) -> Result<(), Failure> {
 
 async fn stats(State(node): State<Arc<Node>>) -> Json<TransferStats> {
     Json(node.disks().blocks().stats())
+}
+
+/// `POST /v1/transfers/{id}/prepare`: makes the disk's encrypted image
+/// while the sender still hashes; answers once it is ready (204).
+async fn prepare(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<TransferPrepare>,
+) -> Result<StatusCode, Failure> {
+    let id: DiskId = id.parse()?;
+    not_in_use(&node, &id).await?;
+    let store = node.disks().blocks().clone();
+    let t0 = std::time::Instant::now();
+    let made = tokio::task::spawn_blocking({
+        let id = id.clone();
+        move || store.prepare(id, req.size)
+    })
+    .await
+    .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    tracing::info!(disk = %id, made, secs = t0.elapsed().as_secs_f64(), "transfer prepared");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn begin(

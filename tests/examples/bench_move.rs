@@ -7,6 +7,10 @@
 //! 2. `copy_mbps`: `isthmus stage` (the block transfer every move uses: SHA-256,
 //!    zstd, mutual-TLS streams) of a synthetic 2 GiB qcow2 with ~0.5 GiB of
 //!    data to the real `isthmus-node`.
+//!    `copy_v1_mbps`: the same with the sender as before protocol 2 (no
+//!    prepare, zstd frames only: `ISTHMUS_TRANSFER_PROTOCOL1=1`), of an image
+//!    of the same layout with other random bytes (the node would dedup the
+//!    first), right after it: an A/B from one run on a loaded machine.
 //! 3. `rsync_mbps`: `rsync --sparse` of the same qcow2 file to an rsync daemon
 //!    in the cloud namespace.
 //! 4. `nbd_mbps`: `qemu-img convert` of the same image to a `qemu-nbd` export.
@@ -18,6 +22,10 @@
 //!
 //! All rates divide the image's allocated bytes by the wall time of the copy.
 //! Prints a table, then one JSON line. Root only; never part of `make test`.
+//!
+//! `bench_move --copy-only` runs steps 1–3 only (a quick look at the copy
+//! rate beside rsync's from the same run while working on the transfer) and
+//! prints one JSON line with their keys.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -48,6 +56,7 @@ const NOISE: [(u64, u64); 8] = [
 const TEXT: (u64, u64) = (700, 32);
 
 fn main() -> Result<()> {
+    let copy_only = std::env::args().any(|a| a == "--copy-only");
     scenario::preflight()?;
     for tool in ["tc", "iperf3", "rsync", "qemu-nbd", "qemu-io", "ping"] {
         if run(&["sh", "-c", &format!("command -v {tool}")]).is_err() {
@@ -76,13 +85,19 @@ fn main() -> Result<()> {
     let link_mbps = iperf(&lab)?;
 
     eprintln!("bench-move: making the synthetic image …");
-    let base = synthetic(&lab.work)?;
+    let base = synthetic(&lab.work, "bench-base", 0x2545F4914F6CDD1D)?;
+    let other = synthetic(&lab.work, "bench-v1", 0xD1B54A32D192ED03)?;
     let base_len = std::fs::metadata(&base)?.len();
 
     eprintln!("bench-move: isthmus stage …");
     let t = Instant::now();
-    let sent = stage(&lab, &base)?;
+    let sent = stage(&lab, &base, false)?;
     let copy_s = t.elapsed().as_secs_f64();
+    eprintln!("bench-move: isthmus stage as protocol 1 …");
+    let t = Instant::now();
+    let sent_v1 = stage(&lab, &other, true)?;
+    let copy_v1_s = t.elapsed().as_secs_f64();
+    let copy_v1_mbps = mbps(sent_v1["allocated"].as_u64().unwrap_or(0), copy_v1_s);
     let allocated = sent["allocated"].as_u64().unwrap_or(0);
     let wire = sent["done"]["wire_bytes"].as_u64().unwrap_or(0);
     let copy_mbps = mbps(allocated, copy_s);
@@ -93,6 +108,24 @@ fn main() -> Result<()> {
     eprintln!("bench-move: rsync --sparse …");
     let rsync_s = rsync(&lab, &base)?;
     let rsync_mbps = mbps(allocated, rsync_s);
+    if copy_only {
+        let json = serde_json::json!({
+            "copy_mbps": r1(copy_mbps),
+            "copy_v1_mbps": r1(copy_v1_mbps),
+            "link_mbps": r1(link_mbps),
+            "rsync_mbps": r1(rsync_mbps),
+            "copy_link_frac": r3(pct(copy_mbps, link_mbps) / 100.0),
+            "copy_rsync_frac": r3(pct(copy_mbps, rsync_mbps) / 100.0),
+            "copy_s": r3(copy_s),
+            "copy_scan_s": scan_s,
+            "copy_send_s": send_s,
+            "copy_finish_s": finish_s,
+            "allocated_bytes": allocated,
+            "wire_bytes": wire,
+        });
+        println!("{json}");
+        return Ok(());
+    }
 
     eprintln!("bench-move: qemu-img convert to qemu-nbd …");
     let nbd_s = nbd(&lab, &base)?;
@@ -100,7 +133,7 @@ fn main() -> Result<()> {
 
     eprintln!("bench-move: dedup (same base, ~3% changed) …");
     let second = changed_copy(&lab.work, &base)?;
-    let sent2 = stage(&lab, &second)?;
+    let sent2 = stage(&lab, &second, false)?;
     let allocated2 = sent2["allocated"].as_u64().unwrap_or(0);
     let wire2 = sent2["done"]["wire_bytes"].as_u64().unwrap_or(0);
     let dedup_sent_ratio = if allocated2 > 0 { wire2 as f64 / allocated2 as f64 } else { -1.0 };
@@ -121,6 +154,7 @@ fn main() -> Result<()> {
     println!("{:<38} {:>10} {:>10.0} {:>11.0}%", "iperf3 TCP (link_mbps)", "", link_mbps, 100.0);
     for (what, s, r) in [
         ("isthmus stage (copy_mbps)", copy_s, copy_mbps),
+        ("isthmus stage, protocol 1 (copy_v1_mbps)", copy_v1_s, copy_v1_mbps),
         ("rsync --sparse, daemon (rsync_mbps)", rsync_s, rsync_mbps),
         ("qemu-img convert → qemu-nbd (nbd_mbps)", nbd_s, nbd_mbps),
     ] {
@@ -155,6 +189,7 @@ fn main() -> Result<()> {
     );
     let json = serde_json::json!({
         "copy_mbps": r1(copy_mbps),
+        "copy_v1_mbps": r1(copy_v1_mbps),
         "link_mbps": r1(link_mbps),
         "rsync_mbps": r1(rsync_mbps),
         "nbd_mbps": r1(nbd_mbps),
@@ -257,12 +292,12 @@ impl Noise {
 
 /// The synthetic base image: `VIRTUAL` bytes, incompressible extents, a
 /// text-like region, holes elsewhere; converted to qcow2.
-fn synthetic(work: &Path) -> Result<PathBuf> {
+fn synthetic(work: &Path, name: &str, seed: u64) -> Result<PathBuf> {
     use std::os::unix::fs::FileExt;
-    let raw = work.join("bench-base.raw");
+    let raw = work.join(format!("{name}.raw"));
     let f = std::fs::File::create(&raw)?;
     f.set_len(VIRTUAL)?;
-    let mut noise = Noise(0x2545F4914F6CDD1D);
+    let mut noise = Noise(seed);
     let mut buf = vec![0u8; MIB as usize];
     for (at, len) in NOISE {
         for m in 0..len {
@@ -281,7 +316,7 @@ fn synthetic(work: &Path) -> Result<PathBuf> {
         f.write_all_at(&text, (TEXT.0 + m) * MIB)?;
     }
     drop(f);
-    let q = work.join("bench-base.qcow2");
+    let q = work.join(format!("{name}.qcow2"));
     run(&["qemu-img", "convert", "-f", "raw", "-O", "qcow2", &s(&raw), &s(&q)])?;
     std::fs::remove_file(raw)?;
     Ok(q)
@@ -310,13 +345,18 @@ fn s(p: &Path) -> String {
 
 /// `isthmus stage <image> --to cloud1 --json`, run in the data center
 /// namespace (the CLI itself sends the blocks); the node's report.
-fn stage(lab: &Lab, image: &Path) -> Result<serde_json::Value> {
+/// `protocol1`: the sender behaves as before protocol 2.
+fn stage(lab: &Lab, image: &Path, protocol1: bool) -> Result<serde_json::Value> {
     let bin = isthmus_lab::bin("isthmus")?;
     let dir = lab.work.join("appliance");
-    let out = lab.ns.exec(
-        &lab.dc,
-        &[&s(&bin), "--data-dir", &s(&dir), "stage", &s(image), "--to", "cloud1", "--json"],
-    )?;
+    let env = format!("{}={}", appliance::moves::transfer::PROTOCOL1_ENV, u8::from(protocol1));
+    let mut argv = vec!["env"];
+    if protocol1 {
+        argv.push(&env);
+    }
+    let (bin, dir, image) = (s(&bin), s(&dir), s(image));
+    argv.extend([bin.as_str(), "--data-dir", &dir, "stage", &image, "--to", "cloud1", "--json"]);
+    let out = lab.ns.exec(&lab.dc, &argv)?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("isthmus stage printed no JSON")?;
     if v["attempts"].as_u64() != Some(1) {
         eprintln!("bench-move: note: the stage took {} attempts", v["attempts"]);

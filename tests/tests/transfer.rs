@@ -201,6 +201,16 @@ async fn cut_link_resumes_and_a_same_base_server_dedups() {
     assert!(s.allocated < 64 * MIB, "{s:?}");
     assert!(same_on_node(&base, &node.disks.join("base-base.img"), work.path(), "base-base"));
     assert!(!node.disks.join(".transfers/base-base.data").exists());
+    // The node made the encrypted image while the sender hashed (prepare),
+    // and the resumed attempt kept it; nothing prepared is left over.
+    let stats = node.client.transfer_stats().await.unwrap();
+    assert_eq!(stats.images_prepared, 1, "{stats:?}");
+    let left: Vec<_> = std::fs::read_dir(node.disks.join(".transfers"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left in .transfers: {left:?}");
 
     // A second server from the same base: 3 MiB changed (qemu-io writes into the qcow2).
     let web2 = work.path().join("web2.qcow2");
@@ -225,6 +235,7 @@ async fn cut_link_resumes_and_a_same_base_server_dedups() {
         s2.done.blocks
     );
     assert!(ratio < 0.20, "sent {:.1}% of the allocated bytes: {s2:?}", ratio * 100.0);
+    assert_eq!(after.images_prepared, 2, "{after:?}");
     assert!(s2.done.blocks_deduped > 30, "{s2:?}");
     // The 3 changed MiB (incompressible) did cross the link.
     assert!(received > 3 * MIB, "{received}");

@@ -2,7 +2,8 @@
 //!
 //! 1. Read the allocated blocks of the guest-visible disk ([`GuestView`]),
 //!    skip all-zero ones, hash the rest (SHA-256) and compute the whole-disk
-//!    digest.
+//!    digest. Meanwhile the node makes the disk's encrypted image (it needs
+//!    only the size, known first).
 //! 2. Tell the node the manifest; it answers which blocks it lacks (it keeps
 //!    what an earlier attempt delivered and copies what its block index holds).
 //! 3. Send the missing blocks zstd-compressed over several parallel HTTPS
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use proto::transfer::{encode_frame, hex, sha256, BlockEntry, DiskDigest, TransferBegin, TransferDone, BLOCK_SIZE};
+use proto::transfer::{encode_frame, encode_frame_auto, hex, sha256, BlockEntry, DiskDigest, TransferBegin, TransferDone, BLOCK_SIZE};
 
 use crate::cloud::{CloudClient, CloudError};
 use crate::moves::extents::{ExtentError, GuestView};
@@ -66,14 +67,26 @@ pub struct Options {
     /// Test hook: the first attempt's streams break after this many frames
     /// each (a cut link, seen by the node as an interrupted body).
     pub break_after_frames: Option<u64>,
+    /// Ask the node to make the encrypted image while the disk is hashed
+    /// (`POST /v1/transfers/{id}/prepare`).
+    pub prepare: bool,
+    /// Send blocks zstd does not shrink uncompressed, when the node takes them.
+    pub raw_frames: bool,
 }
+
+/// Environment variable that makes the sender behave as before protocol 2
+/// (no prepare, zstd frames only): for A/B runs of `make bench-move`.
+pub const PROTOCOL1_ENV: &str = "ISTHMUS_TRANSFER_PROTOCOL1";
 
 impl Default for Options {
     fn default() -> Self {
+        let v2 = std::env::var_os(PROTOCOL1_ENV).is_none();
         Options {
             streams: 4,
             attempts: 6,
             break_after_frames: None,
+            prepare: v2,
+            raw_frames: v2,
         }
     }
 }
@@ -110,7 +123,10 @@ struct Scan {
 }
 
 fn scan(path: &Path, work: &Path) -> Result<Scan, TransferError> {
-    let view = GuestView::open(path, work)?;
+    scan_view(GuestView::open(path, work)?, path)
+}
+
+fn scan_view(view: GuestView, path: &Path) -> Result<Scan, TransferError> {
     let hashes = hash_blocks(&view, path)?;
     let mut digest = DiskDigest::new(view.size);
     let mut blocks = Vec::new();
@@ -203,14 +219,32 @@ pub async fn send_disk(
 ) -> Result<Sent, TransferError> {
     let (p, w) = (path.to_path_buf(), work.to_path_buf());
     let t0 = std::time::Instant::now();
+    let view = tokio::task::spawn_blocking(move || GuestView::open(&p, &w))
+        .await
+        .map_err(|e| TransferError::Task(e.to_string()))??;
+    // The node makes the encrypted image (seconds of LUKS key derivation)
+    // while we read and hash.
+    let prepared = (opts.prepare && view.size > 0).then(|| {
+        let (client, id, size) = (client.clone(), id.to_string(), view.size);
+        tokio::spawn(async move { client.transfer_prepare(&id, size).await })
+    });
+    let p = path.to_path_buf();
     let scan = Arc::new(
-        tokio::task::spawn_blocking(move || scan(&p, &w))
+        tokio::task::spawn_blocking(move || scan_view(view, &p))
             .await
             .map_err(|e| TransferError::Task(e.to_string()))??,
     );
     let total = scan.data_bytes;
     let scan_s = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();
+    if let Some(p) = prepared {
+        // Not fatal: the begin makes the image (older nodes have no prepare).
+        match p.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::info!(disk = id, error = %e, "the node did not prepare the image; it makes it at begin"),
+            Err(e) => tracing::info!(disk = id, error = %e, "prepare task failed; the node makes the image at begin"),
+        }
+    }
     let size_of = |i: u64| proto::transfer::block_len(scan.view.size, i);
     // Attempts = 1 + interrupted rounds.
     let mut attempt = 1;
@@ -242,7 +276,8 @@ pub async fn send_disk(
                 continue;
             }
             let brk = if attempt == 1 { opts.break_after_frames } else { None };
-            let body = frame_stream(scan.clone(), part, brk, done.clone(), total, progress.clone());
+            let raw = plan.raw_frames && opts.raw_frames;
+            let body = frame_stream(scan.clone(), part, raw, brk, done.clone(), total, progress.clone());
             let client = client.clone();
             let id = id.to_string();
             tasks.push(tokio::spawn(async move { client.transfer_blocks(&id, body).await }));
@@ -289,10 +324,12 @@ pub async fn send_disk(
 }
 
 /// A request body of frames for `blocks`, produced by a blocking thread that
-/// reads, compresses and frames one block at a time.
+/// reads, compresses and frames one block at a time (`raw_frames`: the node
+/// takes blocks zstd does not shrink uncompressed).
 fn frame_stream(
     scan: Arc<Scan>,
     blocks: Vec<u64>,
+    raw_frames: bool,
     break_after: Option<u64>,
     done: Arc<AtomicU64>,
     total: u64,
@@ -315,8 +352,12 @@ fn frame_stream(
                     .get(&index)
                     .and_then(|h| proto::transfer::parse_hash(h))
                     .unwrap_or_else(|| sha256(&buf));
-                let mut out = Vec::with_capacity(buf.len() / 2);
-                encode_frame(index, &buf, &h, &mut out);
+                let mut out = Vec::with_capacity(buf.len() + proto::transfer::FRAME_HEADER);
+                if raw_frames {
+                    encode_frame_auto(index, &buf, &h, &mut out);
+                } else {
+                    encode_frame(index, &buf, &h, &mut out);
+                }
                 Bytes::from(out)
             });
             let len = buf.len() as u64;
