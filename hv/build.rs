@@ -28,4 +28,16 @@ fn main() {
         Err(e) => panic!("cannot run the C compiler `{cc}` to build {src}: {e}; install gcc (tests/setup/deps.sh does)"),
     }
     println!("cargo:rustc-env=ISTHMUS_XTS_BUILT={}", out.display());
+    // Also beside the workspace's binaries (OUT_DIR is
+    // target/<profile>/build/hv-<hash>/out): hv looks next to its executable
+    // first, and image recipes copy target/release/libisthmus-xts.so.
+    if let Some(profile_dir) = out.ancestors().nth(4) {
+        let beside = profile_dir.join("libisthmus-xts.so");
+        let tmp = profile_dir.join(format!(".libisthmus-xts.so.{}", std::process::id()));
+        // Copy then rename: a running QEMU may have the old file mapped.
+        if std::fs::copy(&out, &tmp).and_then(|_| std::fs::rename(&tmp, &beside)).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+            println!("cargo:warning=could not copy {} to {}", out.display(), beside.display());
+        }
+    }
 }

@@ -451,6 +451,7 @@ fn info_of(record: &GuestRecord, guest: Option<&hv::Guest>, state: GuestState) -
         pid,
         isolated: record.isolated,
         console: None,
+        xts: guest.filter(|g| hv_is_running(g)).and_then(|g| g.xts()),
     }
 }
 

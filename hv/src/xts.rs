@@ -22,7 +22,6 @@
 //! us is refused (QEMU holds the LUKS master key in memory), and QEMU keeps
 //! nettle's XTS.
 
-use serde::Serialize;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,24 +37,9 @@ pub const INSTALLED_PATH: &str = "/usr/lib/isthmus/libisthmus-xts.so";
 /// Where this build of hv put it (`build.rs`).
 const BUILT_PATH: &str = env!("ISTHMUS_XTS_BUILT");
 
-/// The XTS code a QEMU process runs for LUKS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum XtsImpl {
-    /// `libisthmus-xts.so` is loaded: one cipher call per sector.
-    BatchedPreload,
-    /// nettle's own XTS, one cipher call per 16-byte block.
-    Nettle,
-}
-
-impl std::fmt::Display for XtsImpl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            XtsImpl::BatchedPreload => "batched-preload",
-            XtsImpl::Nettle => "nettle",
-        })
-    }
-}
+/// The XTS code a QEMU process runs for LUKS (in `proto`: a guest's
+/// status carries it).
+pub use proto::api::XtsImpl;
 
 /// The library this build of hv compiled (`build.rs`), whether or not it
 /// is the one [`preload_library`] picks: for tests and packaging.

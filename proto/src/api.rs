@@ -136,6 +136,27 @@ pub enum GuestState {
     Stopped,
 }
 
+/// The XTS code that encrypts a guest's LUKS disks inside its QEMU process
+/// (hv's `xts` module).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum XtsImpl {
+    /// hv's batched XTS (`libisthmus-xts.so` preloaded): one cipher call per
+    /// sector.
+    BatchedPreload,
+    /// nettle's own XTS: one cipher call per 16-byte block.
+    Nettle,
+}
+
+impl std::fmt::Display for XtsImpl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            XtsImpl::BatchedPreload => "batched-preload",
+            XtsImpl::Nettle => "nettle",
+        })
+    }
+}
+
 /// A guest on a node.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct GuestInfo {
@@ -157,6 +178,9 @@ pub struct GuestInfo {
     /// appliance watches a rehearsal copy boot through it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console: Option<ConsoleSeen>,
+    /// While running: which XTS its QEMU encrypts LUKS disks with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xts: Option<XtsImpl>,
 }
 
 /// What a guest's serial console showed so far.
