@@ -444,7 +444,9 @@ impl DrEffects for RealDrEffects {
             s.profile = p.profile.clone();
             Ok((s, p))
         };
-        let dests: Vec<String> = (0..server.profile.disks.len().max(1))
+        // One data-center image per replica disk (the point's disks, else the profile's).
+        let disks = point.as_ref().map_or(server.profile.disks.len(), |p| p.disk_ids.len());
+        let dests: Vec<String> = (0..disks)
             .map(|i| failback_path(&app, &rec.server, i).display().to_string())
             .collect();
         match step {
