@@ -139,7 +139,10 @@ fn apply_library(cmd: &mut Command, lib: Option<&Path>) -> XtsImpl {
 /// `None` when the process is gone or its maps are not readable.
 pub fn in_process(pid: u32) -> Option<XtsImpl> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    let loaded = maps.lines().any(|l| l.ends_with(&format!("/{LIBRARY_NAME}")));
+    // A rebuilt or reinstalled library shows as "… (deleted)" in a QEMU
+    // that mapped the old file: it still runs the batched code.
+    let suffix = format!("/{LIBRARY_NAME}");
+    let loaded = maps.lines().any(|l| l.trim_end_matches(" (deleted)").ends_with(&suffix));
     Some(if loaded { XtsImpl::BatchedPreload } else { XtsImpl::Nettle })
 }
 
