@@ -101,15 +101,16 @@ pub struct LcgStatus {
     pub gratuitous_sent: u64,
 }
 
-fn status(app: &App) -> Result<LcgStatus, AppError> {
-    let lcg = &app.lcg;
-    let Some((stats, names)) = lcg.bridge_stats() else {
-        return Ok(LcgStatus {
-            lan: lcg.lan().into(),
-            running: false,
-            ha: lcg.ha()?,
-            standby: false,
-            tunnels: vec![],
+impl LcgStatus {
+    /// A status with these tunnels and every LAN counter at zero (an LCG
+    /// that has not started, or has seen nothing yet).
+    pub fn quiet(lan: &str, running: bool, ha: bool, standby: bool, tunnels: Vec<TunnelStatus>) -> Self {
+        Self {
+            lan: lan.into(),
+            running,
+            ha,
+            standby,
+            tunnels,
             duplicate_macs: vec![],
             loops_detected: 0,
             loop_blocked: false,
@@ -117,7 +118,14 @@ fn status(app: &App) -> Result<LcgStatus, AppError> {
             lan_filtered: 0,
             lan_tx_frames: 0,
             gratuitous_sent: 0,
-        });
+        }
+    }
+}
+
+fn status(app: &App) -> Result<LcgStatus, AppError> {
+    let lcg = &app.lcg;
+    let Some((stats, names)) = lcg.bridge_stats() else {
+        return Ok(LcgStatus::quiet(lcg.lan(), false, lcg.ha()?, false, vec![]));
     };
     let mut tunnels = Vec::new();
     for p in &stats.peers {
@@ -364,20 +372,7 @@ mod tests {
     }
 
     fn status(ha: bool, standby: bool, tunnels: Vec<TunnelStatus>) -> LcgStatus {
-        LcgStatus {
-            lan: "lan0".into(),
-            running: true,
-            ha,
-            standby,
-            tunnels,
-            duplicate_macs: vec![],
-            loops_detected: 0,
-            loop_blocked: false,
-            storm_drops: 0,
-            lan_filtered: 0,
-            lan_tx_frames: 0,
-            gratuitous_sent: 0,
-        }
+        LcgStatus::quiet("lan0", true, ha, standby, tunnels)
     }
 
     #[test]
