@@ -1,5 +1,6 @@
 //! Removing an enrolled cloud (`isthmus cloud remove NAME`): refused while
-//! a server runs there or a move to or from it is under way; then the LCG
+//! a server runs there, a move to or from it is under way or it holds a
+//! disaster-recovery replica; then the LCG
 //! closes its tunnel (the bridge's peer goes, with the MACs carried via it)
 //! and the appliance forgets the cloud. The node keeps its own enrolment:
 //! wipe its state directory to enrol it anew.
@@ -35,6 +36,11 @@ pub fn remove_cloud(app: &App, name: &str) -> Result<(), AppError> {
             m.id,
             m.server,
             m.step.label()
+        )));
+    }
+    if let Some(server) = crate::dr::ops::protected_on(app, name)? {
+        return Err(AppError::Conflict(format!(
+            "{name} holds the disaster-recovery replica of {server}; `isthmus dr unprotect {server}` first"
         )));
     }
     app.lcg.close(name)?;

@@ -270,4 +270,19 @@ fn failover_failback_keeps_data_written_after_failover() {
     let age = s[0]["point_age_s"].as_f64().unwrap_or(f64::MAX);
     assert_eq!(s[0]["rpo_met"], age <= 20.0, "{s:#}");
     lap(&format!("protection resumed: the daemon's round sent {sent} of {blocks} blocks"));
+
+    // A cloud holding a replica cannot be forgotten; unprotect ends the
+    // protection (record gone, failover refused), then the cloud could go.
+    let removal = lab.isthmus(&["cloud", "remove", "cloud1"]);
+    let err = format!(
+        "{:#}",
+        removal.expect_err("removing the cloud that holds web1's replica must be refused")
+    );
+    assert!(err.contains("dr unprotect web1"), "{err}");
+    let u = ok(&lab, &["unprotect", "web1"]);
+    assert_eq!(u["cloud"], "cloud1", "{u:#}");
+    assert_eq!(ok(&lab, &["status"]), serde_json::json!([]));
+    refused(&lab, &["failover", "web1"], "is not protected");
+    refused(&lab, &["unprotect", "web1"], "is not protected");
+    lap("unprotected: no record, failover refused");
 }

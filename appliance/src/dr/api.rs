@@ -122,7 +122,14 @@ pub fn routes() -> Router<(Arc<App>, tokio::runtime::Handle)> {
         )
         .route(
             "/v1/dr/{server}",
-            get(|State((app, _)): Shared, UrlPath(server): UrlPath<String>| async move { blocking(move || detail(&app, &server)).await }),
+            get(|State((app, _)): Shared, UrlPath(server): UrlPath<String>| async move { blocking(move || detail(&app, &server)).await })
+                .delete(|State((app, _)): Shared, UrlPath(server): UrlPath<String>| async move {
+                    blocking(move || {
+                        let _busy = ops::lock(&app, &server, Duration::from_secs(60))?;
+                        ops::unprotect(&app, &server)
+                    })
+                    .await
+                }),
         )
         .route(
             "/v1/dr/{server}/sync",
@@ -183,6 +190,15 @@ pub enum DrCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Stop protecting a server (it must run in the data center). The
+    /// replica's encrypted disks stay on the node.
+    Unprotect {
+        /// Server name.
+        server: String,
+        /// JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// The data center is lost: start the replica in the cloud from the last
     /// recovery point, with the server's hardware and MAC; the LCG carries
     /// the MAC, so the server answers at its IP.
@@ -217,6 +233,7 @@ pub async fn run(client: &Client, cmd: DrCmd) -> Result<(), ClientError> {
         DrCmd::Protect { json, .. }
         | DrCmd::Sync { json, .. }
         | DrCmd::Status { json, .. }
+        | DrCmd::Unprotect { json, .. }
         | DrCmd::Failover { json, .. }
         | DrCmd::Failback { json, .. } => *json,
     };
@@ -314,6 +331,14 @@ async fn run_inner(client: &Client, cmd: DrCmd) -> Result<(), ClientError> {
                 println!("{}", serde_json::to_string_pretty(&all).expect("json"));
             } else {
                 print!("{}", table(&all));
+            }
+        }
+        DrCmd::Unprotect { server, json } => {
+            let r: DrRecord = client.call("DELETE", &format!("/v1/dr/{server}"), None).await?;
+            if json {
+                println!("{}", serde_json::to_string(&r).expect("json"));
+            } else {
+                println!("{server} is no longer protected; its replica's encrypted disks stay on {}", r.cloud);
             }
         }
         DrCmd::Failover { server, json, no_wait } => follow_operation(client, &server, "failover", json, no_wait).await?,

@@ -117,6 +117,41 @@ pub fn check_move(app: &App, server: &str) -> Result<(), AppError> {
     }
 }
 
+/// Stops protecting `server`: forgets its record (its timeline stays). Only
+/// while the server runs in the data center and no failover/failback is
+/// under way; the caller holds the server's lock, so no round runs. The
+/// replica's encrypted disks stay on the node (they feed its block index).
+pub fn unprotect(app: &App, server: &str) -> Result<DrRecord, AppError> {
+    let rec = record(app, server)?;
+    if rec.state != DrState::Protecting || rec.op_running() {
+        return Err(AppError::Conflict(format!(
+            "{server} is {} through disaster recovery; `isthmus dr failback {server}` first, then unprotect it",
+            state_text(rec.state)
+        )));
+    }
+    app.store.delete(&DR, server)?;
+    event(
+        app,
+        server,
+        "unprotect",
+        None,
+        format!("protection on {} ended; the replica's encrypted disks stay on the node", rec.cloud),
+    );
+    Ok(rec)
+}
+
+/// The first protected server whose replica is on `cloud` (a cloud that
+/// holds a replica must not be forgotten).
+pub fn protected_on(app: &App, cloud: &str) -> Result<Option<String>, AppError> {
+    ensure_tables(&app.store)?;
+    Ok(app
+        .store
+        .list(&DR)?
+        .into_iter()
+        .find(|(_, r)| r.cloud == cloud)
+        .map(|(name, _)| name))
+}
+
 /// Starts protecting `server` with a replica on `cloud` (or changes the RPO
 /// of its protection). The caller runs the first round.
 pub fn protect(app: &App, server: &str, cloud: &str, rpo: Rpo) -> Result<DrRecord, AppError> {
