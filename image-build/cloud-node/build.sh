@@ -27,7 +27,10 @@ for c in mmdebstrap sfdisk mkfs.ext4 grub-mkimage qemu-img cpio strip jq python3
   command -v "$c" >/dev/null || die "missing $c: run tests/setup/deps.sh"
 done
 
-BINARIES=("${1:-$REPO/target/release/isthmus-node}")
+NODE_BIN=${1:-$REPO/target/release/isthmus-node}
+# hv's batched-XTS preload for QEMU's LUKS (hv/preload, built by hv's build.rs
+# next to the binaries): installed beside isthmus-node, where hv looks first.
+BINARIES=("$NODE_BIN" "$(dirname "$NODE_BIN")/libisthmus-xts.so")
 # No binary given: the release binary of this checkout, and the image is keyed
 # by the checkout's sources (common/lib.sh source_key), not the binary's digest.
 SOURCE_KEYED=${1:+}
