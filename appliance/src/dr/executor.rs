@@ -5,10 +5,11 @@
 use crate::dr::machine;
 use crate::dr::record::{append_event, DrRecord, DrStep, OpKind, DR};
 use crate::model::now_rfc3339;
+use crate::moves::executor::kill_hook_at;
 use crate::store::{Store, StoreError};
 
-/// What a step did (for the timeline) or why it failed.
-pub type StepResult = Result<String, String>;
+/// What a step did (for the timeline) or why it failed (as for moves).
+pub use crate::moves::executor::StepResult;
 
 /// The side effects of each step (the real ones in [`crate::dr::ops`];
 /// tests substitute a recorder).
@@ -48,7 +49,7 @@ pub fn drive(store: &Store, server: &str, fx: &mut dyn DrEffects) -> Result<DrRe
         log(format!("{}: started", step.label()));
         let t = std::time::Instant::now();
         let result = fx.run(step, &mut rec, &mut log);
-        kill_hook(step);
+        kill_hook_at(KILL_HOOK_ENV, step);
         let took = t.elapsed().as_secs_f64();
         let ok = match result {
             Ok(m) => {
@@ -85,14 +86,6 @@ pub fn drive(store: &Store, server: &str, fx: &mut dyn DrEffects) -> Result<DrRe
 /// the store) after whose effect the appliance kills itself with SIGKILL,
 /// before the step's outcome is recorded; the next start must run it again.
 pub const KILL_HOOK_ENV: &str = "ISTHMUS_TEST_DR_KILL_AFTER";
-
-fn kill_hook(step: DrStep) {
-    let Ok(want) = std::env::var(KILL_HOOK_ENV) else { return };
-    if serde_json::to_value(step).ok().as_ref().and_then(|v| v.as_str()) == Some(want.as_str()) {
-        eprintln!("test hook {KILL_HOOK_ENV}: SIGKILL after the effect of {want}, before its outcome is recorded");
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-    }
-}
 
 #[cfg(test)]
 mod tests {

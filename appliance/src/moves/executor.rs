@@ -59,7 +59,7 @@ pub fn drive(store: &Store, move_id: &str, effects: &mut dyn Effects) -> Result<
         event(format!("{}: started", step.label()));
         let started = Instant::now();
         let result = effects.run(step, &mut mv, &mut event);
-        kill_hook(step);
+        kill_hook_at(KILL_HOOK_ENV, step);
         let took = started.elapsed().as_secs_f64();
         let outcome = match result {
             Ok(msg) => {
@@ -102,11 +102,15 @@ pub fn drive(store: &Store, move_id: &str, effects: &mut dyn Effects) -> Result<
 /// finds that step's intent recorded and must run it again.
 pub const KILL_HOOK_ENV: &str = "ISTHMUS_TEST_KILL_AFTER";
 
-fn kill_hook(step: Step) {
-    let Ok(want) = std::env::var(KILL_HOOK_ENV) else { return };
+/// The crash test hook of a step machine: when environment variable `env`
+/// names `step` (its kebab-case store name), the process kills itself with
+/// SIGKILL, before the step's outcome is recorded (moves: [`KILL_HOOK_ENV`];
+/// DR operations: `crate::dr::executor::KILL_HOOK_ENV`).
+pub(crate) fn kill_hook_at(env: &str, step: impl serde::Serialize) {
+    let Ok(want) = std::env::var(env) else { return };
     let name = serde_json::to_value(step).ok();
     if name.as_ref().and_then(|v| v.as_str()) == Some(want.as_str()) {
-        eprintln!("test hook {KILL_HOOK_ENV}: SIGKILL after the effect of {want}, before its outcome is recorded");
+        eprintln!("test hook {env}: SIGKILL after the effect of {want}, before its outcome is recorded");
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
 }
