@@ -6,6 +6,8 @@ pub mod devices;
 pub mod host;
 pub mod image;
 pub mod luks;
+pub mod luks_header;
+pub mod luks_template;
 pub mod qmp;
 
 use crate::{Error, GuestSpec};
