@@ -1,16 +1,19 @@
 //! Builds `preload/xts-batch.c` into `$OUT_DIR/libisthmus-xts.so`, the
 //! batched-XTS library hv preloads into the QEMU processes it starts (see
-//! `src/xts.rs`). Only a C compiler and libc headers are needed (no
-//! nettle-dev): the same `cc` that links Rust binaries.
+//! `src/xts.rs`), with its fused AES-NI/VAES path `preload/xts-fast.c`. Only
+//! a C compiler and libc headers are needed (no nettle-dev): the same `cc`
+//! that links Rust binaries (x86 intrinsics come with gcc).
 
 use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
     let src = "preload/xts-batch.c";
+    let fast = "preload/xts-fast.c";
     let map = "preload/xts-batch.map";
-    println!("cargo:rerun-if-changed={src}");
-    println!("cargo:rerun-if-changed={map}");
+    for f in [src, fast, "preload/xts-fast.h", map] {
+        println!("cargo:rerun-if-changed={f}");
+    }
     println!("cargo:rerun-if-env-changed=CC");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("libisthmus-xts.so");
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
@@ -19,7 +22,7 @@ fn main() {
         .arg(format!("-Wl,--version-script={map}"))
         .args(["-Wl,-z,relro,-z,now", "-o"])
         .arg(&out)
-        .arg(src)
+        .args([src, fast])
         .arg("-ldl")
         .status();
     match status {

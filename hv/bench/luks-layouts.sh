@@ -69,7 +69,7 @@ qemu-img convert -q -f raw -O qcow2 luks.raw luks-qcow2.qcow2
 rm -f luks.raw
 # hv's batched XTS (hv/preload/xts-batch.c), as build.rs builds it.
 gcc -O2 -fPIC -shared -fvisibility=hidden -Wl,--version-script="$HERE/../preload/xts-batch.map" \
-  -o "$WORK/libisthmus-xts.so" "$HERE/../preload/xts-batch.c" -ldl
+  -o "$WORK/libisthmus-xts.so" "$HERE/../preload/xts-batch.c" "$HERE/../preload/xts-fast.c" -ldl
 read -r -a LAYOUTS <<<"${LAYOUTS:-plain qcow2-luks qcow2-luks-batched luks-qcow2}"
 for l in plain qcow2-luks luks-qcow2; do
   # Fill through the layout, so reads decrypt real ciphertext.
@@ -91,12 +91,18 @@ run_layout() {
   [ -S "$sock" ] || { echo "qemu-storage-daemon did not start for $l" >&2; exit 1; }
   for j in "${JOBS[@]}"; do
     set -- $j
-    # terse v3: field 7/8 read KiB/s, IOPS; 48/49 write KiB/s, IOPS.
+    # The daemon's CPU time (utime + stime, ticks) around the job: CPU per
+    # GiB moved does not depend on what else the machine runs.
+    local ticks0 ticks1
+    ticks0=$(awk '{ print $14 + $15 }' "/proc/$QSD_PID/stat")
+    # terse v3: field 6/7/8 read KiB, KiB/s, IOPS; 47/48/49 the same for writes.
     fio --name=j --ioengine=nbd --uri="nbd+unix:///x?socket=$sock" --rw="$1" --bs="$2" --iodepth=16 \
-      --size=$((SIZE_MIB - 8))M --time_based --runtime="$RUNTIME" --output-format=terse --terse-version=3 2>/dev/null |
-      awk -F';' -v l="$l" -v rw="$1" -v bs="$2" '$1 == "3" {
-        if (rw ~ /read/) { iops = $8; kib = $7 } else { iops = $49; kib = $48 }
-        if (bs == "4k") print l, rw "_" bs, iops; else printf "%s %s_%s %.0f\n", l, rw, bs, kib / 1024 }' >>results.txt
+      --size=$((SIZE_MIB - 8))M --time_based --runtime="$RUNTIME" --output-format=terse --terse-version=3 2>/dev/null >fio.txt
+    ticks1=$(awk '{ print $14 + $15 }' "/proc/$QSD_PID/stat")
+    awk -F';' -v l="$l" -v rw="$1" -v bs="$2" -v ticks=$((ticks1 - ticks0)) -v hz="$(getconf CLK_TCK)" '$1 == "3" {
+        if (rw ~ /read/) { iops = $8; kib = $7; total = $6 } else { iops = $49; kib = $48; total = $47 }
+        if (bs == "4k") print l, rw "_" bs, iops; else printf "%s %s_%s %.0f\n", l, rw, bs, kib / 1024
+        if (bs == "1M" && total > 0) printf "%s %s_cpu_ms_per_gib %.0f\n", l, rw, ticks * 1000 / hz / (total / 1048576) }' fio.txt >>results.txt
   done
   kill "$QSD_PID"
   wait "$QSD_PID" 2>/dev/null || true
@@ -121,13 +127,16 @@ CIPHER=$(./xts-speed)
 BATCHED=$(LD_PRELOAD="$WORK/libisthmus-xts.so" ./xts-speed | awk '$1 == "nettle_xts" { print $2 }')
 cipher() { echo "$CIPHER" | awk -v n="$1" '$1 == n { print $2 }'; }
 
-printf '%-18s %14s %15s %14s %15s\n' layout "4k randread" "4k randwrite" "1M read MiB/s" "1M write MiB/s"
+printf '%-18s %14s %15s %14s %15s %16s %17s\n' layout "4k randread" "4k randwrite" "1M read MiB/s" "1M write MiB/s" \
+  "read CPU ms/GiB" "write CPU ms/GiB"
 json="{\"bench\":\"hv-luks-layouts\",\"qemu\":\"$(qemu-img --version | head -1 | awk '{print $3}')\",\"rounds\":$ROUNDS,\"runtime_s\":$RUNTIME,\"load1_before\":$LOAD_BEFORE,\"load1_after\":$LOAD_AFTER"
 for l in "${LAYOUTS[@]}"; do
   rr=$(median "$l" randread_4k); rw=$(median "$l" randwrite_4k); sr=$(median "$l" read_1M); sw=$(median "$l" write_1M)
-  printf '%-18s %14s %15s %14s %15s\n' "$l" "$rr" "$rw" "$sr" "$sw"
+  rc=$(median "$l" read_cpu_ms_per_gib); wc=$(median "$l" write_cpu_ms_per_gib)
+  printf '%-18s %14s %15s %14s %15s %16s %17s\n' "$l" "$rr" "$rw" "$sr" "$sw" "$rc" "$wc"
   k=${l//-/_}
   json+=",\"${k}_randread_iops\":$rr,\"${k}_randwrite_iops\":$rw,\"${k}_seq_read_mibps\":$sr,\"${k}_seq_write_mibps\":$sw"
+  json+=",\"${k}_seq_read_cpu_ms_per_gib\":$rc,\"${k}_seq_write_cpu_ms_per_gib\":$wc"
 done
 echo "cipher per core, 512-byte sectors (MiB/s): $(echo "$CIPHER" | tr '\n' ' ')batched_xts $BATCHED"
 json+=",\"nettle_xts512_mibps\":$(cipher nettle_xts),\"gnutls_xts512_mibps\":$(cipher gnutls_xts),\"aes_ecb512_mibps\":$(cipher aes_ecb),\"batched_xts512_mibps\":$BATCHED}"

@@ -27,16 +27,17 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <malloc.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* nettle-types.h: the cipher function type nettle's XTS is given. Declared
- * here so the library builds without nettle-dev; xts-equal.c is compiled
- * against the real headers and checks the two agree in behaviour. */
-typedef void nettle_cipher_func(const void *ctx, size_t length, uint8_t *dst, const uint8_t *src);
+/* nettle_cipher_func is declared in xts-fast.h (no nettle-dev needed);
+ * xts-equal.c is compiled against the real headers and checks the two agree
+ * in behaviour. */
+#include "xts-fast.h"
 
 #define BLOCK 16
 /* 256 blocks = 4 KiB of tweaks on the stack: one LUKS sector (512 B or
@@ -51,6 +52,34 @@ typedef void xts_decrypt_fn(const void *dec_ctx, const void *twk_ctx, nettle_cip
 
 /* Marker for hv and tests: which XTS this library provides. */
 __attribute__((visibility("default"))) const char isthmus_xts_impl[] = "batched-preload";
+
+/* Which code path runs in this process: "vaes", "aesni" (xts-fast.c) or
+ * "generic" (xts_batched below, through the caller's cipher function). */
+__attribute__((visibility("default"))) const char *isthmus_xts_tier(void)
+{
+    return isthmus_xts_fast_tier();
+}
+
+/* qcow2 encrypts and decrypts through a bounce buffer it allocates per
+ * request (qemu_try_blockalign: posix_memalign of the request, up to 2 MiB)
+ * and frees right after. glibc serves those from fresh mmap()s (or trims the
+ * arena's top after each free), so every request page-faults and clears its
+ * buffer again: about a third of a qemu-io write's time (hv/README.md
+ * "Benchmark"). Keeping such buffers in the heap and the freed top mapped
+ * makes the next request reuse warm pages; QEMU's guest RAM is mmap()ed
+ * directly, not malloc()ed, so it is not affected. Cost: each malloc arena
+ * may keep up to TRIM_KEEP of freed memory mapped (bench_hv's qemu_rss_mib). */
+#define MMAP_ABOVE (4 << 20)
+#define TRIM_KEEP (32 << 20)
+
+__attribute__((constructor)) static void keep_bounce_buffers_warm(void)
+{
+    if (getenv("ISTHMUS_XTS_MALLOC_DEFAULT") != NULL) {
+        return; /* for measuring the difference (hv/bench/qemu-io-luks.sh) */
+    }
+    mallopt(M_MMAP_THRESHOLD, MMAP_ABOVE);
+    mallopt(M_TRIM_THRESHOLD, TRIM_KEEP);
+}
 
 static void *real_symbol(const char *name)
 {
@@ -173,7 +202,9 @@ __attribute__((visibility("default"))) void nettle_xts_encrypt_message(const voi
     }
     uint8_t t0[BLOCK];
     encf(twk_ctx, BLOCK, t0, tweak);
-    xts_batched(enc_ctx, encf, t0, length, dst, src);
+    if (!isthmus_xts_fast(enc_ctx, encf, 0, t0, length, dst, src)) {
+        xts_batched(enc_ctx, encf, t0, length, dst, src);
+    }
     explicit_bzero(t0, sizeof t0);
 }
 
@@ -190,6 +221,8 @@ __attribute__((visibility("default"))) void nettle_xts_decrypt_message(const voi
     /* XTS decryption: the tweak is always *encrypted* with the tweak key. */
     uint8_t t0[BLOCK];
     encf(twk_ctx, BLOCK, t0, tweak);
-    xts_batched(dec_ctx, decf, t0, length, dst, src);
+    if (!isthmus_xts_fast(dec_ctx, decf, 1, t0, length, dst, src)) {
+        xts_batched(dec_ctx, decf, t0, length, dst, src);
+    }
     explicit_bzero(t0, sizeof t0);
 }

@@ -1,17 +1,28 @@
 /*
  * Equality check: libisthmus-xts (argv[1], dlopen()ed so it does not
  * interpose here) against the real nettle XTS linked into this program, on
- * random keys, tweaks and data: AES-128 and AES-256 as QEMU's LUKS code
- * calls them (nettle_xts_*_message with aesN_encrypt/aesN_decrypt), whole
- * blocks (the batched path: 16 B .. 64 KiB + 48 B, past one 4 KiB chunk),
- * lengths with a partial last block (ciphertext stealing: must fall back to
- * nettle), out of place and in place, and a decrypt round trip.
- * Prints "xts-equal: N cases identical" and exits 0, or names the first
- * difference and exits 1. Run by hv/tests/xts_preload.rs.
+ * random keys, tweaks and data, in the cipher shapes it meets:
+ *   nettle      nettle_xts_*_message with aesN_encrypt/aesN_decrypt and a
+ *               single context (AES-128/192/256);
+ *   qemu        QEMU's cipher-nettle wrappers: the context is an array of
+ *               two (encrypt, decrypt) and the decrypt wrapper uses the
+ *               second (AES-128/192/256);
+ *   serpent     a cipher the fast path must not recognise (generic path).
+ * Whole blocks (16 B .. 64 KiB + 48 B, odd block counts for the vector
+ * tails), lengths with a partial last block (ciphertext stealing: must fall
+ * back to nettle), out of place and in place, decrypt of nettle's
+ * ciphertext and of random data. The cipher functions count the bytes the
+ * library passes through them: with a fast tier (ISTHMUS_XTS_TIER, default
+ * the CPU's best) AES messages of whole blocks must pass only the tweak
+ * block and the checked first block (32 bytes); serpent and the generic
+ * tier pass everything.
+ * Prints "xts-equal: N cases identical (IMPL, tier T, fast F)" and exits 0,
+ * or names the first difference and exits 1. Run by hv/tests/xts_preload.rs.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <nettle/aes.h>
+#include <nettle/serpent.h>
 #include <nettle/xts.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -38,17 +49,102 @@ static void fill(void *p, size_t n)
     }
 }
 
-static int check(const char *what, int bits, size_t len, const uint8_t *want, const uint8_t *got)
+static int check(const char *what, const char *shape, int bits, size_t len, const uint8_t *want, const uint8_t *got)
 {
     if (memcmp(want, got, len) != 0) {
         size_t i = 0;
         while (want[i] == got[i]) {
             i++;
         }
-        fprintf(stderr, "xts-equal: %s AES-%d length %zu differs from nettle at byte %zu\n", what, bits, len, i);
+        fprintf(stderr, "xts-equal: %s %s-%d length %zu differs from nettle at byte %zu\n", what, shape, bits, len, i);
         return 1;
     }
     return 0;
+}
+
+/* Bytes the library passed through the cipher functions below. */
+static size_t through_f;
+
+/* nettle's own functions, counted. */
+#define COUNTED(NAME, CTX, FN)                                                                                          \
+    static void NAME(const void *ctx, size_t length, uint8_t *dst, const uint8_t *src)                                 \
+    {                                                                                                                  \
+        through_f += length;                                                                                           \
+        FN((const CTX *)ctx, length, dst, src);                                                                        \
+    }
+COUNTED(n128e, struct aes128_ctx, aes128_encrypt)
+COUNTED(n128d, struct aes128_ctx, aes128_decrypt)
+COUNTED(n192e, struct aes192_ctx, aes192_encrypt)
+COUNTED(n192d, struct aes192_ctx, aes192_decrypt)
+COUNTED(n256e, struct aes256_ctx, aes256_encrypt)
+COUNTED(n256d, struct aes256_ctx, aes256_decrypt)
+COUNTED(serpe, struct serpent_ctx, serpent_encrypt)
+COUNTED(serpd, struct serpent_ctx, serpent_decrypt)
+
+/* QEMU's crypto/cipher-nettle.c.inc shape: keys[0] encrypts, keys[1]
+ * decrypts. */
+#define QEMU_WRAP(NAME, CTX, FN, IDX)                                                                                   \
+    static void NAME(const void *ctx, size_t length, uint8_t *dst, const uint8_t *src)                                 \
+    {                                                                                                                  \
+        const CTX *keys = ctx;                                                                                         \
+        through_f += length;                                                                                           \
+        FN(&keys[IDX], length, dst, src);                                                                              \
+    }
+QEMU_WRAP(q128e, struct aes128_ctx, aes128_encrypt, 0)
+QEMU_WRAP(q128d, struct aes128_ctx, aes128_decrypt, 1)
+QEMU_WRAP(q192e, struct aes192_ctx, aes192_encrypt, 0)
+QEMU_WRAP(q192d, struct aes192_ctx, aes192_decrypt, 1)
+QEMU_WRAP(q256e, struct aes256_ctx, aes256_encrypt, 0)
+QEMU_WRAP(q256d, struct aes256_ctx, aes256_decrypt, 1)
+
+enum shape { NETTLE, QEMU, SERPENT };
+static const char *const shape_names[] = {"nettle", "qemu", "serpent"};
+
+/* All contexts of one case; the data and tweak keys as QEMU keeps them. */
+struct keys {
+    struct aes128_ctx a128[2], t128[2];
+    struct aes192_ctx a192[2], t192[2];
+    struct aes256_ctx a256[2], t256[2];
+    struct serpent_ctx s, st;
+};
+
+struct cipher {
+    const void *ectx, *dctx, *tctx;
+    nettle_cipher_func *encf, *decf;
+};
+
+static struct cipher setup(struct keys *k, enum shape shape, int bits, const uint8_t *key)
+{
+    struct cipher c;
+    size_t half = (size_t)bits / 8;
+    if (shape == SERPENT) {
+        serpent_set_key(&k->s, half, key);
+        serpent_set_key(&k->st, half, key + half);
+        c.ectx = c.dctx = &k->s, c.tctx = &k->st, c.encf = serpe, c.decf = serpd;
+        return c;
+    }
+    int q = shape == QEMU;
+    /* [0] encrypts, [1] decrypts. nettle's API gets the one it needs; QEMU's
+     * wrappers get the array and pick (the decrypt wrapper uses [1]). */
+#define AES_SETUP(N, A, T)                                                                                              \
+    aes##N##_set_encrypt_key(&A[0], key);                                                                              \
+    aes##N##_set_decrypt_key(&A[1], key);                                                                              \
+    aes##N##_set_encrypt_key(&T[0], key + half);                                                                       \
+    aes##N##_set_decrypt_key(&T[1], key + half);                                                                       \
+    c.ectx = &A[0], c.dctx = &A[q ? 0 : 1], c.tctx = &T[0];                                                            \
+    c.encf = q ? q##N##e : n##N##e, c.decf = q ? q##N##d : n##N##d;
+    switch (bits) {
+    case 128:
+        AES_SETUP(128, k->a128, k->t128)
+        break;
+    case 192:
+        AES_SETUP(192, k->a192, k->t192)
+        break;
+    default:
+        AES_SETUP(256, k->a256, k->t256)
+        break;
+    }
+    return c;
 }
 
 int main(int argc, char **argv)
@@ -65,78 +161,89 @@ int main(int argc, char **argv)
     xts_encrypt_fn *enc = (xts_encrypt_fn *)dlvsym(lib, "nettle_xts_encrypt_message", "NETTLE_8");
     xts_decrypt_fn *dec = (xts_decrypt_fn *)dlvsym(lib, "nettle_xts_decrypt_message", "NETTLE_8");
     const char *impl = dlsym(lib, "isthmus_xts_impl");
-    if (enc == NULL || dec == NULL || impl == NULL || (void *)enc == (void *)nettle_xts_encrypt_message) {
+    const char *(*tier_fn)(void) = (const char *(*)(void))dlsym(lib, "isthmus_xts_tier");
+    if (enc == NULL || dec == NULL || impl == NULL || tier_fn == NULL ||
+        (void *)enc == (void *)nettle_xts_encrypt_message) {
         fprintf(stderr, "xts-equal: %s does not export the batched XTS in node NETTLE_8\n", argv[1]);
         return 2;
     }
+    const char *tier = tier_fn();
+    int fast_tier = strcmp(tier, "generic") != 0;
 
-    static const size_t lengths[] = {16, 32, 48, 512, 528, 4096, 4112, 8192, 65536, 65536 + 48,
+    static const size_t lengths[] = {16, 32, 48, 64, 80, 240, 256, 272, 512, 528, 4096, 4112, 4096 + 80, 8192,
+                                     65536, 65536 + 48,
                                      /* partial last block: nettle's ciphertext stealing */
                                      17, 31, 100, 513, 4095, 65537};
+    static const int bits_of[] = {128, 192, 256};
     enum { MAX = 65536 + 64 };
     uint8_t *src = malloc(MAX), *want = malloc(MAX), *got = malloc(MAX), *back = malloc(MAX);
-    if (!src || !want || !got || !back) {
+    struct keys *k = malloc(sizeof *k);
+    if (!src || !want || !got || !back || !k) {
         return 2;
     }
-    int cases = 0;
-    for (int round = 0; round < 8; round++) {
-        for (int k = 0; k < 2; k++) {
-            int bits = k ? 256 : 128;
-            uint8_t key[64], tweak[16];
-            fill(key, sizeof key);
-            struct aes256_ctx e256, d256, t256;
-            struct aes128_ctx e128, d128, t128;
-            const void *ectx, *dctx, *tctx;
-            nettle_cipher_func *encf, *decf;
-            if (bits == 256) {
-                aes256_set_encrypt_key(&e256, key);
-                aes256_set_decrypt_key(&d256, key);
-                aes256_set_encrypt_key(&t256, key + 32);
-                ectx = &e256, dctx = &d256, tctx = &t256;
-                encf = (nettle_cipher_func *)aes256_encrypt, decf = (nettle_cipher_func *)aes256_decrypt;
-            } else {
-                aes128_set_encrypt_key(&e128, key);
-                aes128_set_decrypt_key(&d128, key);
-                aes128_set_encrypt_key(&t128, key + 16);
-                ectx = &e128, dctx = &d128, tctx = &t128;
-                encf = (nettle_cipher_func *)aes128_encrypt, decf = (nettle_cipher_func *)aes128_decrypt;
-            }
-            for (size_t i = 0; i < sizeof lengths / sizeof lengths[0]; i++) {
-                size_t len = lengths[i];
-                fill(tweak, sizeof tweak);
-                fill(src, len);
-                /* Encrypt: reference, then ours out of place and in place. */
-                xts_encrypt_message(ectx, tctx, encf, tweak, len, want, src);
-                enc(ectx, tctx, encf, tweak, len, got, src);
-                if (check("encrypt", bits, len, want, got)) {
-                    return 1;
+    int cases = 0, fast = 0;
+    for (int round = 0; round < 4; round++) {
+        for (enum shape shape = NETTLE; shape <= SERPENT; shape++) {
+            for (int b = 0; b < 3; b++) {
+                int bits = bits_of[b];
+                const char *sn = shape_names[shape];
+                uint8_t key[64], tweak[16];
+                fill(key, sizeof key);
+                struct cipher c = setup(k, shape, bits, key);
+                for (size_t i = 0; i < sizeof lengths / sizeof lengths[0]; i++) {
+                    size_t len = lengths[i];
+                    int whole = len % 16 == 0;
+                    fill(tweak, sizeof tweak);
+                    fill(src, len);
+                    /* Encrypt: reference, then ours out of place and in place. */
+                    xts_encrypt_message(c.ectx, c.tctx, c.encf, tweak, len, want, src);
+                    through_f = 0;
+                    enc(c.ectx, c.tctx, c.encf, tweak, len, got, src);
+                    size_t enc_through = through_f;
+                    if (check("encrypt", sn, bits, len, want, got)) {
+                        return 1;
+                    }
+                    memcpy(got, src, len);
+                    enc(c.ectx, c.tctx, c.encf, tweak, len, got, got);
+                    if (check("encrypt in place", sn, bits, len, want, got)) {
+                        return 1;
+                    }
+                    /* Decrypt the reference ciphertext with ours, both ways. */
+                    through_f = 0;
+                    dec(c.dctx, c.tctx, c.decf, c.encf, tweak, len, back, want);
+                    size_t dec_through = through_f;
+                    if (check("decrypt", sn, bits, len, src, back)) {
+                        return 1;
+                    }
+                    memcpy(back, want, len);
+                    dec(c.dctx, c.tctx, c.decf, c.encf, tweak, len, back, back);
+                    if (check("decrypt in place", sn, bits, len, src, back)) {
+                        return 1;
+                    }
+                    /* And random ciphertext: decrypt must equal nettle's too. */
+                    fill(src, len);
+                    xts_decrypt_message(c.dctx, c.tctx, c.decf, c.encf, tweak, len, want, src);
+                    dec(c.dctx, c.tctx, c.decf, c.encf, tweak, len, got, src);
+                    if (check("decrypt random", sn, bits, len, want, got)) {
+                        return 1;
+                    }
+                    cases += 5;
+                    /* Which path ran: the fast one passes the tweak block and
+                     * the checked first block through f, no more. */
+                    int expect_fast = fast_tier && shape != SERPENT && whole;
+                    int was_fast = enc_through == 32 && dec_through == 32;
+                    if (whole && len > 32 && expect_fast != was_fast) {
+                        fprintf(stderr,
+                                "xts-equal: %s-%d length %zu: tier %s passed %zu/%zu bytes through the cipher "
+                                "function (expected the %s path)\n",
+                                sn, bits, len, tier, enc_through, dec_through, expect_fast ? "fast" : "generic");
+                        return 1;
+                    }
+                    fast += was_fast && len > 32;
                 }
-                memcpy(got, src, len);
-                enc(ectx, tctx, encf, tweak, len, got, got);
-                if (check("encrypt in place", bits, len, want, got)) {
-                    return 1;
-                }
-                /* Decrypt the reference ciphertext with ours, both ways. */
-                dec(dctx, tctx, decf, encf, tweak, len, back, want);
-                if (check("decrypt", bits, len, src, back)) {
-                    return 1;
-                }
-                memcpy(back, want, len);
-                dec(dctx, tctx, decf, encf, tweak, len, back, back);
-                if (check("decrypt in place", bits, len, src, back)) {
-                    return 1;
-                }
-                /* And random ciphertext: decrypt must equal nettle's too. */
-                fill(src, len);
-                xts_decrypt_message(dctx, tctx, decf, encf, tweak, len, want, src);
-                dec(dctx, tctx, decf, encf, tweak, len, got, src);
-                if (check("decrypt random", bits, len, want, got)) {
-                    return 1;
-                }
-                cases += 5;
             }
         }
     }
-    printf("xts-equal: %d cases identical (%s)\n", cases, impl);
+    printf("xts-equal: %d cases identical (%s, tier %s, fast %d)\n", cases, impl, tier, fast);
     return 0;
 }

@@ -1,7 +1,9 @@
 //! The batched-XTS library hv preloads into QEMU (`preload/xts-batch.c`,
 //! `src/xts.rs`) gives the same bytes as nettle's own XTS:
 //! - against the real nettle functions on random keys, tweaks and lengths
-//!   (`preload/xts-equal.c`, compiled here against nettle's headers);
+//!   (`preload/xts-equal.c`, compiled here against nettle's headers), in
+//!   nettle's and QEMU's calling shapes, for every code path the CPU has
+//!   (fused VAES, fused AES-NI, generic through the cipher function);
 //! - end to end with real QEMU: what `qemu-storage-daemon` writes with the
 //!   library loaded, `qemu-img` without it decrypts to the same plaintext,
 //!   and what `qemu-img` encrypts without it, the daemon with it reads back.
@@ -56,11 +58,52 @@ fn batched_xts_equals_nettle_on_random_keys_tweaks_and_lengths() {
         src.display(),
         String::from_utf8_lossy(&cc.stderr)
     );
-    let out = Command::new(&exe).arg(hv::xts::built_library()).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    // 8 rounds × AES-128/256 × 16 lengths × 5 checks.
-    assert!(stdout.contains("1280 cases identical (batched-preload)"), "{stdout}");
+    // Every tier: the CPU's best (default), then each lower one forced.
+    let best = best_tier_of_cpu();
+    for force in [None, Some("aesni"), Some("generic")] {
+        let mut cmd = Command::new(&exe);
+        cmd.arg(hv::xts::built_library());
+        if let Some(t) = force {
+            cmd.env("ISTHMUS_XTS_TIER", t);
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "tier {force:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // A forced tier never goes above what the CPU has.
+        let tier = match (force, best) {
+            (None, b) => b,
+            (Some("aesni"), "generic") => "generic",
+            (Some(t), _) => t,
+        };
+        // 4 rounds × 3 shapes (nettle, QEMU wrappers, serpent) × 3 key sizes
+        // × 22 lengths × 5 checks; fast-path messages: 4 × 2 AES shapes × 3
+        // key sizes × 14 whole-block lengths over 32 bytes.
+        let fast = if tier == "generic" { 0 } else { 336 };
+        let want = format!("3960 cases identical (batched-preload, tier {tier}, fast {fast})");
+        assert!(stdout.contains(&want), "tier {force:?}: want {want:?}, got {stdout}");
+    }
+}
+
+/// The tier libisthmus-xts should pick on this CPU (`preload/xts-fast.c`).
+fn best_tier_of_cpu() -> &'static str {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    let flags: Vec<&str> = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    let has = |f: &str| flags.contains(&f);
+    let aesni = cfg!(target_arch = "x86_64") && has("aes") && has("pclmulqdq") && has("sse4_1");
+    let vaes = has("vaes") && has("vpclmulqdq") && has("avx512f") && has("avx512vl");
+    match (aesni, vaes) {
+        (false, _) => "generic",
+        (true, true) => "vaes",
+        (true, false) => "aesni",
+    }
 }
 
 #[test]
