@@ -9,7 +9,12 @@
 //! isthmus-bridge run --listen ADDR (--peer ADDR | --responder)
 //!     --key-file F --peer-public-file F --psk-file F
 //!     [--lan IF]... [--guest IF]... [--carry MAC]... [--stats-file F] [--ha-member]
+//!     [--workers N]
 //! ```
+//!
+//! `--workers N` runs N worker threads (`SO_REUSEPORT`/`PACKET_FANOUT`, see
+//! `netbridge::worker`); default `NETBRIDGE_WORKERS`, else one per CPU the
+//! process may run on, but one on machines with two CPUs or fewer.
 //!
 //! `run` stays in the foreground until killed; with `--stats-file` it
 //! rewrites that file every second with the bridge's counters in Prometheus
@@ -31,7 +36,7 @@ fn usage() -> ! {
     eprintln!(
         "usage:\n  isthmus-bridge genkey PRIVATE_FILE PUBLIC_FILE\n  isthmus-bridge genpsk PSK_FILE\n  \
          isthmus-bridge run --listen ADDR (--peer ADDR | --responder) --key-file F --peer-public-file F \
-         --psk-file F [--lan IF]... [--guest IF]... [--carry MAC]... [--stats-file F] [--ha-member]"
+         --psk-file F [--lan IF]... [--guest IF]... [--carry MAC]... [--stats-file F] [--ha-member] [--workers N]"
     );
     std::process::exit(2)
 }
@@ -66,6 +71,7 @@ fn run(args: &[String]) -> Result<()> {
     let mut ports = Vec::new();
     let mut carry = Vec::new();
     let mut ha = Ha::Off;
+    let mut workers = netbridge::worker::from_env();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = || it.next().cloned().with_context(|| format!("{flag} needs a value"));
@@ -78,6 +84,10 @@ fn run(args: &[String]) -> Result<()> {
             }
             "--responder" => role = Some(Role::Responder),
             "--ha-member" => ha = Ha::Member,
+            "--workers" => {
+                let v = value()?;
+                workers = netbridge::worker::parse(&v).with_context(|| format!("--workers: {v} is not a positive number"))?
+            }
             "--key-file" => key_file = Some(PathBuf::from(value()?)),
             "--peer-public-file" => peer_file = Some(PathBuf::from(value()?)),
             "--psk-file" => psk_file = Some(PathBuf::from(value()?)),
@@ -91,7 +101,7 @@ fn run(args: &[String]) -> Result<()> {
     let (Some(listen), Some(role), Some(key_file), Some(peer_file), Some(psk_file)) = (listen, role, key_file, peer_file, psk_file) else {
         usage()
     };
-    let handle = Bridge::spawn_ha(
+    let handle = Bridge::spawn_workers(
         BridgeConfig {
             local: StaticKeypair::from_private(read_key(&key_file)?),
             peer_public: read_key(&peer_file)?,
@@ -101,6 +111,7 @@ fn run(args: &[String]) -> Result<()> {
             ports,
         },
         ha,
+        workers,
     )?;
     for m in carry {
         handle.carry_mac(m);

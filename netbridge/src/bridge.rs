@@ -1,7 +1,15 @@
-//! The I/O shell: one worker thread that polls the UDP socket and the local
-//! ports, feeds the protocol core ([`Tunnel`]) and the switch ([`Switch`]),
-//! and sends what they return. Control requests arrive over a channel with a
-//! socketpair to wake the poll.
+//! The I/O shell: worker threads that poll the UDP sockets and the local
+//! ports, feed the protocol core ([`Tunnel`]) and the switch ([`Switch`]),
+//! and send what they return. Control requests arrive at worker 0 over a
+//! channel with a socketpair to wake its poll.
+//!
+//! With several workers ([`crate::worker`]) each has its own sockets and
+//! polls, receives and sends on them without a lock; the protocol core
+//! ([`Core`]: tunnels, switch, LAN guard, HA) is one value behind one mutex,
+//! which a worker holds while it switches and seals or opens what it read.
+//! While it holds it, the worker's sockets are swapped into the core
+//! ([`enter`], [`leave`]), so the core's code sends on the sockets of the
+//! worker that runs it.
 //!
 //! Buffers are allocated once per bridge; the per-packet path does not
 //! allocate (one copy of each frame into the sealing buffer).
@@ -11,7 +19,8 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -28,6 +37,7 @@ use crate::port::{csum, gso, Flushed, Port, State, PORT_FRAME_MAX};
 use crate::tunnel::{Outgoing, Received, Tunnel, TunnelStats};
 use crate::udp::Udp;
 use crate::wire::MAX_DATAGRAM;
+use crate::worker::{self, Io, WorkerCounters, WorkerUdp};
 use crate::{announce, BridgeConfig, Error, Ha, PeerSpec, PeerStatus, PortSpec, Role, Stats};
 
 /// Datagrams or frames handled per socket before looking at the others.
@@ -72,7 +82,11 @@ struct Shared {
     commands: mpsc::Sender<Command>,
     wake: UnixDatagram,
     published: Mutex<Published>,
-    worker: Mutex<Option<JoinHandle<()>>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Set when worker 0 stops: the other workers stop too.
+    stop: AtomicBool,
+    /// One per worker.
+    counters: Vec<WorkerCounters>,
 }
 
 /// Control handle of a running bridge; cheap to clone, usable from any
@@ -99,7 +113,15 @@ impl Bridge {
     /// [`Ha::Member`] on each LCG, [`Ha::Arbiter`] on the cloud node's
     /// bridge for each LCG.
     pub fn spawn_ha(cfg: BridgeConfig, ha: Ha) -> Result<BridgeHandle, Error> {
+        Self::spawn_workers(cfg, ha, worker::from_env())
+    }
+
+    /// Like [`Bridge::spawn_ha`] with `workers` worker threads (at least 1;
+    /// see [`crate::worker`]). [`Bridge::spawn`] and [`Bridge::spawn_ha`]
+    /// take the count from `NETBRIDGE_WORKERS` or [`worker::default_count`].
+    pub fn spawn_workers(cfg: BridgeConfig, ha: Ha, workers: usize) -> Result<BridgeHandle, Error> {
         let now = Instant::now();
+        let workers = workers.clamp(1, worker::MAX_WORKERS);
         let first = PeerSpec {
             peer_public: cfg.peer_public,
             psk: cfg.psk,
@@ -107,8 +129,10 @@ impl Bridge {
             role: cfg.role.clone(),
             vlans: PeerVlans::default(),
         };
-        let link = Link::open(0, &cfg.local, &first, now)?;
-        let mut local = Local::new(now, ha);
+        let mut local = Local::new(now, ha, workers > 1);
+        let (link, udp) = Link::open(0, &cfg.local, &first, local.multi, now)?;
+        let listen = link.listen;
+        local.udps.push(udp);
         local.switch.add_peer(0, PeerVlans::default());
         local.ha.add_peer(0, first.peer_public);
         for spec in cfg.ports {
@@ -122,30 +146,70 @@ impl Bridge {
             commands: tx,
             wake: wake_tx,
             published: Mutex::new(Published::default()),
-            worker: Mutex::new(None),
+            workers: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+            counters: (0..workers).map(|_| WorkerCounters::default()).collect(),
         });
-        let listen = link.udp.local_addr().unwrap_or(cfg.listen);
-        let worker = Worker {
+        // Worker 0 keeps the sockets opened above; the others open their
+        // own here, in the caller's network namespace.
+        let io0 = Io {
+            udps: std::mem::take(&mut local.udps),
+            ports: std::mem::take(&mut local.ports),
+            layout: local.layout,
+            ..Io::default()
+        };
+        let core = Core {
             key: cfg.local.clone(),
             links: vec![link],
             local,
-            commands: rx,
-            wake: wake_rx,
-            shared: Arc::clone(&shared),
-            udp_buf: vec![0u8; crate::udp::RECV_BUFFER].into_boxed_slice(),
-            rx: RecvBatch::new(HEADROOM + PORT_FRAME_MAX),
-            seg_buf: vec![0u8; PORT_FRAME_MAX].into_boxed_slice(),
-            scratch: vec![0u8; PORT_FRAME_MAX].into_boxed_slice(),
         };
-        worker.publish(now);
-        let handle = std::thread::Builder::new()
-            .name(format!("netbridge {listen}"))
-            .spawn(move || worker.run())
-            .map_err(Error::Thread)?;
-        if let Ok(mut w) = shared.worker.lock() {
-            *w = Some(handle);
+        let mut ios = vec![io0];
+        for _ in 1..workers {
+            let mut io = Io {
+                layout: u64::MAX,
+                ..Io::default()
+            };
+            realign(&core, &mut io, now);
+            if io.udps.iter().any(|u| u.sock.is_none()) {
+                return Err(Error::Udp(crate::udp::Error::Bind {
+                    addr: listen,
+                    source: io::Error::other("a second worker could not bind the tunnel's port (SO_REUSEPORT)"),
+                }));
+            }
+            ios.push(io);
         }
-        tracing::info!(%listen, role = ?cfg.role, "bridge started");
+        core.publish(&shared, now);
+        let core = Arc::new(Mutex::new(core));
+        let mut control = Some((rx, wake_rx));
+        let mut handles = Vec::with_capacity(workers);
+        for (index, io) in ios.into_iter().enumerate() {
+            let w = Worker {
+                index,
+                core: Arc::clone(&core),
+                io,
+                control: control.take(),
+                shared: Arc::clone(&shared),
+                bufs: Bufs::new(),
+            };
+            let spawned = std::thread::Builder::new()
+                .name(format!("netbridge {listen} w{index}"))
+                .spawn(move || w.run());
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    shared.stop.store(true, Ordering::Relaxed);
+                    let _ = shared.wake.send(&[1]);
+                    for h in handles {
+                        let _ = h.join();
+                    }
+                    return Err(Error::Thread(e));
+                }
+            }
+        }
+        if let Ok(mut w) = shared.workers.lock() {
+            *w = handles;
+        }
+        tracing::info!(%listen, role = ?cfg.role, workers, "bridge started");
         Ok(BridgeHandle { shared })
     }
 }
@@ -244,6 +308,7 @@ impl BridgeHandle {
                 for (st, t) in s.peers.iter_mut().zip(&p.last_handshake) {
                     st.last_handshake_age = age(t);
                 }
+                (s.worker_datagrams, s.worker_frames) = self.shared.counters.iter().map(WorkerCounters::get).unzip();
                 s
             }
             Err(_) => Stats::default(),
@@ -254,8 +319,8 @@ impl BridgeHandle {
     /// Idempotent; other handles then get [`Error::Stopped`].
     pub fn shutdown(&self) {
         let _ = self.send(Command::Shutdown);
-        let worker = self.shared.worker.lock().ok().and_then(|mut w| w.take());
-        if let Some(w) = worker {
+        let workers = self.shared.workers.lock().map(|mut w| std::mem::take(&mut *w)).unwrap_or_default();
+        for w in workers {
             if w.thread().id() != std::thread::current().id() && w.join().is_err() {
                 tracing::error!("bridge worker panicked");
             }
@@ -280,6 +345,21 @@ struct ShellCounters {
 }
 
 impl ShellCounters {
+    /// Adds what a worker counted outside the core's lock (its flushes),
+    /// and zeroes `o`.
+    fn absorb(&mut self, o: &mut ShellCounters) {
+        self.port_tx_errors += o.port_tx_errors;
+        self.lan_tx_frames += o.lan_tx_frames;
+        self.udp_tx_errors += o.udp_tx_errors;
+        self.too_large += o.too_large;
+        *o = ShellCounters::default();
+    }
+
+    /// Anything for [`ShellCounters::absorb`] to add?
+    fn any_flush_counts(&self) -> bool {
+        self.port_tx_errors + self.lan_tx_frames + self.udp_tx_errors + self.too_large > 0
+    }
+
     fn filtered(&mut self, f: Filtered) {
         match f {
             Filtered::Runt | Filtered::NotCarried => self.lan_filtered += 1,
@@ -388,15 +468,27 @@ struct Local {
     switch: Switch,
     guard: LanGuard,
     gratuitous_sent: u64,
+    /// The ports' sockets of the worker holding the core (swapped in by
+    /// [`enter`]; empty while no worker holds it).
     ports: Vec<Port>,
+    /// The tunnels' UDP sockets of the worker holding the core, one per
+    /// link (swapped in like `ports`).
+    udps: Vec<WorkerUdp>,
+    /// Several workers: sockets are opened for sharing (`SO_REUSEPORT`,
+    /// `PACKET_FANOUT`).
+    multi: bool,
+    /// Bumped whenever a tunnel or port is added or removed: workers then
+    /// [`realign`] their sockets.
+    layout: u64,
+    /// Every port: its id, spec and fanout group.
+    port_layout: Vec<(PortId, PortSpec, Option<u16>)>,
     next_id: PortId,
     decision: Decision,
     counters: ShellCounters,
-    last_port_check: Option<Instant>,
 }
 
 impl Local {
-    fn new(now: Instant, ha: Ha) -> Self {
+    fn new(now: Instant, ha: Ha, multi: bool) -> Self {
         let mut r = [0u8; 14];
         // Best effort: a fixed nonce still works with one LCG per LAN.
         let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut r);
@@ -418,10 +510,13 @@ impl Local {
             guard: LanGuard::new(nonce, MacAddr(probe_src), now),
             gratuitous_sent: 0,
             ports: Vec::new(),
+            udps: Vec::new(),
+            multi,
+            layout: 0,
+            port_layout: Vec::new(),
             next_id: 0,
             decision: Decision::default(),
             counters: ShellCounters::default(),
-            last_port_check: None,
         }
     }
 
@@ -495,8 +590,14 @@ impl Local {
             return Err(Error::PortExists(spec.ifname().to_string()));
         }
         let id = self.next_id;
-        let port = Port::open(id, spec)?;
+        let port = if self.multi {
+            Port::open_in_group(id, spec, None)?
+        } else {
+            Port::open(id, spec)?
+        };
         self.next_id += 1;
+        self.port_layout.push((id, port.spec.clone(), port.fanout));
+        self.layout += 1;
         self.switch.add_port(id, port.kind());
         tracing::info!(ifname = port.ifname(), kind = ?port.kind(), "port added");
         self.ports.push(port);
@@ -511,6 +612,8 @@ impl Local {
             .ok_or_else(|| Error::NoSuchPort(ifname.to_string()))?;
         let port = self.ports.remove(i);
         self.switch.remove_port(port.id);
+        self.port_layout.retain(|(id, _, _)| *id != port.id);
+        self.layout += 1;
         tracing::info!(ifname, "port removed");
         Ok(())
     }
@@ -533,32 +636,8 @@ impl Local {
         }
     }
 
-    /// Sends what the ports have queued.
-    fn flush_ports(&mut self) {
-        for k in 0..self.ports.len() {
-            let done = self.ports[k].flush();
-            self.count_flushed(k, done, 0);
-        }
-    }
-
     fn count_flushed(&mut self, k: usize, done: Flushed, len: usize) {
-        if done.sent == 0 && done.failed == 0 {
-            return;
-        }
-        let port = &mut self.ports[k];
-        if port.kind() == PortKind::Lan {
-            self.counters.lan_tx_frames += done.sent as u64;
-        }
-        self.counters.port_tx_errors += done.failed as u64;
-        if done.failed == 0 {
-            port.tx_error_logged = false;
-        } else if !port.tx_error_logged {
-            // A TAP whose QEMU has not attached yet fails every send
-            // (ENOBUFS/EIO/ENETDOWN): log once, count all.
-            let error = done.error.map(|e| e.to_string()).unwrap_or_else(|| "port closed".into());
-            tracing::warn!(ifname = port.ifname(), %error, len, "cannot send frames on port; dropping (not logged again until a send succeeds)");
-            port.tx_error_logged = true;
-        }
+        count_flushed(&mut self.ports[k], done, len, &mut self.counters);
     }
 
     /// Delivers a frame that came out of the tunnel to peer `from`: to local
@@ -591,27 +670,18 @@ impl Local {
                     self.counters.ha_standby_drops += 1;
                 }
                 if !self.decision.peers.is_empty() {
-                    send_to_links(others, &self.decision.peers, frame, scratch, &mut self.counters, now);
+                    send_to_links(
+                        others,
+                        &mut self.udps,
+                        &self.decision.peers,
+                        frame,
+                        scratch,
+                        &mut self.counters,
+                        now,
+                    );
                 }
             }
             Err(f) => self.counters.filtered(f),
-        }
-    }
-
-    /// Looks for vanished interfaces and reopens returned ones.
-    fn check_ports(&mut self, now: Instant) {
-        if self
-            .last_port_check
-            .is_some_and(|t| now.saturating_duration_since(t) < PORT_CHECK_INTERVAL)
-        {
-            return;
-        }
-        self.last_port_check = Some(now);
-        for p in &mut self.ports {
-            if p.interface_vanished() {
-                p.mark_gone(now);
-            }
-            p.retry(now);
         }
     }
 
@@ -620,43 +690,70 @@ impl Local {
     }
 }
 
-/// The tunnel to one peer and its UDP socket.
+/// Counts what a port's flush did (in `counters`), and logs the first of
+/// a run of send errors.
+fn count_flushed(port: &mut Port, done: Flushed, len: usize, counters: &mut ShellCounters) {
+    if done.sent == 0 && done.failed == 0 {
+        return;
+    }
+    if port.kind() == PortKind::Lan {
+        counters.lan_tx_frames += done.sent as u64;
+    }
+    counters.port_tx_errors += done.failed as u64;
+    if done.failed == 0 {
+        port.tx_error_logged = false;
+    } else if !port.tx_error_logged {
+        // A TAP whose QEMU has not attached yet fails every send
+        // (ENOBUFS/EIO/ENETDOWN): log once, count all.
+        let error = done.error.map(|e| e.to_string()).unwrap_or_else(|| "port closed".into());
+        tracing::warn!(ifname = port.ifname(), %error, len, "cannot send frames on port; dropping (not logged again until a send succeeds)");
+        port.tx_error_logged = true;
+    }
+}
+
+/// The tunnel to one peer (its UDP sockets are the workers', [`WorkerUdp`]).
 struct Link {
     id: PeerId,
     tunnel: Tunnel,
-    udp: Udp,
-    /// A send error was logged (not again until a send succeeds).
-    logged: bool,
+    /// The address its sockets are bound to (the actual port if 0 was asked).
+    listen: SocketAddr,
 }
 
 impl Link {
-    fn open(id: PeerId, key: &crate::keys::StaticKeypair, spec: &PeerSpec, now: Instant) -> Result<Self, Error> {
+    /// The link and worker 0's socket for it (bound for sharing if `multi`).
+    fn open(id: PeerId, key: &crate::keys::StaticKeypair, spec: &PeerSpec, multi: bool, now: Instant) -> Result<(Self, WorkerUdp), Error> {
         let identity = Identity::new(key.clone(), spec.peer_public, spec.psk)?;
-        let udp = Udp::bind(spec.listen)?;
+        let udp = if multi {
+            Udp::bind_shared(spec.listen)?
+        } else {
+            Udp::bind(spec.listen)?
+        };
+        let listen = udp.local_addr().unwrap_or(spec.listen);
         let initiate_to = match spec.role {
             Role::Initiator { peer } => Some(peer),
             Role::Responder => None,
         };
         let tunnel = Tunnel::new(identity, initiate_to, now, SystemTime::now());
-        Ok(Link {
-            id,
-            tunnel,
-            udp,
+        let udp = WorkerUdp {
+            peer: id,
+            sock: Some(udp),
             logged: false,
-        })
+        };
+        Ok((Link { id, tunnel, listen }, udp))
     }
 
-    /// Seals `frame` and queues its datagrams (dropped and counted by the
-    /// tunnel when there is no session).
-    fn send(&mut self, frame: &[u8], counters: &mut ShellCounters, now: Instant) {
+    /// Seals `frame` and queues its datagrams on this link's socket among
+    /// `udps` (dropped and counted by the tunnel when there is no session).
+    fn send(&mut self, udps: &mut [WorkerUdp], frame: &[u8], counters: &mut ShellCounters, now: Instant) {
         if let Ok(out) = self.tunnel.send_frame(frame, now) {
-            transmit(&mut self.udp, &out, counters, &mut self.logged);
+            transmit(udp_of(udps, self.id), &out, counters);
         }
     }
+}
 
-    fn flush(&mut self, counters: &mut ShellCounters) {
-        flush(&mut self.udp, counters, &mut self.logged);
-    }
+/// Link `peer`'s socket among `udps` (every link has one, [`realign`]).
+fn udp_of(udps: &mut [WorkerUdp], peer: PeerId) -> Option<&mut WorkerUdp> {
+    udps.iter_mut().find(|u| u.peer == peer)
 }
 
 /// The links before and after one link.
@@ -688,8 +785,10 @@ fn retag<'f>(frame: &'f [u8], vid: u16, scratch: &'f mut [u8]) -> &'f [u8] {
 }
 
 /// Sends `frame` into the tunnels of `targets` (peer, VID there) among `links`.
+#[allow(clippy::too_many_arguments)]
 fn send_to_links<'l>(
     links: impl Iterator<Item = &'l mut Link>,
+    udps: &mut [WorkerUdp],
     targets: &[(PeerId, u16)],
     frame: &[u8],
     scratch: &mut [u8],
@@ -699,43 +798,34 @@ fn send_to_links<'l>(
     for link in links {
         if let Some(&(_, vid)) = targets.iter().find(|(p, _)| *p == link.id) {
             let f = retag(frame, vid, scratch);
-            link.send(f, counters, now);
+            link.send(udps, f, counters, now);
         }
     }
 }
 
-struct Worker {
-    /// Our static key (for tunnels added later).
-    key: crate::keys::StaticKeypair,
-    /// One per peer; peer 0 first.
-    links: Vec<Link>,
-    local: Local,
-    commands: mpsc::Receiver<Command>,
-    wake: UnixDatagram,
-    shared: Arc<Shared>,
-    udp_buf: Box<[u8]>,
-    /// Frames read from ports, a batch at a time.
-    rx: RecvBatch,
-    /// Where super-frames are cut into segments.
-    seg_buf: Box<[u8]>,
-    /// Where frames are re-tagged (VLAN maps).
-    scratch: Box<[u8]>,
-}
-
-/// Sends the datagrams of `out`.
-/// Queues the datagrams of `out` (sent by [`flush`] or when the batch fills).
-fn transmit(udp: &mut Udp, out: &Outgoing<'_>, counters: &mut ShellCounters, logged: &mut bool) {
+/// Queues the datagrams of `out` (sent by [`flush`] or when the batch
+/// fills); without a socket they are lost and counted.
+fn transmit(udp: Option<&mut WorkerUdp>, out: &Outgoing<'_>, counters: &mut ShellCounters) {
+    let Some(WorkerUdp {
+        sock: Some(sock), logged, ..
+    }) = udp
+    else {
+        counters.udp_tx_errors += out.datagrams().count() as u64;
+        return;
+    };
     for d in out.datagrams() {
         debug_assert!(d.len() <= MAX_DATAGRAM);
-        let r = udp.queue(d, out.to);
+        let r = sock.queue(d, out.to);
         udp_result(r, counters, logged);
     }
 }
 
 /// Sends the queued datagrams.
-fn flush(udp: &mut Udp, counters: &mut ShellCounters, logged: &mut bool) {
-    let r = udp.flush();
-    udp_result(r, counters, logged);
+fn flush(udp: &mut WorkerUdp, counters: &mut ShellCounters) {
+    if let Some(sock) = &mut udp.sock {
+        let r = sock.flush();
+        udp_result(r, counters, &mut udp.logged);
+    }
 }
 
 fn udp_result(r: Result<(), (usize, io::Error)>, counters: &mut ShellCounters, logged: &mut bool) {
@@ -792,7 +882,15 @@ fn switch_frame(local: &mut Local, links: &mut [Link], scratch: &mut [u8], from:
         local.counters.ha_standby_drops += 1;
     }
     if !local.decision.peers.is_empty() {
-        send_to_links(links.iter_mut(), &local.decision.peers, frame, scratch, &mut local.counters, now);
+        send_to_links(
+            links.iter_mut(),
+            &mut local.udps,
+            &local.decision.peers,
+            frame,
+            scratch,
+            &mut local.counters,
+            now,
+        );
     }
 }
 
@@ -807,7 +905,7 @@ fn ha_message(local: &mut Local, link: &mut Link, msg: Control, now: Instant) {
             let Some(key) = keys.get(&peer) else { return };
             let answer = a.lock().ok().and_then(|mut a| a.on_message(key, msg, now));
             if let Some(answer) = answer {
-                link.send(&answer.encode(), &mut local.counters, now);
+                link.send(&mut local.udps, &answer.encode(), &mut local.counters, now);
             }
         }
         HaState::Member(m) => match m.on_message(peer, msg, now) {
@@ -827,84 +925,486 @@ fn ha_message(local: &mut Local, link: &mut Link, msg: Control, now: Instant) {
     }
 }
 
+/// The protocol core of a bridge: every tunnel and the local side. One per
+/// bridge, behind one mutex shared by the workers.
+struct Core {
+    /// Our static key (for tunnels added later).
+    key: crate::keys::StaticKeypair,
+    /// One per peer; peer 0 first.
+    links: Vec<Link>,
+    local: Local,
+}
+
+/// A worker's buffers, allocated once.
+struct Bufs {
+    udp_buf: Box<[u8]>,
+    /// Frames read from ports, a batch at a time.
+    rx: RecvBatch,
+    /// Where super-frames are cut into segments.
+    seg_buf: Box<[u8]>,
+    /// Where frames are re-tagged (VLAN maps).
+    scratch: Box<[u8]>,
+}
+
+impl Bufs {
+    fn new() -> Self {
+        Bufs {
+            udp_buf: vec![0u8; crate::udp::RECV_BUFFER].into_boxed_slice(),
+            rx: RecvBatch::new(HEADROOM + PORT_FRAME_MAX),
+            seg_buf: vec![0u8; PORT_FRAME_MAX].into_boxed_slice(),
+            scratch: vec![0u8; PORT_FRAME_MAX].into_boxed_slice(),
+        }
+    }
+}
+
+/// One worker thread: its sockets, and the shared core.
+struct Worker {
+    index: usize,
+    core: Arc<Mutex<Core>>,
+    io: Io,
+    /// Worker 0 takes the control requests and runs the timers.
+    control: Option<(mpsc::Receiver<Command>, UnixDatagram)>,
+    shared: Arc<Shared>,
+    bufs: Bufs,
+}
+
+/// Locks the core (a worker that panicked while holding it left it
+/// consistent enough to go on: every step is a whole frame or datagram).
+fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
+    core.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Swaps the worker's sockets into the core (after aligning them with the
+/// core's tunnels and ports if those changed) and adds what it counted
+/// outside the lock.
+fn enter(core: &mut Core, io: &mut Io, pending: &mut ShellCounters, now: Instant) {
+    if io.layout != core.local.layout {
+        realign(core, io, now);
+    }
+    std::mem::swap(&mut core.local.udps, &mut io.udps);
+    std::mem::swap(&mut core.local.ports, &mut io.ports);
+    core.local.counters.absorb(pending);
+}
+
+/// Takes the worker's sockets back out of the core.
+fn leave(core: &mut Core, io: &mut Io) {
+    std::mem::swap(&mut core.local.udps, &mut io.udps);
+    std::mem::swap(&mut core.local.ports, &mut io.ports);
+}
+
+/// Gives `io` one socket per tunnel and per port of `core`, in the core's
+/// order: keeps the ones it has, opens the missing ones (bound with
+/// `SO_REUSEPORT`, joined to the port's fanout group), closes the ones of
+/// tunnels and ports that went away.
+fn realign(core: &Core, io: &mut Io, now: Instant) {
+    let mut udps = std::mem::take(&mut io.udps);
+    for l in &core.links {
+        match udps.iter().position(|u| u.peer == l.id) {
+            Some(k) => io.udps.push(udps.swap_remove(k)),
+            None => {
+                let sock = Udp::bind_shared(l.listen)
+                    .map_err(
+                        |e| tracing::warn!(peer = l.id, error = %e, "worker cannot bind the tunnel's port; the other workers carry it"),
+                    )
+                    .ok();
+                io.udps.push(WorkerUdp {
+                    peer: l.id,
+                    sock,
+                    logged: false,
+                });
+            }
+        }
+    }
+    let mut ports = std::mem::take(&mut io.ports);
+    for (id, spec, group) in &core.local.port_layout {
+        if let Some(k) = ports.iter().position(|p| p.id == *id) {
+            io.ports.push(ports.swap_remove(k));
+            continue;
+        }
+        let port = match group {
+            Some(g) => Port::open_in_group(*id, spec.clone(), Some(*g)).unwrap_or_else(|e| {
+                tracing::warn!(ifname = spec.ifname(), error = %e, "worker cannot open its socket of the port; retrying");
+                Port::closed_in_group(*id, spec.clone(), *g, now)
+            }),
+            // One worker: worker 0 opened every port itself.
+            None => continue,
+        };
+        io.ports.push(port);
+    }
+    io.layout = core.local.layout;
+}
+
+/// Looks for vanished interfaces among `ports` and reopens returned ones
+/// (at most every [`PORT_CHECK_INTERVAL`]).
+fn check_ports(ports: &mut [Port], last: &mut Option<Instant>, now: Instant) {
+    if last.is_some_and(|t| now.saturating_duration_since(t) < PORT_CHECK_INTERVAL) {
+        return;
+    }
+    *last = Some(now);
+    for p in ports {
+        if p.interface_vanished() {
+            p.mark_gone(now);
+        }
+        p.retry(now);
+    }
+}
+
 impl Worker {
     fn run(mut self) {
-        let mut ready_ports: Vec<usize> = Vec::new();
-        let mut polled_ports: Vec<usize> = Vec::new();
+        let mut ready_ports: Vec<PortId> = Vec::new();
+        let mut polled_ports: Vec<PortId> = Vec::new();
+        let mut ready_udps: Vec<PeerId> = Vec::new();
         let mut last_publish: Option<Instant> = None;
+        let mut pending = ShellCounters::default();
         loop {
-            let nl = self.links.len();
-            let (wake_ready, udp_ready) = {
-                let mut fds = Vec::with_capacity(1 + nl + self.local.ports.len());
-                fds.push(PollFd::new(self.wake.as_fd(), PollFlags::POLLIN));
-                for l in &self.links {
-                    fds.push(PollFd::new(l.udp.as_fd(), PollFlags::POLLIN));
+            if self.shared.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let nu = self.io.udps.len();
+            let wake_ready = {
+                let mut fds = Vec::with_capacity(1 + nu + self.io.ports.len());
+                if let Some((_, wake)) = &self.control {
+                    fds.push(PollFd::new(wake.as_fd(), PollFlags::POLLIN));
                 }
+                let first = fds.len();
+                for u in &self.io.udps {
+                    if let Some(sock) = &u.sock {
+                        fds.push(PollFd::new(sock.as_fd(), PollFlags::POLLIN));
+                    }
+                }
+                let udp_peers = self.io.udps.iter().filter(|u| u.sock.is_some()).map(|u| u.peer);
+                let first_port = fds.len();
                 polled_ports.clear();
-                for (i, p) in self.local.ports.iter().enumerate() {
+                for p in &self.io.ports {
                     if let Some(s) = p.socket() {
                         fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
-                        polled_ports.push(i);
+                        polled_ports.push(p.id);
                     }
                 }
                 match poll(&mut fds, PollTimeout::from(POLL_INTERVAL_MS)) {
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                     Err(e) => {
                         tracing::error!(error = %e, "poll failed; bridge worker stops");
+                        self.shared.stop.store(true, Ordering::Relaxed);
                         return;
                     }
                 }
                 let is_ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
-                ready_ports.clear();
-                for (k, &i) in polled_ports.iter().enumerate() {
-                    if is_ready(&fds[1 + nl + k]) {
-                        ready_ports.push(i);
+                ready_udps.clear();
+                for (f, peer) in fds[first..first_port].iter().zip(udp_peers) {
+                    if is_ready(f) {
+                        ready_udps.push(peer);
                     }
                 }
-                let udp_ready: Vec<bool> = fds[1..1 + nl].iter().map(is_ready).collect();
-                (is_ready(&fds[0]), udp_ready)
+                ready_ports.clear();
+                for (f, &id) in fds[first_port..].iter().zip(&polled_ports) {
+                    if is_ready(f) {
+                        ready_ports.push(id);
+                    }
+                }
+                first > 0 && is_ready(&fds[0])
             };
-            if wake_ready {
-                let mut b = [0u8; 64];
-                while self.wake.recv(&mut b).is_ok() {}
-            }
-            if !self.handle_commands() {
-                tracing::info!("bridge stopped");
-                return;
-            }
-            for (i, ready) in udp_ready.into_iter().enumerate() {
-                if ready {
-                    self.handle_udp(i);
+            if let Some((commands, wake)) = &self.control {
+                if wake_ready {
+                    let mut b = [0u8; 64];
+                    while wake.recv(&mut b).is_ok() {}
+                }
+                let mut core = lock(&self.core);
+                enter(&mut core, &mut self.io, &mut pending, Instant::now());
+                let go_on = core.handle_commands(commands, &self.shared);
+                leave(&mut core, &mut self.io);
+                if !go_on {
+                    self.shared.stop.store(true, Ordering::Relaxed);
+                    tracing::info!("bridge stopped");
+                    return;
                 }
             }
-            for &i in &ready_ports {
-                self.handle_port(i);
+            for &peer in &ready_udps {
+                self.handle_udp(peer, &mut pending);
+            }
+            for &id in &ready_ports {
+                self.read_port(id, &mut pending);
             }
             let now = Instant::now();
-            self.ha_tick(now);
-            self.send_probe(now);
-            for l in &mut self.links {
-                for _ in 0..4 {
-                    let Some(out) = l.tunnel.tick(now) else { break };
-                    transmit(&mut l.udp, &out, &mut self.local.counters, &mut l.logged);
+            if self.control.is_some() {
+                let mut core = lock(&self.core);
+                enter(&mut core, &mut self.io, &mut pending, now);
+                core.ha_tick(now);
+                core.send_probe(now);
+                core.tick_tunnels(now);
+                // Counters are copied out at most every PUBLISH_INTERVAL
+                // (and always after a command): under a packet flood every
+                // loop iteration would otherwise build the whole Stats.
+                if last_publish.is_none_or(|t| now.saturating_duration_since(t) >= PUBLISH_INTERVAL) {
+                    core.publish(&self.shared, now);
+                    last_publish = Some(now);
                 }
-                l.flush(&mut self.local.counters);
+                leave(&mut core, &mut self.io);
             }
-            self.local.check_ports(now);
-            // Counters are copied out at most every PUBLISH_INTERVAL (and
-            // always after a command): under a packet flood every loop
-            // iteration would otherwise build the whole Stats.
-            if last_publish.is_none_or(|t| now.saturating_duration_since(t) >= PUBLISH_INTERVAL) {
-                self.publish(now);
-                last_publish = Some(now);
+            // Sending happens outside the lock, on this worker's sockets.
+            for u in &mut self.io.udps {
+                flush(u, &mut pending);
+            }
+            for p in &mut self.io.ports {
+                let done = p.flush();
+                count_flushed(p, done, 0, &mut pending);
+            }
+            check_ports(&mut self.io.ports, &mut self.io.last_port_check, now);
+            if pending.any_flush_counts() {
+                // Into the core now, so stats() shows them without waiting
+                // for this worker's next frame.
+                lock(&self.core).local.counters.absorb(&mut pending);
+            }
+        }
+    }
+
+    /// Reads up to [`BATCH`] receives (datagrams or GRO runs) from this
+    /// worker's socket of tunnel `peer`, each opened and switched under the
+    /// core's lock.
+    fn handle_udp(&mut self, peer: PeerId, pending: &mut ShellCounters) {
+        let Worker {
+            core,
+            io,
+            bufs,
+            shared,
+            index,
+            ..
+        } = self;
+        for _ in 0..BATCH {
+            let Some(sock) = io.udps.iter_mut().find(|u| u.peer == peer).and_then(|u| u.sock.as_mut()) else {
+                return;
+            };
+            let (n, src, seg): (usize, SocketAddr, Option<usize>) = match sock.recv(&mut bufs.udp_buf) {
+                Ok(Some(r)) => r,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "UDP receive failed");
+                    return;
+                }
+            };
+            let seg = seg.unwrap_or(n).max(1);
+            shared.counters[*index].add_datagrams(n.div_ceil(seg) as u64);
+            let now = Instant::now();
+            let mut c = lock(core);
+            enter(&mut c, io, pending, now);
+            c.receive(peer, &mut bufs.udp_buf[..n], src, seg, &mut bufs.scratch, now);
+            leave(&mut c, io);
+        }
+    }
+
+    /// Reads frames from this worker's socket of port `id` (its receive
+    /// ring, or up to [`BATCH`] with `recvmmsg`) and switches them under the
+    /// core's lock.
+    fn read_port(&mut self, id: PortId, pending: &mut ShellCounters) {
+        let Worker {
+            core,
+            io,
+            bufs,
+            shared,
+            index,
+            ..
+        } = self;
+        let counters = &shared.counters[*index];
+        let Some(k) = io.ports.iter().position(|p| p.id == id) else {
+            return;
+        };
+        if let Some(mut ring) = io.ports[k].take_ring() {
+            let now = Instant::now();
+            let mut c = lock(core);
+            enter(&mut c, io, pending, now);
+            let n = c.walk_ring(id, &mut ring, bufs, now);
+            leave(&mut c, io);
+            drop(c);
+            counters.add_frames(n);
+            // Nothing under the lock reopens a port; a realign may have
+            // closed it (the ring is then unmapped here).
+            if let Some(p) = io.ports.iter_mut().find(|p| p.id == id) {
+                p.put_ring(ring);
+            }
+            return;
+        }
+        for _ in 0..BATCH / RX_BATCH {
+            let Some(port) = io.ports.iter().find(|p| p.id == id) else { return };
+            let Some(sock) = port.socket() else { return };
+            let lan = port.kind() == PortKind::Lan;
+            let n = match sock.recv_batch(&mut bufs.rx) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    // The kernel dropped a frame whose offload it cannot describe.
+                    pending.too_large += 1;
+                    continue;
+                }
+                Err(e) => {
+                    port_error(&mut io.ports, id, &e);
+                    return;
+                }
+            };
+            counters.add_frames(n as u64);
+            let now = Instant::now();
+            let mut c = lock(core);
+            enter(&mut c, io, pending, now);
+            let Core { local, links, .. } = &mut *c;
+            for k in 0..n {
+                let (buf, info) = bufs.rx.frame(k);
+                port_frame(local, links, &mut bufs.seg_buf, &mut bufs.scratch, id, lan, buf, info, now);
+            }
+            leave(&mut c, io);
+            drop(c);
+            if n < RX_BATCH {
+                return;
+            }
+        }
+    }
+}
+
+/// A receive error on port `id` among `ports`: closes the port if its
+/// interface vanished.
+fn port_error(ports: &mut [Port], id: PortId, e: &io::Error) {
+    let now = Instant::now();
+    let Some(port) = ports.iter_mut().find(|p| p.id == id) else {
+        return;
+    };
+    if port.interface_vanished() {
+        port.mark_gone(now);
+    } else {
+        // ENETDOWN when the link goes down: the socket stays bound and
+        // resumes when the interface comes back up.
+        tracing::warn!(ifname = port.ifname(), error = %e, "port receive error; keeping the port");
+    }
+}
+
+/// Switches one frame read from port `id`.
+#[allow(clippy::too_many_arguments)]
+fn port_frame(
+    local: &mut Local,
+    links: &mut [Link],
+    seg_buf: &mut [u8],
+    scratch: &mut [u8],
+    id: PortId,
+    lan: bool,
+    buf: &mut [u8],
+    info: RecvInfo,
+    now: Instant,
+) {
+    if info.outgoing {
+        return;
+    }
+    if info.truncated {
+        local.counters.too_large += 1;
+        tracing::debug!(port = id, "frame larger than the receive buffer; dropped");
+        return;
+    }
+    let frame = &mut buf[info.start..info.start + info.len];
+    if let Some((kind, mss)) = info.gso {
+        // A GRO/TSO super-frame: cut it into wire-sized segments.
+        let mut send = |seg: &mut [u8]| switch_frame(local, links, scratch, id, lan, seg, now);
+        match gso::segment(frame, kind, mss, seg_buf, &mut send) {
+            Ok(_) => local.counters.segmented += 1,
+            Err(e) => {
+                local.counters.too_large += 1;
+                tracing::debug!(error = %e, len = frame.len(), "super-frame dropped");
+            }
+        }
+        return;
+    }
+    if let Some((start, offset)) = info.csum {
+        if csum::complete_partial(frame, start, offset) {
+            local.counters.checksums_completed += 1;
+        }
+    } else if info.csum_not_ready && csum::complete(frame) {
+        local.counters.checksums_completed += 1;
+    }
+    switch_frame(local, links, scratch, id, lan, frame, now);
+}
+
+impl Core {
+    /// Opens and switches the datagrams of one receive on tunnel `peer`
+    /// (with GRO a run of `seg`-byte datagrams, the last maybe shorter).
+    fn receive(&mut self, peer: PeerId, buf: &mut [u8], src: SocketAddr, seg: usize, scratch: &mut [u8], now: Instant) {
+        let Core { links, local, .. } = self;
+        let Some(i) = links.iter().position(|l| l.id == peer) else { return };
+        let Some((link, others)) = split_one(links, i) else { return };
+        for d in buf.chunks_mut(seg) {
+            match link.tunnel.receive(src, d, now) {
+                Received::Frame(frame) if ha::is_control(frame) => {
+                    if let Some(msg) = Control::parse(frame) {
+                        ha_message(local, link, msg, now);
+                    }
+                }
+                Received::Frame(frame) => {
+                    let others = others.0.iter_mut().chain(others.1.iter_mut());
+                    local.deliver_from_tunnel(peer, others, frame, scratch, now)
+                }
+                Received::Reply(out) => transmit(udp_of(&mut local.udps, peer), &out, &mut local.counters),
+                Received::Nothing | Received::Dropped(_) => {}
+            }
+        }
+    }
+
+    /// Walks port `id`'s receive ring (taken out of this worker's socket)
+    /// and switches its frames; returns how many it read.
+    fn walk_ring(&mut self, id: PortId, ring: &mut RxRing, bufs: &mut Bufs, now: Instant) -> u64 {
+        let Core { links, local, .. } = self;
+        let Some(i) = local.ports.iter().position(|p| p.id == id) else {
+            return 0;
+        };
+        let lan = local.ports[i].kind() == PortKind::Lan;
+        let Bufs { seg_buf, scratch, .. } = bufs;
+        let mut count = 0u64;
+        let mut budget = match ring {
+            RxRing::Frames(_) => RING_FRAMES_PER_WAKE,
+            RxRing::Blocks(_) => RING_BLOCKS_PER_WAKE,
+        };
+        while budget > 0 {
+            let walked = ring.walk(budget, |buf, info| {
+                count += 1;
+                port_frame(local, links, seg_buf, scratch, id, lan, buf, info, now);
+            });
+            if walked.malformed > 0 {
+                // Never seen from a real kernel; counted with the LAN frames
+                // that could not be switched, rather than trusted.
+                local.counters.lan_filtered += walked.malformed as u64;
+                tracing::debug!(port = id, n = walked.malformed, "malformed receive-ring headers skipped");
+            }
+            let (RxRing::Frames(frames), true) = (&mut *ring, walked.copy_pending) else {
+                break;
+            };
+            // A frame larger than its slot: read it whole from the queue.
+            budget = budget.saturating_sub(walked.blocks + 1);
+            let Some(sock) = local.ports[i].socket() else { break };
+            match frames.recv_copy(sock) {
+                Ok(Some((buf, info))) => {
+                    count += 1;
+                    port_frame(local, links, seg_buf, scratch, id, lan, buf, info, now)
+                }
+                // The kernel could not queue the copy: the frame is lost.
+                Ok(None) => local.counters.too_large += 1,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => local.counters.too_large += 1,
+                Err(e) => {
+                    port_error(&mut local.ports, id, &e);
+                    break;
+                }
+            }
+        }
+        count
+    }
+
+    /// Runs the tunnels' timers (initiations, keepalives) and sends what
+    /// is due.
+    fn tick_tunnels(&mut self, now: Instant) {
+        for l in &mut self.links {
+            for _ in 0..4 {
+                let Some(out) = l.tunnel.tick(now) else { break };
+                transmit(udp_of(&mut self.local.udps, l.id), &out, &mut self.local.counters);
             }
         }
     }
 
     /// Applies queued control requests; false on shutdown.
-    fn handle_commands(&mut self) -> bool {
+    fn handle_commands(&mut self, commands: &mpsc::Receiver<Command>, shared: &Shared) -> bool {
         loop {
-            match self.commands.try_recv() {
+            match commands.try_recv() {
                 Ok(Command::Carry(m, peer, ips, reply)) => {
                     if !self.links.iter().any(|l| l.id == peer) {
                         let _ = reply.send(Err(Error::NoSuchPeer(peer)));
@@ -918,7 +1418,7 @@ impl Worker {
                     if self.local.ha.may_cross(peer, now) {
                         self.local.announce_macs(&[(m, ips)], now);
                     }
-                    self.publish(now);
+                    self.publish(shared, now);
                     let _ = reply.send(Ok(()));
                 }
                 Ok(Command::Uncarry(m, reply)) => {
@@ -926,46 +1426,50 @@ impl Worker {
                     self.local.switch.uncarry(m);
                     self.local.announce.remove(&m);
                     self.local.guard.clear_duplicate(m);
-                    self.publish(Instant::now());
+                    self.publish(shared, Instant::now());
                     let _ = reply.send(Ok(()));
                 }
                 Ok(Command::ClearDuplicate(m, reply)) => {
                     if self.local.guard.clear_duplicate(m) {
                         tracing::warn!(mac = %m, "duplicate-MAC alarm cleared by the operator");
                     }
-                    self.publish(Instant::now());
+                    self.publish(shared, Instant::now());
                     let _ = reply.send(Ok(()));
                 }
                 // Counters are published before the reply, so a caller that
                 // reads stats() after the call sees its effect.
                 Ok(Command::AddPort(spec, reply)) => {
                     let r = self.local.add_port(spec);
-                    self.publish(Instant::now());
+                    self.publish(shared, Instant::now());
                     let _ = reply.send(r);
                 }
                 Ok(Command::RemovePort(name, reply)) => {
                     let r = self.local.remove_port(&name);
-                    self.publish(Instant::now());
+                    self.publish(shared, Instant::now());
                     let _ = reply.send(r);
                 }
                 Ok(Command::AddPeer(id, spec, reply)) => {
                     let r = if self.links.iter().any(|l| l.id == id) {
                         Err(Error::PeerExists(id))
                     } else {
-                        Link::open(id, &self.key, &spec, Instant::now()).map(|l| {
+                        Link::open(id, &self.key, &spec, self.local.multi, Instant::now()).map(|(l, udp)| {
                             tracing::info!(peer = id, listen = %spec.listen, "peer added");
                             self.local.switch.add_peer(id, spec.vlans.clone());
                             self.local.ha.add_peer(id, spec.peer_public);
                             self.links.push(l);
+                            self.local.udps.push(udp);
+                            self.local.layout += 1;
                         })
                     };
-                    self.publish(Instant::now());
+                    self.publish(shared, Instant::now());
                     let _ = reply.send(r);
                 }
                 Ok(Command::RemovePeer(id, reply)) => {
                     let r = match self.links.iter().position(|l| l.id == id) {
                         Some(i) => {
                             self.links.remove(i);
+                            self.local.udps.retain(|u| u.peer != id);
+                            self.local.layout += 1;
                             self.local.switch.remove_peer(id);
                             self.local.ha.remove_peer(id);
                             self.local.announce.retain(|m, _| self.local.switch.is_carried(m));
@@ -974,7 +1478,7 @@ impl Worker {
                         }
                         _ => Err(Error::NoSuchPeer(id)),
                     };
-                    self.publish(Instant::now());
+                    self.publish(shared, Instant::now());
                     let _ = reply.send(r);
                 }
                 Ok(Command::Shutdown) => return false,
@@ -983,181 +1487,6 @@ impl Worker {
                 // what "dropping the handle does not stop the bridge" means.
                 Err(mpsc::TryRecvError::Disconnected) => return true,
             }
-        }
-    }
-
-    fn handle_udp(&mut self, i: usize) {
-        let Worker {
-            links,
-            local,
-            udp_buf,
-            scratch,
-            ..
-        } = self;
-        let Some((link, others)) = split_one(links, i) else { return };
-        for _ in 0..BATCH {
-            let (n, src, seg): (usize, SocketAddr, Option<usize>) = match link.udp.recv(udp_buf) {
-                Ok(Some(r)) => r,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "UDP receive failed");
-                    break;
-                }
-            };
-            let now = Instant::now();
-            // A GRO run: datagrams of `seg` bytes back to back (last may be shorter).
-            for d in udp_buf[..n].chunks_mut(seg.unwrap_or(n).max(1)) {
-                let id = link.id;
-                match link.tunnel.receive(src, d, now) {
-                    Received::Frame(frame) if ha::is_control(frame) => {
-                        if let Some(msg) = Control::parse(frame) {
-                            ha_message(local, link, msg, now);
-                        }
-                    }
-                    Received::Frame(frame) => {
-                        let others = others.0.iter_mut().chain(others.1.iter_mut());
-                        local.deliver_from_tunnel(id, others, frame, scratch, now)
-                    }
-                    Received::Reply(out) => transmit(&mut link.udp, &out, &mut local.counters, &mut link.logged),
-                    Received::Nothing | Received::Dropped(_) => {}
-                }
-            }
-        }
-        for l in links.iter_mut() {
-            l.flush(&mut local.counters);
-        }
-        local.flush_ports();
-    }
-
-    fn handle_port(&mut self, i: usize) {
-        self.read_port(i);
-        for l in &mut self.links {
-            l.flush(&mut self.local.counters);
-        }
-        self.local.flush_ports();
-    }
-
-    /// Reads up to [`BATCH`] frames from port `i` and switches them.
-    fn read_port(&mut self, i: usize) {
-        let Worker {
-            links,
-            local,
-            rx,
-            seg_buf,
-            scratch,
-            ..
-        } = self;
-        if let Some(mut ring) = local.ports.get_mut(i).and_then(Port::take_ring) {
-            let id = local.ports[i].id;
-            let lan = local.ports[i].kind() == PortKind::Lan;
-            let now = Instant::now();
-            let mut budget = match ring {
-                RxRing::Frames(_) => RING_FRAMES_PER_WAKE,
-                RxRing::Blocks(_) => RING_BLOCKS_PER_WAKE,
-            };
-            while budget > 0 {
-                let walked = ring.walk(budget, |buf, info| {
-                    Self::port_frame(local, links, seg_buf, scratch, id, lan, buf, info, now);
-                });
-                if walked.malformed > 0 {
-                    // Never seen from a real kernel; counted with the LAN frames
-                    // that could not be switched, rather than trusted.
-                    local.counters.lan_filtered += walked.malformed as u64;
-                    tracing::debug!(port = id, n = walked.malformed, "malformed receive-ring headers skipped");
-                }
-                let (RxRing::Frames(frames), true) = (&mut ring, walked.copy_pending) else {
-                    break;
-                };
-                // A frame larger than its slot: read it whole from the queue.
-                budget = budget.saturating_sub(walked.blocks + 1);
-                let Some(sock) = local.ports[i].socket() else { break };
-                match frames.recv_copy(sock) {
-                    Ok(Some((buf, info))) => Self::port_frame(local, links, seg_buf, scratch, id, lan, buf, info, now),
-                    // The kernel could not queue the copy: the frame is lost.
-                    Ok(None) => local.counters.too_large += 1,
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => local.counters.too_large += 1,
-                    Err(e) => {
-                        Self::port_error(local, i, &e);
-                        break;
-                    }
-                }
-            }
-            // Nothing in port_frame reopens or removes a port: same socket.
-            local.ports[i].put_ring(ring);
-            return;
-        }
-        for _ in 0..BATCH / RX_BATCH {
-            let Some(port) = local.ports.get(i) else { return };
-            let Some(sock) = port.socket() else { return };
-            let id = port.id;
-            let lan = port.kind() == PortKind::Lan;
-            let n = match sock.recv_batch(rx) {
-                Ok(0) => return,
-                Ok(n) => n,
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    // The kernel dropped a frame whose offload it cannot describe.
-                    local.counters.too_large += 1;
-                    continue;
-                }
-                Err(e) => {
-                    Self::port_error(local, i, &e);
-                    return;
-                }
-            };
-            let now = Instant::now();
-            for k in 0..n {
-                let (buf, info) = rx.frame(k);
-                Self::port_frame(local, links, seg_buf, scratch, id, lan, buf, info, now);
-            }
-            if n < RX_BATCH {
-                return;
-            }
-        }
-    }
-
-    /// Switches one frame read from port `id`.
-    #[allow(clippy::too_many_arguments)]
-    fn port_frame(
-        local: &mut Local,
-        links: &mut [Link],
-        seg_buf: &mut [u8],
-        scratch: &mut [u8],
-        id: PortId,
-        lan: bool,
-        buf: &mut [u8],
-        info: RecvInfo,
-        now: Instant,
-    ) {
-        {
-            if info.outgoing {
-                return;
-            }
-            if info.truncated {
-                local.counters.too_large += 1;
-                tracing::debug!(port = id, "frame larger than the receive buffer; dropped");
-                return;
-            }
-            let frame = &mut buf[info.start..info.start + info.len];
-            if let Some((kind, mss)) = info.gso {
-                // A GRO/TSO super-frame: cut it into wire-sized segments.
-                let mut send = |seg: &mut [u8]| switch_frame(local, links, scratch, id, lan, seg, now);
-                match gso::segment(frame, kind, mss, seg_buf, &mut send) {
-                    Ok(_) => local.counters.segmented += 1,
-                    Err(e) => {
-                        local.counters.too_large += 1;
-                        tracing::debug!(error = %e, len = frame.len(), "super-frame dropped");
-                    }
-                }
-                return;
-            }
-            if let Some((start, offset)) = info.csum {
-                if csum::complete_partial(frame, start, offset) {
-                    local.counters.checksums_completed += 1;
-                }
-            } else if info.csum_not_ready && csum::complete(frame) {
-                local.counters.checksums_completed += 1;
-            }
-            switch_frame(local, links, scratch, id, lan, frame, now);
         }
     }
 
@@ -1171,7 +1500,7 @@ impl Worker {
         self.local.send_on_lan(&probe, now);
         for l in &mut self.links {
             if l.tunnel.is_established(now) && self.local.ha.may_cross(l.id, now) {
-                l.send(&probe, &mut self.local.counters, now);
+                l.send(&mut self.local.udps, &probe, &mut self.local.counters, now);
             }
         }
     }
@@ -1180,31 +1509,20 @@ impl Worker {
     /// due; notices lapses.
     fn ha_tick(&mut self, now: Instant) {
         self.local.ha_check(now);
-        let Local { ha, counters, .. } = &mut self.local;
+        let Local { ha, counters, udps, .. } = &mut self.local;
         let HaState::Member(m) = ha else { return };
         for link in &mut self.links {
             if !link.tunnel.is_established(now) {
                 continue;
             }
             if let Some(req) = m.request_due(link.id, now) {
-                link.send(&req.encode(), counters, now);
+                link.send(udps, &req.encode(), counters, now);
             }
         }
     }
 
-    fn port_error(local: &mut Local, i: usize, e: &io::Error) {
-        let now = Instant::now();
-        let Some(port) = local.ports.get_mut(i) else { return };
-        if port.interface_vanished() {
-            port.mark_gone(now);
-        } else {
-            // ENETDOWN when the link goes down: the socket stays bound and
-            // resumes when the interface comes back up.
-            tracing::warn!(ifname = port.ifname(), error = %e, "port receive error; keeping the port");
-        }
-    }
-
-    fn publish(&self, now: Instant) {
+    /// Copies the counters out for [`BridgeHandle::stats`].
+    fn publish(&self, shared: &Shared, now: Instant) {
         let mut t = TunnelStats::default();
         for l in &self.links {
             t.add(&l.tunnel.stats());
@@ -1261,6 +1579,9 @@ impl Worker {
                 _ => 0,
             },
             ha_standby_drops: c.ha_standby_drops,
+            // Filled in by BridgeHandle::stats from the workers' atomics.
+            worker_datagrams: Vec::new(),
+            worker_frames: Vec::new(),
             peers: self
                 .links
                 .iter()
@@ -1279,7 +1600,7 @@ impl Worker {
                 })
                 .collect(),
         };
-        if let Ok(mut p) = self.shared.published.lock() {
+        if let Ok(mut p) = shared.published.lock() {
             p.stats = stats;
             p.last_handshake = self.links.iter().map(|l| l.tunnel.last_handshake()).collect();
         }

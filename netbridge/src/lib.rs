@@ -27,7 +27,8 @@
 //!
 //! The protocol core ([`tunnel::Tunnel`], [`filter::Switch`]) is a pure state
 //! machine with time passed in; the threads and sockets around it are a thin
-//! shell (one worker thread polling the UDP socket and the ports).
+//! shell (worker threads polling the UDP sockets and the ports: one, or one
+//! per CPU with `SO_REUSEPORT` and `PACKET_FANOUT`, see [`worker`]).
 //!
 //! ```no_run
 //! use netbridge::{keys::StaticKeypair, Bridge, BridgeConfig, PortSpec, Role};
@@ -63,6 +64,7 @@ pub mod session;
 pub mod tunnel;
 pub mod udp;
 pub mod wire;
+pub mod worker;
 
 mod bridge;
 
@@ -362,4 +364,9 @@ pub struct Stats {
     pub ha_standby_drops: u64,
     /// Each peer's tunnel (peer 0 first).
     pub peers: Vec<PeerStatus>,
+    /// Datagrams each worker received from the underlay (worker 0 first;
+    /// one entry per worker, see [`worker`]).
+    pub worker_datagrams: Vec<u64>,
+    /// Frames each worker read from local ports (worker 0 first).
+    pub worker_frames: Vec<u64>,
 }

@@ -229,6 +229,29 @@ impl Stats {
                 let _ = writeln!(out, "netbridge_{name}{{peer=\"{peer}\",tunnel=\"{}\"}} {}", p.id, value(p));
             }
         }
+        // One series per worker (label `worker`: its number, 0 first).
+        let per_worker: [(&str, &str, &[u64]); 2] = [
+            (
+                "worker_datagrams_total",
+                "Datagrams this worker received from the underlay.",
+                &self.worker_datagrams,
+            ),
+            (
+                "worker_frames_total",
+                "Frames this worker read from local ports.",
+                &self.worker_frames,
+            ),
+        ];
+        for (name, help, values) in per_worker {
+            if values.is_empty() {
+                continue;
+            }
+            let _ = writeln!(out, "# HELP netbridge_{name} {help}");
+            let _ = writeln!(out, "# TYPE netbridge_{name} counter");
+            for (w, v) in values.iter().enumerate() {
+                let _ = writeln!(out, "netbridge_{name}{{peer=\"{peer}\",worker=\"{w}\"}} {v}");
+            }
+        }
         // Under HA only: each tunnel's lease (one per cloud on an LCG).
         let leases: Vec<(u32, crate::ha::LeaseView)> = self.peers.iter().filter_map(|p| p.ha.map(|l| (p.id, l))).collect();
         if !leases.is_empty() {
@@ -277,9 +300,15 @@ mod tests {
                 tx_frames: 5,
                 ..Default::default()
             }],
+            worker_datagrams: vec![10, 32],
+            worker_frames: vec![4, 0],
             ..Stats::default()
         };
         let text = s.prometheus("cloud\"1");
+        assert!(
+            text.contains("netbridge_worker_datagrams_total{peer=\"cloud\\\"1\",worker=\"1\"} 32\n"),
+            "{text}"
+        );
         assert!(text.contains("netbridge_tx_frames_total{peer=\"cloud\\\"1\"} 7\n"), "{text}");
         assert!(text.contains("netbridge_rx_dropped_total{peer=\"cloud\\\"1\",reason=\"replay\"} 3\n"));
         assert!(text.contains("netbridge_established{peer=\"cloud\\\"1\"} 1\n"));

@@ -1,6 +1,12 @@
 //! One transport session: the two AES-256-GCM keys a handshake produced, the
 //! send counter, the receive replay window and the session's age.
+//!
+//! Sealing takes `&self`: the send counter is an atomic that hands every
+//! datagram its own counter (nonce), so several workers may seal on one
+//! session at once without ever reusing a nonce (`ring`'s `LessSafeKey` is
+//! `Sync`). Opening takes `&mut self` (the replay window).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
@@ -65,7 +71,7 @@ pub struct Session {
     remote_index: u32,
     send_key: LessSafeKey,
     recv_key: LessSafeKey,
-    send_counter: u64,
+    send_counter: AtomicU64,
     replay: ReplayWindow,
     created: Instant,
     initiator: bool,
@@ -76,7 +82,7 @@ impl std::fmt::Debug for Session {
         f.debug_struct("Session")
             .field("local_index", &self.local_index)
             .field("remote_index", &self.remote_index)
-            .field("send_counter", &self.send_counter)
+            .field("send_counter", &self.sent())
             .field("initiator", &self.initiator)
             .finish_non_exhaustive()
     }
@@ -102,7 +108,7 @@ impl Session {
             remote_index,
             send_key: aead_key(&keys.send),
             recv_key: aead_key(&keys.recv),
-            send_counter: 0,
+            send_counter: AtomicU64::new(0),
             replay: ReplayWindow::new(),
             created,
             initiator,
@@ -121,7 +127,7 @@ impl Session {
 
     /// Datagrams sent so far (the next counter).
     pub fn sent(&self) -> u64 {
-        self.send_counter
+        self.send_counter.load(Ordering::Relaxed)
     }
 
     /// True if we started the handshake that made this session.
@@ -141,17 +147,14 @@ impl Session {
 
     /// True once the initiator should start the next handshake.
     pub fn wants_rekey(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.created) >= REKEY_AFTER_TIME || self.send_counter >= REKEY_AFTER_MESSAGES
+        now.saturating_duration_since(self.created) >= REKEY_AFTER_TIME || self.sent() >= REKEY_AFTER_MESSAGES
     }
 
     /// Seals `buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len]` in place: writes
     /// the header in front and the tag behind. Returns the datagram length.
-    pub fn seal(&mut self, now: Instant, fragment: Fragment, buf: &mut [u8], len: usize) -> Result<usize, Error> {
+    pub fn seal(&self, now: Instant, fragment: Fragment, buf: &mut [u8], len: usize) -> Result<usize, Error> {
         if self.expired(now) {
             return Err(Error::Expired);
-        }
-        if self.send_counter >= REJECT_AFTER_MESSAGES {
-            return Err(Error::Exhausted);
         }
         let total = DATA_HEADER_LEN + len + TAG_LEN;
         if buf.len() < total {
@@ -160,8 +163,33 @@ impl Session {
                 have: buf.len(),
             });
         }
-        let counter = self.send_counter;
-        self.send_counter += 1;
+        let counter = self.reserve(1)?;
+        self.seal_with(counter, fragment, buf, len)
+    }
+
+    /// Takes `n` consecutive counters (the two halves of a fragmented frame
+    /// must have consecutive ones) and returns the first; seal with
+    /// [`Session::seal_with`]. Atomic: concurrent callers get disjoint
+    /// counters, and none at or above [`REJECT_AFTER_MESSAGES`].
+    pub fn reserve(&self, n: u64) -> Result<u64, Error> {
+        self.send_counter
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                c.checked_add(n).filter(|&end| end <= REJECT_AFTER_MESSAGES)
+            })
+            .map_err(|_| Error::Exhausted)
+    }
+
+    /// Seals `buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len]` in place with a
+    /// counter from [`Session::reserve`] (each used once). Returns the
+    /// datagram length.
+    pub fn seal_with(&self, counter: u64, fragment: Fragment, buf: &mut [u8], len: usize) -> Result<usize, Error> {
+        let total = DATA_HEADER_LEN + len + TAG_LEN;
+        if buf.len() < total {
+            return Err(Error::Buffer {
+                need: total,
+                have: buf.len(),
+            });
+        }
         let header = DataHeader {
             receiver: self.remote_index,
             counter,
@@ -234,7 +262,7 @@ mod tests {
         (a, b)
     }
 
-    fn seal(s: &mut Session, now: Instant, msg: &[u8]) -> Vec<u8> {
+    fn seal(s: &Session, now: Instant, msg: &[u8]) -> Vec<u8> {
         let mut buf = vec![0u8; msg.len() + 32];
         buf[16..16 + msg.len()].copy_from_slice(msg);
         let n = s.seal(now, Fragment::Whole, &mut buf, msg.len()).unwrap();
@@ -251,20 +279,20 @@ mod tests {
     fn roundtrip_and_replay() {
         let now = Instant::now();
         let (mut a, mut b) = pair(now);
-        let d = seal(&mut a, now, b"hello");
+        let d = seal(&a, now, b"hello");
         assert_eq!(d.len(), 5 + 32);
         assert!(!d.windows(5).any(|w| w == b"hello"), "plaintext on the wire");
         assert_eq!(open(&mut b, now, &mut d.clone()).unwrap(), b"hello");
         assert_eq!(open(&mut b, now, &mut d.clone()), Err(Error::Replay(0)));
-        let d2 = seal(&mut b, now, b"back");
+        let d2 = seal(&b, now, b"back");
         assert_eq!(open(&mut a, now, &mut d2.clone()).unwrap(), b"back");
     }
 
     #[test]
     fn tampering_is_rejected_and_does_not_burn_the_counter() {
         let now = Instant::now();
-        let (mut a, mut b) = pair(now);
-        let d = seal(&mut a, now, b"payload bytes");
+        let (a, mut b) = pair(now);
+        let d = seal(&a, now, b"payload bytes");
         for i in 0..d.len() {
             let mut t = d.clone();
             t[i] ^= 0x40;
@@ -280,35 +308,95 @@ mod tests {
     #[test]
     fn expiry_and_rekey_timers() {
         let t0 = Instant::now();
-        let (mut a, mut b) = pair(t0);
+        let (a, mut b) = pair(t0);
         assert!(!a.wants_rekey(t0 + REKEY_AFTER_TIME - Duration::from_millis(1)));
         assert!(a.wants_rekey(t0 + REKEY_AFTER_TIME));
         let late = t0 + REJECT_AFTER_TIME;
         let mut buf = [0u8; 64];
         assert_eq!(a.seal(late, Fragment::Whole, &mut buf, 0), Err(Error::Expired));
-        let mut d = seal(&mut a, t0, b"x");
+        let mut d = seal(&a, t0, b"x");
         assert_eq!(open(&mut b, late, &mut d), Err(Error::Expired));
     }
 
     #[test]
     fn counter_limits() {
         let now = Instant::now();
-        let (mut a, _) = pair(now);
-        a.send_counter = REJECT_AFTER_MESSAGES;
+        let (a, _) = pair(now);
+        a.send_counter.store(REJECT_AFTER_MESSAGES, Ordering::Relaxed);
         let mut buf = [0u8; 64];
         assert_eq!(a.seal(now, Fragment::Whole, &mut buf, 0), Err(Error::Exhausted));
-        a.send_counter = REKEY_AFTER_MESSAGES;
+        // Exhaustion never wraps the counter, however often it is asked.
+        assert_eq!(a.reserve(2), Err(Error::Exhausted));
+        assert_eq!(a.sent(), REJECT_AFTER_MESSAGES);
+        a.send_counter.store(REJECT_AFTER_MESSAGES - 1, Ordering::Relaxed);
+        assert_eq!(a.reserve(2), Err(Error::Exhausted));
+        assert_eq!(a.reserve(1), Ok(REJECT_AFTER_MESSAGES - 1));
+        a.send_counter.store(REKEY_AFTER_MESSAGES, Ordering::Relaxed);
         assert!(a.wants_rekey(now));
     }
 
     #[test]
     fn small_buffer() {
         let now = Instant::now();
-        let (mut a, _) = pair(now);
+        let (a, _) = pair(now);
         let mut buf = [0u8; 40];
         assert_eq!(
             a.seal(now, Fragment::Whole, &mut buf, 10),
             Err(Error::Buffer { need: 42, have: 40 })
         );
+    }
+
+    #[test]
+    fn two_workers_sealing_on_one_session_never_reuse_a_nonce() {
+        use std::collections::HashSet;
+        let now = Instant::now();
+        let (a, mut b) = pair(now);
+        let a = std::sync::Arc::new(a);
+        const PER_WORKER: usize = 20_000;
+        let workers: Vec<_> = (0..2u8)
+            .map(|w| {
+                let a = std::sync::Arc::clone(&a);
+                std::thread::spawn(move || {
+                    let mut out = Vec::with_capacity(PER_WORKER);
+                    for i in 0..PER_WORKER {
+                        // Alternate single datagrams and fragment pairs, as
+                        // the tunnel does for small and full-size frames.
+                        if i % 3 == 0 {
+                            let c = a.reserve(2).unwrap();
+                            for (k, frag) in [Fragment::First, Fragment::Second].into_iter().enumerate() {
+                                let mut buf = [0u8; 64];
+                                buf[16] = w;
+                                let n = a.seal_with(c + k as u64, frag, &mut buf, 1).unwrap();
+                                out.push(buf[..n].to_vec());
+                            }
+                        } else {
+                            out.push(seal(&a, now, &[w]));
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        let all: Vec<Vec<u8>> = workers.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        let mut seen = HashSet::new();
+        for d in &all {
+            let Ok(Message::Data(h)) = parse(d) else { panic!("not data") };
+            assert!(seen.insert(h.counter), "counter {} used twice", h.counter);
+        }
+        assert_eq!(a.sent(), all.len() as u64, "every counter handed out was used once");
+        // And every datagram opens at the receiver (taken in counter order,
+        // so the replay window sees no gap wider than itself).
+        let mut all = all;
+        all.sort_by_key(|d| match parse(d) {
+            Ok(Message::Data(h)) => h.counter,
+            _ => u64::MAX,
+        });
+        let mut opened = 0;
+        for d in &all {
+            if open(&mut b, now, &mut d.clone()).is_ok() {
+                opened += 1;
+            }
+        }
+        assert_eq!(opened, all.len());
     }
 }

@@ -562,15 +562,15 @@ impl Tunnel {
                 (s.seal(now, Fragment::Whole, first_buf, frame.len()).map_err(err)?, None)
             }
             Plan::Two { first } => {
-                if s.sent() + 2 > session::REJECT_AFTER_MESSAGES {
-                    return Err(Dropped::Exhausted);
-                }
                 let (a, b) = frame.split_at(first);
                 first_buf[DATA_HEADER_LEN..DATA_HEADER_LEN + a.len()].copy_from_slice(a);
                 second_buf[DATA_HEADER_LEN..DATA_HEADER_LEN + b.len()].copy_from_slice(b);
-                // Consecutive counters: the receiver pairs the halves by them.
-                let na = s.seal(now, Fragment::First, first_buf, a.len()).map_err(err)?;
-                let nb = s.seal(now, Fragment::Second, second_buf, b.len()).map_err(err)?;
+                // Consecutive counters, taken together (another worker may
+                // seal on this session meanwhile): the receiver pairs the
+                // halves by them.
+                let c = s.reserve(2).map_err(err)?;
+                let na = s.seal_with(c, Fragment::First, first_buf, a.len()).map_err(err)?;
+                let nb = s.seal_with(c + 1, Fragment::Second, second_buf, b.len()).map_err(err)?;
                 self.stats.tx_datagrams += 1;
                 (na, Some(nb))
             }

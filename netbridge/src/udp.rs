@@ -76,6 +76,28 @@ impl Udp {
     /// Binds `addr` and makes the socket non-blocking with large buffers.
     pub fn bind(addr: SocketAddr) -> Result<Self, Error> {
         let sock = UdpSocket::bind(addr).map_err(|source| Error::Bind { addr, source })?;
+        Self::configure(sock, addr)
+    }
+
+    /// Like [`Udp::bind`], with `SO_REUSEPORT` set before the bind, so that
+    /// every worker of a bridge binds its own socket to the same address
+    /// (`crate::worker`). The kernel hashes each sender's 4-tuple to one of
+    /// the sockets, so one peer's datagrams all arrive at one worker.
+    pub fn bind_shared(addr: SocketAddr) -> Result<Self, Error> {
+        use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType};
+        let io_err = |e: Errno| Error::Bind { addr, source: e.into() };
+        let family = if addr.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        let fd = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None).map_err(io_err)?;
+        setsockopt(&fd, sockopt::ReusePort, &true).map_err(io_err)?;
+        bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(io_err)?;
+        Self::configure(UdpSocket::from(fd), addr)
+    }
+
+    fn configure(sock: UdpSocket, addr: SocketAddr) -> Result<Self, Error> {
         sock.set_nonblocking(true).map_err(|source| Error::Configure { addr, source })?;
         // Best effort: a burst of frames should not overflow the default buffers.
         let _ = setsockopt(&sock, sockopt::RcvBuf, &SOCKET_BUFFER);

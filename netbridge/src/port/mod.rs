@@ -7,6 +7,7 @@
 //! reopened when an interface of that name shows up again.
 
 pub mod csum;
+pub mod fanout;
 pub mod frame_ring;
 pub mod gso;
 pub mod packet;
@@ -121,6 +122,9 @@ pub(crate) struct Port {
     /// A transmit error was logged and nothing succeeded since: do not log
     /// every dropped frame (a TAP without its QEMU fails every send).
     pub tx_error_logged: bool,
+    /// The `PACKET_FANOUT` group the socket is in (a bridge with several
+    /// workers: one socket per worker, [`fanout`]); reopening rejoins it.
+    pub fanout: Option<u16>,
 }
 
 impl Port {
@@ -133,7 +137,39 @@ impl Port {
             state: State::Open(sock),
             tx: TxQueue::default(),
             tx_error_logged: false,
+            fanout: None,
         })
+    }
+
+    /// Opens the port's socket as one member of hash fanout group `group`
+    /// ([`fanout`]), or of a new group with `None`; [`Port::fanout`] then
+    /// names the group for the other members.
+    pub fn open_in_group(id: PortId, spec: PortSpec, group: Option<u16>) -> Result<Self, Error> {
+        let sock = open_socket(&spec)?;
+        let gid = join_group(&sock, group)?;
+        Ok(Port {
+            id,
+            spec,
+            state: State::Open(sock),
+            tx: TxQueue::default(),
+            tx_error_logged: false,
+            fanout: Some(gid),
+        })
+    }
+
+    /// A port of fanout group `group` whose socket could not be opened yet;
+    /// [`Port::retry`] opens it later.
+    pub fn closed_in_group(id: PortId, spec: PortSpec, group: u16, now: Instant) -> Self {
+        Port {
+            id,
+            spec,
+            state: State::Gone {
+                retry_at: now + REOPEN_INTERVAL,
+            },
+            tx: TxQueue::default(),
+            tx_error_logged: false,
+            fanout: Some(group),
+        }
     }
 
     /// Queues `frame` for sending; sends the queue when it holds a batch.
@@ -242,7 +278,11 @@ impl Port {
         if now < retry_at {
             return false;
         }
-        match open_socket(&self.spec) {
+        let opened = open_socket(&self.spec).and_then(|s| match self.fanout {
+            Some(g) => join_group(&s, Some(g)).map(|_| s),
+            None => Ok(s),
+        });
+        match opened {
             Ok(s) => {
                 tracing::info!(ifname = self.ifname(), "interface back; port reopened");
                 self.state = State::Open(s);
@@ -258,4 +298,14 @@ impl Port {
             }
         }
     }
+}
+
+/// Joins `sock` to fanout group `group` (a new one with `None`).
+fn join_group(sock: &PacketSocket, group: Option<u16>) -> Result<u16, Error> {
+    use std::os::fd::AsFd;
+    fanout::join(sock.as_fd(), group).map_err(|source| Error::Socket {
+        ifname: sock.ifname().to_string(),
+        op: "join the PACKET_FANOUT group of the other workers",
+        source,
+    })
 }

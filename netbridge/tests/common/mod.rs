@@ -54,10 +54,15 @@ pub fn spawn_in_ns(ns: &str, cfg: BridgeConfig) -> Result<BridgeHandle> {
 
 /// Like [`spawn_in_ns`], in HA mode `ha`.
 pub fn spawn_in_ns_with(ns: &str, cfg: BridgeConfig, ha: Ha) -> Result<BridgeHandle> {
+    spawn_in_ns_workers(ns, cfg, ha, netbridge::worker::from_env())
+}
+
+/// Like [`spawn_in_ns_with`], with `workers` worker threads.
+pub fn spawn_in_ns_workers(ns: &str, cfg: BridgeConfig, ha: Ha, workers: usize) -> Result<BridgeHandle> {
     let ns = ns.to_string();
     thread::spawn(move || -> Result<BridgeHandle> {
         enter(&ns)?;
-        Ok(Bridge::spawn_ha(cfg, ha)?)
+        Ok(Bridge::spawn_workers(cfg, ha, workers)?)
     })
     .join()
     .map_err(|_| anyhow::anyhow!("spawn thread panicked"))?
