@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build image demo test unit e2e smoke lint fmt fuzz clean-cache bench-netbridge bench-netbridge-deps images smoke-images bench-images bench-hv bench-hv-layouts bench-move bench-inventory
+.PHONY: all deps build image demo test unit e2e smoke lint fmt fuzz clean-cache bench-netbridge bench-netbridge-deps images smoke-images bench-images bench-hv bench-hv-layouts bench-luks bench-move bench-inventory
 
 all: build
 
@@ -71,6 +71,12 @@ bench-hv: deps
 # QEMU calls it (hv/README.md "Benchmark"); last line JSON. Root only.
 bench-hv-layouts: deps
 	bash hv/bench/luks-layouts.sh
+
+# Making a blank LUKS qcow2: hv's own header on the cached template vs
+# `qemu-img create` (PBKDF2 benchmark), 5 runs each, and the unlock at open
+# (hv/README.md "LUKS headers"); last line JSON.
+bench-luks: deps
+	$(CARGO) run --release -q -p hv --example bench_luks_create
 
 # Disk moves on the lab's internet link shaped to 1 Gbit/s (tc tbf): Isthmus's
 # block transfer (`isthmus stage`) beside iperf3, rsync --sparse (daemon) and
