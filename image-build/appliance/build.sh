@@ -33,7 +33,7 @@ SOURCE_KEYED=${1:+}
 # appliance moves, e.g. one placed on /data) and qemu-storage-daemon (reads
 # qcow2/VMDK sources through QEMU's block layer); the appliance runs no guests.
 PACKAGES=(libc6 libgcc-s1 e2fsprogs qemu-utils)
-ROOT_MODULES=("${BASE_MODULES[@]}")
+ROOT_MODULES=("${BASE_MODULES[@]}" bridge veth) # bridge + veth: the optional LAN address (rcS, isthmus.lan_ip)
 ROOT_MB=160
 DISK_MB=1024
 
