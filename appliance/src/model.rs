@@ -206,6 +206,9 @@ pub struct MoveRecord {
     /// What the rehearsal saw, once it ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rehearsal: Option<Rehearsal>,
+    /// The pre-copy rounds while the source ran (what each read and sent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre_copy: Vec<crate::moves::dirty::PreCopyRound>,
 }
 
 impl MoveRecord {
@@ -224,6 +227,7 @@ impl MoveRecord {
             finished_at: None,
             rehearse,
             rehearsal: None,
+            pre_copy: vec![],
         }
     }
 }

@@ -120,9 +120,16 @@ fn failover_failback_keeps_data_written_after_failover() {
     assert_eq!(p["rpo_met"], true, "{p:#}");
     let first = &p["rounds"][0];
     assert!(first["blocks_sent"].as_u64().unwrap_or(0) > 0, "{p:#}");
+    // It read the whole disk and started a QEMU dirty bitmap for the next.
+    assert_eq!(first["scans"], serde_json::json!(["full"]), "{p:#}");
+    let allocated = first["allocated_bytes"].as_u64().unwrap_or(0);
+    assert!(
+        allocated > 0 && first["scanned_bytes"].as_u64().unwrap_or(0) >= allocated,
+        "the first round read all allocated bytes: {p:#}"
+    );
     lap(&format!(
-        "protected: first round sent {} of {} blocks",
-        first["blocks_sent"], first["blocks"]
+        "protected: first round sent {} of {} blocks, read {} of {allocated} bytes in {} s",
+        first["blocks_sent"], first["blocks"], first["scanned_bytes"], first["took_s"]
     ));
     refused(&lab, &["failback", "web1"], "was not failed over");
     // Nothing runs on the node: the replica is disks only.
@@ -141,7 +148,27 @@ fn failover_failback_keeps_data_written_after_failover() {
         sent > 0 && sent * 2 < blocks,
         "the sync round sent {sent} of {blocks} blocks: {r:#}"
     );
-    lap(&format!("dr sync: {sent} of {blocks} blocks sent"));
+    // The dirty bitmap told the round what the guest wrote: it read a small
+    // part of the disk (the replica's digest, verified by the node, and the
+    // file in the failed-over copy below show nothing was missed).
+    assert_eq!(r["scans"], serde_json::json!(["dirty-bitmap"]), "{r:#}");
+    let (scanned, allocated) = (
+        r["scanned_bytes"].as_u64().unwrap_or(u64::MAX),
+        r["allocated_bytes"].as_u64().unwrap_or(0),
+    );
+    // One file and a sync dirty four 1 MiB transfer blocks of ext4 (data,
+    // inode table, directory, journal): a tenth of this small 34 MiB disk
+    // is less than that, so the bound is a quarter and at most 8 blocks.
+    assert!(
+        scanned * 4 < allocated && scanned <= 8 << 20,
+        "the sync round read {scanned} of {allocated} allocated bytes: {r:#}"
+    );
+    lap(&format!(
+        "dr sync: {sent} of {blocks} blocks sent; read {:.1} of {:.1} MiB by dirty bitmap in {} s",
+        scanned as f64 / 1048576.0,
+        allocated as f64 / 1048576.0,
+        r["took_s"]
+    ));
     let status = ok(&lab, &["status"]);
     assert_eq!(status[0]["rpo_met"], true, "{status:#}");
     assert_eq!(status[0]["rounds"].as_array().map(|a| a.len()), Some(2), "{status:#}");
@@ -263,6 +290,15 @@ fn failover_failback_keeps_data_written_after_failover() {
         last["blocks"].as_u64().unwrap_or(0),
     );
     assert!(sent * 2 < blocks, "the daemon's round sent {sent} of {blocks} blocks: {s:#}");
+    // The source's QEMU is a new one since the failback: no bitmap can
+    // prove what changed, so the round read the whole disk, and said why.
+    assert_eq!(last["scans"], serde_json::json!(["full"]), "{s:#}");
+    let d = ok(&lab, &["status", "web1"]);
+    assert!(
+        events(&d).iter().any(|m| m.contains("full scan (the source's QEMU is not the one")),
+        "no full-scan reason in the timeline: {:#?}",
+        events(&d)
+    );
     // The round made the new point; whether a 20 s RPO is met depends on
     // how long the round took on this loaded machine, but status must say
     // it consistently with the point's age.

@@ -302,12 +302,15 @@ async fn run_inner(client: &Client, cmd: DrCmd) -> Result<(), ClientError> {
                 println!("{}", serde_json::to_string(&round).expect("json"));
             } else {
                 println!(
-                    "{server}: recovery point {}: {} of {} data blocks sent ({:.1} MiB) in {:.1} s",
+                    "{server}: recovery point {}: {} of {} data blocks sent ({:.1} MiB) in {:.1} s; {:.1} of {:.1} MiB read to find them ({})",
                     round.at,
                     round.blocks_sent,
                     round.blocks,
                     round.bytes_sent as f64 / 1048576.0,
-                    round.took_s
+                    round.took_s,
+                    round.scanned_bytes as f64 / 1048576.0,
+                    round.allocated_bytes as f64 / 1048576.0,
+                    round.scans.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
                 );
             }
         }

@@ -11,6 +11,7 @@ use crate::dr::executor::{self, DrEffects, StepResult};
 use crate::dr::record::{append_event, ensure_tables, unix_now, DrRecord, DrState, DrStep, OpKind, PulledDisk, RecoveryPoint, Round, DR};
 use crate::dr::rpo::Rpo;
 use crate::model::{now_rfc3339, Location, MoveRecord, ServerRecord};
+use crate::moves::dirty::{self, ScanKind};
 use crate::moves::effects::verify_answers;
 use crate::moves::{pull, rehearse, route, transfer};
 use crate::store::SERVERS;
@@ -220,6 +221,9 @@ pub fn sync_round(app: &Arc<App>, rt: &tokio::runtime::Handle, server: &str) -> 
         blocks: 0,
         blocks_sent: 0,
         bytes_sent: 0,
+        scanned_bytes: 0,
+        allocated_bytes: 0,
+        scans: vec![],
         error: None,
     };
     let result = match sent {
@@ -227,8 +231,14 @@ pub fn sync_round(app: &Arc<App>, rt: &tokio::runtime::Handle, server: &str) -> 
             round.blocks = p.blocks;
             round.blocks_sent = p.blocks_sent;
             round.bytes_sent = p.bytes_sent;
+            round.scanned_bytes = p.scanned_bytes;
+            round.allocated_bytes = p.allocated_bytes;
+            round.scans = p.scans.clone();
             log(format!(
-                "round: {} of {} data blocks sent ({:.1} MiB compressed) in {:.1} s; recovery point {at} ({}), digest {}… verified by {}",
+                "round: {:.1} MiB read of {:.1} MiB allocated ({}), {} of {} data blocks sent ({:.1} MiB compressed) in {:.1} s; recovery point {at} ({}), digest {}… verified by {}",
+                p.scanned_bytes as f64 / 1048576.0,
+                p.allocated_bytes as f64 / 1048576.0,
+                scans_text(&p.scans),
                 p.blocks_sent,
                 p.blocks,
                 p.bytes_sent as f64 / 1048576.0,
@@ -267,7 +277,20 @@ struct Sent {
     blocks: u64,
     blocks_sent: u64,
     bytes_sent: u64,
+    scanned_bytes: u64,
+    allocated_bytes: u64,
+    scans: Vec<ScanKind>,
     capture: String,
+}
+
+/// "dirty bitmap", "full scan", or both with counts.
+fn scans_text(scans: &[ScanKind]) -> String {
+    let bitmap = scans.iter().filter(|k| **k == ScanKind::DirtyBitmap).count();
+    match (bitmap, scans.len() - bitmap) {
+        (_, 0) => "dirty bitmap".into(),
+        (0, _) => "full scan".into(),
+        (b, f) => format!("{b} disk(s) by dirty bitmap, {f} by full scan"),
+    }
 }
 
 fn send_point(
@@ -284,6 +307,11 @@ fn send_point(
     let sources = route::disks_at(app, s, &Location::Dc)?;
     let work = app.data_dir.join("transfer");
     let running = app.source.is_running(s);
+    let ids: Vec<String> = (0..sources.len()).map(|i| replica_disk_id(&s.name, i)).collect();
+    // Bitmaps rotate before the still copies are taken: every write after
+    // this instant is in the new bitmaps (dirty.rs); a failure before a
+    // disk's manifest is made merges its old bitmap back (on drop).
+    let mut tracked = if running { dirty::Tracked::start(app, s, &ids, log) } else { None };
     // Only the still copies' file names come from this record.
     let naming = MoveRecord::new(&format!("dr-{}", s.name), &s.name, Location::Dc, cloud, false);
     let copies = if running {
@@ -309,22 +337,48 @@ fn send_point(
         blocks: 0,
         blocks_sent: 0,
         bytes_sent: 0,
+        scanned_bytes: 0,
+        allocated_bytes: 0,
+        scans: vec![],
         capture: if running {
             "crash-consistent still copy of the running disks".into()
         } else {
             "disks of the stopped server".into()
         },
     };
-    for (i, path) in paths.iter().enumerate() {
-        let id = replica_disk_id(&s.name, i);
+    for (i, (path, id)) in paths.iter().zip(ids).enumerate() {
         let opts = transfer::Options::default();
-        let got = rt
-            .block_on(transfer::send_disk(&client, &id, path, &work, &opts, progress.clone()))
-            .map_err(|e| format!("disk {i} → {id}: {e}"))?;
-        out.blocks += got.done.blocks;
-        out.blocks_sent += got.done.blocks_sent;
-        out.bytes_sent += got.done.wire_bytes;
-        out.digests.push(got.done.digest.clone());
+        let (got, allocated, scanned, kind) = match tracked.as_mut() {
+            Some(t) => {
+                let (view, scanned) = t.scan_path(i, path, &work, log).map_err(|e| format!("disk {i}: {e}"))?;
+                let got = rt
+                    .block_on(dirty::send::send_manifest(
+                        &client,
+                        &id,
+                        view,
+                        path,
+                        &scanned.manifest,
+                        &opts,
+                        progress.clone(),
+                    ))
+                    .map_err(|e| format!("disk {i} → {id}: {e}"))?;
+                (got.done, got.allocated, scanned.scanned_bytes, scanned.kind)
+            }
+            None => {
+                let got = rt
+                    .block_on(transfer::send_disk(&client, &id, path, &work, &opts, progress.clone()))
+                    .map_err(|e| format!("disk {i} → {id}: {e}"))?;
+                // The transfer's scan reads every allocated extent.
+                (got.done, got.allocated, got.allocated, ScanKind::Full)
+            }
+        };
+        out.scanned_bytes += scanned;
+        out.allocated_bytes += allocated;
+        out.scans.push(kind);
+        out.blocks += got.blocks;
+        out.blocks_sent += got.blocks_sent;
+        out.bytes_sent += got.wire_bytes;
+        out.digests.push(got.digest.clone());
         out.disk_ids.push(id);
     }
     Ok(out)
@@ -694,6 +748,9 @@ mod tests {
             blocks: 0,
             blocks_sent: 0,
             bytes_sent: 0,
+            scanned_bytes: 0,
+            allocated_bytes: 0,
+            scans: vec![],
             error: Some("node down".into()),
         });
         assert!(!round_due(&rec, 1460.0), "a failed round waits a minute");

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dr::rpo::Rpo;
 use crate::model::now_rfc3339;
+use crate::moves::dirty::ScanKind;
 use crate::store::{Store, StoreError, Table};
 
 /// Protected servers by name.
@@ -65,6 +66,17 @@ pub struct Round {
     pub blocks_sent: u64,
     /// Compressed bytes sent.
     pub bytes_sent: u64,
+    /// Bytes the round read from the source disks to find what changed
+    /// (only the extents a dirty bitmap marked, or every allocated block).
+    #[serde(default)]
+    pub scanned_bytes: u64,
+    /// Bytes in the allocated extents of the disks at this point.
+    #[serde(default)]
+    pub allocated_bytes: u64,
+    /// How each disk's changes were found ([`ScanKind`]; empty for rounds
+    /// recorded before dirty tracking, or when the round failed first).
+    #[serde(default)]
+    pub scans: Vec<ScanKind>,
     /// Why it failed, if it did (the last point stays the one before).
     pub error: Option<String>,
 }
@@ -335,6 +347,9 @@ mod tests {
                 blocks: 0,
                 blocks_sent: 0,
                 bytes_sent: 0,
+                scanned_bytes: 0,
+                allocated_bytes: 0,
+                scans: vec![],
                 error: None,
             });
         }

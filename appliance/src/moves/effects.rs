@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::app::App;
 use crate::model::{Location, MoveRecord, ServerRecord, Step};
 use crate::moves::executor::{Effects, StepResult};
-use crate::moves::{pull, rehearse, route, transfer};
+use crate::moves::{dirty, pull, rehearse, route, transfer};
 use crate::store::SERVERS;
 
 /// How long the source may take to shut down on the ACPI button.
@@ -235,38 +235,75 @@ impl RealEffects {
             attempts: 1,
             ..transfer::Options::default()
         };
+        let keys: Vec<String> = (0..sources.len()).map(|i| route::cloud_disk_id(mv, server, i)).collect();
         let t = Instant::now();
         let mut rounds = Vec::new();
         for round in 1..=PRE_COPY_ROUNDS {
-            let mut sent = 0;
-            let mut settled = true;
+            let t_round = Instant::now();
+            // QEMU dirty bitmaps (dirty.rs): the first round starts them
+            // before it reads; later rounds read only what they marked.
+            let mut tracked = dirty::Tracked::start(&self.app, server, &keys, log);
+            let mut r = dirty::PreCopyRound {
+                round,
+                ..Default::default()
+            };
             for (i, src) in sources.iter().enumerate() {
-                let id = route::cloud_disk_id(mv, server, i);
-                let sending = transfer::send_disk(&client, &id, std::path::Path::new(src), &work, &opts, self.progress(mv));
-                match self.with_progress(i, mv, sending, log) {
-                    Ok(got) => {
+                let id = &keys[i];
+                let path = std::path::Path::new(src);
+                let sent = match tracked.as_mut() {
+                    Some(tr) => match tr.scan_path(i, path, &work, log) {
+                        Ok((view, scanned)) => {
+                            let sending = dirty::send::send_manifest(&client, id, view, path, &scanned.manifest, &opts, self.progress(mv));
+                            self.with_progress(i, mv, sending, log)
+                                .map(|d| (d.done, d.allocated, scanned.scanned_bytes, scanned.kind))
+                                .map_err(|e| e.to_string())
+                        }
+                        Err(e) => Err(e.to_string()),
+                    },
+                    None => {
+                        let sending = transfer::send_disk(&client, id, path, &work, &opts, self.progress(mv));
+                        self.with_progress(i, mv, sending, log)
+                            .map(|got| (got.done, got.allocated, got.allocated, dirty::ScanKind::Full))
+                            .map_err(|e| e.to_string())
+                    }
+                };
+                match sent {
+                    Ok((done, allocated, scanned, kind)) => {
                         log(format!(
-                            "pre-copy round {round}, disk {i} → {id}: {} of {} data blocks sent ({:.1} MiB compressed), {} already on the node",
-                            got.done.blocks_sent,
-                            got.done.blocks,
-                            got.done.wire_bytes as f64 / 1048576.0,
-                            got.done.blocks_deduped
+                            "pre-copy round {round}, disk {i} → {id}: {:.1} MiB read ({kind}) of {:.1} MiB allocated; {} of {} data blocks sent ({:.1} MiB compressed), {} already on the node",
+                            scanned as f64 / 1048576.0,
+                            allocated as f64 / 1048576.0,
+                            done.blocks_sent,
+                            done.blocks,
+                            done.wire_bytes as f64 / 1048576.0,
+                            done.blocks_deduped
                         ));
-                        sent += got.done.blocks_sent;
+                        r.scanned_bytes += scanned;
+                        r.allocated_bytes += allocated;
+                        r.blocks_sent += done.blocks_sent;
+                        r.bytes_sent += done.wire_bytes;
+                        r.scans.push(kind);
                     }
                     Err(err) => {
                         log(format!(
                             "pre-copy round {round}, disk {i}: {err}; the running guest changed blocks under the copy: the next round (or the copy after the stop) scans again, the node keeps what arrived"
                         ));
-                        settled = false;
+                        r.error = Some(format!("disk {i}: {err}"));
                     }
                 }
             }
-            rounds.push(sent);
-            if settled && sent <= PRE_COPY_SETTLED_BLOCKS {
+            drop(tracked);
+            r.took_ms = t_round.elapsed().as_millis() as u64;
+            let settled = r.error.is_none() && r.blocks_sent <= PRE_COPY_SETTLED_BLOCKS;
+            rounds.push(r.blocks_sent);
+            mv.pre_copy.push(r);
+            if settled {
                 break;
             }
         }
+        // The copy after the stop reads the stopped disks whole: the
+        // bitmaps have no use left (they would die with QEMU anyway).
+        dirty::forget(&self.app, server, &keys);
         hold_before_stop(log);
         Ok(format!(
             "{} round(s) in {:.1} s while the source ran, blocks sent per round {rounds:?}; the copy after the stop sends only what changed since",

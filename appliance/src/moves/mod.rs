@@ -5,10 +5,13 @@
 //! resumes at the recorded step (effects are idempotent); [`effects`] holds
 //! the real effects (source host, cloud node, LCG, checks). Disks travel by
 //! [`transfer`] (allocated blocks only, hashed, compressed, parallel,
-//! resumable, deduplicated at the node) reading them through [`extents`].
+//! resumable, deduplicated at the node) reading them through [`extents`];
+//! pre-copy rounds of a running source read only what QEMU's [`dirty`]
+//! bitmaps marked since the round before.
 //! A [`rehearse`]al copies the disks and boots the copy on an isolated
 //! segment of the node while the source keeps running.
 
+pub mod dirty;
 pub mod disk_keys;
 pub mod effects;
 pub mod executor;
