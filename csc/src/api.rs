@@ -13,7 +13,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use proto::api::{ApiError, EnrollBegin, EnrollCsr, EnrollDone, EnrollFinish, GuestInfo, NodeInfo, StartGuest};
+use proto::api::{ApiError, EnrollBegin, EnrollCsr, EnrollDone, EnrollFinish, GuestInfo, GuestStats, NodeInfo, StartGuest};
 
 use crate::disks;
 use crate::enroll;
@@ -137,6 +137,7 @@ impl From<guests::Error> for Failure {
             E::NoDiskKey(_) => StatusCode::PRECONDITION_REQUIRED,
             E::DiskInUse { .. } | E::Exists(_) | E::TapCollision { .. } => StatusCode::CONFLICT,
             E::NotFound(_) => StatusCode::NOT_FOUND,
+            E::NotRunning(_) => StatusCode::CONFLICT,
             E::Bridge(_) => StatusCode::SERVICE_UNAVAILABLE,
             E::Hv { .. } | E::State(_) | E::Corrupt(..) | E::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -194,6 +195,7 @@ pub fn enrolled_router(node: Arc<Node>) -> Router {
         .route("/v1/guests", post(start_guest))
         .route("/v1/guests/{name}", get(get_guest).delete(delete_guest))
         .route("/v1/guests/{name}/stop", post(stop_guest))
+        .route("/v1/guests/{name}/stats", get(guest_stats))
         .fallback(|| async { Failure::new(StatusCode::NOT_FOUND, "no such route").hint("see proto::api for the routes") })
         .layer(middleware::from_fn(log_request))
         .with_state(node)
@@ -240,6 +242,11 @@ async fn start_guest(State(node): State<AppState>, ApiJson(req): ApiJson<StartGu
 
 async fn get_guest(State(node): State<AppState>, Path(name): Path<String>) -> Result<Json<GuestInfo>, Failure> {
     Ok(Json(node.guests().get(&name).await?))
+}
+
+/// `GET /v1/guests/{name}/stats`: the running guest's counters from below it.
+async fn guest_stats(State(node): State<AppState>, Path(name): Path<String>) -> Result<Json<GuestStats>, Failure> {
+    Ok(Json(node.guests().stats(&name).await?))
 }
 
 async fn stop_guest(State(node): State<AppState>, Path(name): Path<String>) -> Result<Json<GuestInfo>, Failure> {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::api::{AccelKind, GuestInfo, GuestState, StartGuest};
+use proto::api::{AccelKind, GuestInfo, GuestState, GuestStats, StartGuest};
 use proto::HardwareProfile;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -80,6 +80,9 @@ pub enum Error {
     /// No such guest.
     #[error("no guest named {0} on this node")]
     NotFound(String),
+    /// The guest is listed but its QEMU does not run (no counters to read).
+    #[error("guest {0} is not running; start it again (DELETE then POST /v1/guests) to read its counters")]
+    NotRunning(String),
     /// The data-plane bridge cannot take the guest's NICs.
     #[error("cannot connect the guest's NICs: {0}")]
     Bridge(#[from] crate::bridge::Error),
@@ -386,6 +389,17 @@ impl Guests {
         Ok(info)
     }
 
+    /// The running guest's counters from below it (`GET /v1/guests/{name}/stats`):
+    /// `query-stats` VM/vCPU statistics, vCPU thread CPU time, disk I/O, RSS.
+    pub async fn stats(&self, name: &str) -> Result<GuestStats, Error> {
+        let (record, slot) = self.slot(name).await?;
+        with_guest(slot, move |g| match g.as_ref().filter(|g| hv_is_running(g)) {
+            Some(g) => hv_stats(g, record.accel),
+            None => Err(Error::NotRunning(record.name.clone())),
+        })
+        .await?
+    }
+
     /// ACPI power button; after [`POWERDOWN_TIMEOUT`] QEMU is stopped hard.
     /// The guest stays listed (stopped), its TAPs and disks stay.
     pub async fn stop(&self, name: &str) -> Result<GuestInfo, Error> {
@@ -531,6 +545,11 @@ fn hv_state(g: &hv::Guest) -> GuestState {
     g.status().unwrap_or(GuestState::Running)
 }
 
+fn hv_stats(g: &hv::Guest, accel: AccelKind) -> Result<GuestStats, Error> {
+    g.stats(accel)
+        .map_err(|e| hv_err(format!("cannot read the counters of guest {}", g.name()), e))
+}
+
 fn hv_powerdown(g: &hv::Guest, timeout: Duration) -> Result<bool, Error> {
     g.powerdown(timeout).map_err(|e| hv_err("power-down failed", e))
 }
@@ -573,5 +592,66 @@ mod tests {
         assert_ne!(tap_name("server-number-0001", 0), tap_name("server-number-0002", 0));
         // Distinct NICs of one guest get distinct TAPs.
         assert_ne!(tap_name("a-very-long-server-name", 0), tap_name("a-very-long-server-name", 1));
+    }
+
+    /// A real QEMU started the way the node starts guests (`hv_launch`): the
+    /// node's `GuestInfo.xts` says which XTS that QEMU runs (hv preloads
+    /// libisthmus-xts into it: batched), its stats carry the vCPU thread
+    /// times and disk counters, and once QEMU is gone both say so.
+    #[test]
+    fn guest_info_xts_and_stats_come_from_the_running_qemu() {
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = tmp.path().join("blank.qcow2");
+        let st = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&disk)
+            .arg("1M")
+            .status()
+            .expect("qemu-img (tests/setup/deps.sh installs qemu-utils)");
+        assert!(st.success());
+        let profile: HardwareProfile =
+            serde_json::from_value(serde_json::json!({ "cpus": 1, "memory_mib": 64, "disks": [{ "bus": "ide" }], "nics": [] })).unwrap();
+        let record = GuestRecord {
+            name: "xts-info".into(),
+            profile: profile.clone(),
+            disk_ids: vec!["d0".into()],
+            taps: vec![],
+            accel: AccelKind::Tcg,
+            isolated: false,
+        };
+        let spec = hv::GuestSpec {
+            name: record.name.clone(),
+            profile,
+            disks: vec![disk],
+            taps: vec![],
+            run_dir: tmp.path().join("run"),
+            accel: AccelKind::Tcg,
+        };
+        let guest = hv_launch(&spec, &[None]).unwrap();
+        struct Kill<'a>(&'a hv::Guest);
+        impl Drop for Kill<'_> {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+            }
+        }
+        let _kill = Kill(&guest);
+
+        let info = info_of(&record, Some(&guest), hv_state(&guest));
+        assert_eq!(info.pid, Some(guest.pid()));
+        assert_eq!(info.xts, Some(proto::api::XtsImpl::BatchedPreload), "{info:?}");
+        let json = serde_json::to_value(&info).unwrap();
+        assert_eq!(json["xts"], "batched-preload");
+
+        let stats = hv_stats(&guest, record.accel).unwrap();
+        assert_eq!(stats.name, "xts-info");
+        assert_eq!(stats.xts, Some(proto::api::XtsImpl::BatchedPreload));
+        assert_eq!(stats.vcpu_cpu_ticks.len(), 1);
+        assert!(stats.vm.is_empty() && stats.vcpus.is_empty(), "TCG: no query-stats provider");
+        assert!(!stats.disks.is_empty() && stats.rss_kib > 0, "{stats:?}");
+
+        hv_kill(&guest).unwrap();
+        let info = info_of(&record, Some(&guest), hv_state(&guest));
+        assert_eq!((info.state, info.pid, info.xts), (GuestState::Stopped, None, None));
+        assert!(hv_stats(&guest, record.accel).is_err(), "no counters from a stopped QEMU");
     }
 }

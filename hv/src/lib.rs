@@ -11,7 +11,9 @@
 //! - [`Guest::powerdown`]: ACPI power button, wait, then hard stop.
 //! - [`SerialConsole`]: the guest's ttyS0 over its unix socket.
 //! - [`lifecycle`]: pause/resume, reset, snapshots,
-//!   block/process/TAP counters; [`events`]: the typed event stream.
+//!   block/process/TAP counters; [`events`]: the typed event stream;
+//!   [`stats`]: `query-stats` (VM/vCPU) and all counters in one
+//!   `GuestStats` ([`Guest::stats`]).
 //! - [`Guest::launch_with`] + [`LaunchOptions`]: pvpanic, unprivileged ids,
 //!   cgroup limits ([`isolation`]), start from saved state.
 //! - [`AliveWatch`]: is the guest alive? Guest agent ping, else serial
@@ -40,6 +42,7 @@ pub mod qemu;
 pub mod restart;
 pub mod run_dir;
 pub mod spec;
+pub mod stats;
 pub mod storage_daemon;
 pub mod suspend;
 pub mod tap;

@@ -10,6 +10,7 @@
 //! - `GET  /v1/node`          → [`NodeInfo`]                         (mTLS)
 //! - `POST /v1/guests`        [`StartGuest`] → [`GuestInfo`]         (mTLS)
 //! - `GET  /v1/guests/{name}` → [`GuestInfo`]                        (mTLS)
+//! - `GET  /v1/guests/{name}/stats` → [`GuestStats`]                 (mTLS)
 //! - `POST /v1/guests/{name}/stop` → [`GuestInfo`]                   (mTLS)
 //! - `DELETE /v1/guests/{name}` → 204                                (mTLS)
 //!
@@ -192,4 +193,56 @@ pub struct ConsoleSeen {
     pub bytes: u64,
     /// Its last non-empty line (control characters removed).
     pub last_line: String,
+}
+
+/// A running guest's counters as its node sees them from below the guest
+/// (`GET /v1/guests/{name}/stats`, mTLS). Counters only grow while the same
+/// QEMU runs; a restarted guest starts again from zero.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestStats {
+    /// Server name.
+    pub name: String,
+    /// Accelerator it runs under.
+    pub accel: AccelKind,
+    /// VM-wide statistics from QMP `query-stats` (target `vm`), keyed
+    /// `provider.name` (`kvm.remote_tlb_flush`); booleans as 0/1,
+    /// histograms as the sum of their buckets. QEMU's only provider of VM
+    /// and vCPU statistics is KVM: empty under TCG.
+    #[serde(default)]
+    pub vm: std::collections::BTreeMap<String, u64>,
+    /// The same per vCPU (`query-stats` target `vcpu`), in QEMU's vCPU order
+    /// (`kvm.exits`, `kvm.halt_exits`, …). Empty under TCG.
+    #[serde(default)]
+    pub vcpus: Vec<std::collections::BTreeMap<String, u64>>,
+    /// Host CPU time of each vCPU thread (`CPU n/KVM` or `CPU n/TCG`), clock
+    /// ticks (`/proc/<pid>/task/*/stat`): available under both accelerators.
+    #[serde(default)]
+    pub vcpu_cpu_ticks: Vec<u64>,
+    /// Disk I/O counters (`query-blockstats`), one per device QEMU lists.
+    #[serde(default)]
+    pub disks: Vec<DiskCounters>,
+    /// QEMU's resident memory, KiB.
+    pub rss_kib: u64,
+    /// QEMU's CPU time (all threads, user + system), clock ticks.
+    pub cpu_ticks: u64,
+    /// Which XTS its QEMU encrypts LUKS disks with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xts: Option<XtsImpl>,
+}
+
+/// I/O counters of one guest disk (QMP `query-blockstats`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskCounters {
+    /// Device (`disk0`) or node name.
+    pub device: String,
+    /// Bytes read.
+    pub rd_bytes: u64,
+    /// Bytes written.
+    pub wr_bytes: u64,
+    /// Read operations.
+    pub rd_operations: u64,
+    /// Write operations.
+    pub wr_operations: u64,
+    /// Flushes.
+    pub flush_operations: u64,
 }
