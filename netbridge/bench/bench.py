@@ -31,7 +31,9 @@ Environment: BENCH_SECONDS (per iperf3 run, default 5), BENCH_PATHS (comma
 list, default all; also isthmus-mmsg and isthmus-v3: Isthmus with the LAN
 port read by recvmmsg or through the TPACKET_V3 block ring, and
 isthmus-txmmsg: the guest port sending with sendmmsg instead of its
-transmit ring, for an A/B within one run), BENCH_KEEP=1 keeps the work directory with the logs,
+transmit ring, and isthmus-w1, isthmus-w2, ...: Isthmus with that many
+workers (`--workers N`; plain `isthmus` runs the default count), JSON keys
+`isthmus_w1_*` etc., for an A/B within one run), BENCH_KEEP=1 keeps the work directory with the logs,
 BENCH_HA_RUNS=0 skips the failover measurement, CARGO (default cargo).
 """
 
@@ -238,10 +240,13 @@ class Bed:
             env_log.append("NETBRIDGE_RX_RING=" + lan_read)
         if self.variant == "txmmsg":
             env_log.append("NETBRIDGE_GUEST_TX=mmsg")
+        workers = []
+        if re.fullmatch(r"w[0-9]+", self.variant):
+            workers = ["--workers", self.variant[1:]]
         pa = spawn(self.ga, env_log + [binary, "run", "--listen", "%s:%d" % (UND_A, PORT), "--peer", "%s:%d" % (UND_B, PORT),
-                                       "--lan", "lan0", "--carry", MAC_B] + common("a", "b"), self.path + "-a.log")
+                                       "--lan", "lan0", "--carry", MAC_B] + workers + common("a", "b"), self.path + "-a.log")
         pb = spawn(self.gb, env_log + [binary, "run", "--listen", "%s:%d" % (UND_B, PORT), "--responder",
-                                       "--guest", "lan0"] + common("b", "a"), self.path + "-b.log")
+                                       "--guest", "lan0"] + workers + common("b", "a"), self.path + "-b.log")
         self.daemons += [pa, pb]
 
     def wait_reachable(self, timeout=30):
@@ -430,7 +435,9 @@ def main():
     for p in paths:
         for k, _, _ in cols:
             v = res[p].get(k)
-            out["%s_%s" % (p, k)] = None if v is None else round(v, 4)
+            # isthmus-w1 -> isthmus_w1_*; the older variants keep their keys.
+            key = p.replace("-", "_") if re.fullmatch(r"isthmus-w[0-9]+", p) else p
+            out["%s_%s" % (key, k)] = None if v is None else round(v, 4)
     if "isthmus" in paths:
         print("\nIsthmus relative to each peer (higher is better; RTT: peer/Isthmus)")
         for peer in paths:

@@ -309,6 +309,7 @@ impl BridgeHandle {
                     st.last_handshake_age = age(t);
                 }
                 (s.worker_datagrams, s.worker_frames) = self.shared.counters.iter().map(WorkerCounters::get).unzip();
+                (s.worker_locks, s.worker_lock_waits) = self.shared.counters.iter().map(WorkerCounters::locks).unzip();
                 s
             }
             Err(_) => Stats::default(),
@@ -724,7 +725,7 @@ impl Link {
     fn open(id: PeerId, key: &crate::keys::StaticKeypair, spec: &PeerSpec, multi: bool, now: Instant) -> Result<(Self, WorkerUdp), Error> {
         let identity = Identity::new(key.clone(), spec.peer_public, spec.psk)?;
         let udp = if multi {
-            Udp::bind_shared(spec.listen)?
+            Udp::bind_shared_first(spec.listen)?
         } else {
             Udp::bind(spec.listen)?
         };
@@ -970,8 +971,17 @@ struct Worker {
 
 /// Locks the core (a worker that panicked while holding it left it
 /// consistent enough to go on: every step is a whole frame or datagram).
-fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
-    core.lock().unwrap_or_else(|e| e.into_inner())
+fn lock<'c>(core: &'c Mutex<Core>, counters: &WorkerCounters) -> MutexGuard<'c, Core> {
+    let guard = match core.try_lock() {
+        Ok(g) => Ok(g),
+        Err(std::sync::TryLockError::Poisoned(e)) => Err(e),
+        Err(std::sync::TryLockError::WouldBlock) => {
+            counters.add_lock_wait();
+            core.lock()
+        }
+    };
+    counters.add_lock();
+    guard.unwrap_or_else(|e| e.into_inner())
 }
 
 /// Swaps the worker's sockets into the core (after aligning them with the
@@ -1109,7 +1119,7 @@ impl Worker {
                     let mut b = [0u8; 64];
                     while wake.recv(&mut b).is_ok() {}
                 }
-                let mut core = lock(&self.core);
+                let mut core = lock(&self.core, &self.shared.counters[self.index]);
                 enter(&mut core, &mut self.io, &mut pending, Instant::now());
                 let go_on = core.handle_commands(commands, &self.shared);
                 leave(&mut core, &mut self.io);
@@ -1127,7 +1137,7 @@ impl Worker {
             }
             let now = Instant::now();
             if self.control.is_some() {
-                let mut core = lock(&self.core);
+                let mut core = lock(&self.core, &self.shared.counters[self.index]);
                 enter(&mut core, &mut self.io, &mut pending, now);
                 core.ha_tick(now);
                 core.send_probe(now);
@@ -1153,7 +1163,10 @@ impl Worker {
             if pending.any_flush_counts() {
                 // Into the core now, so stats() shows them without waiting
                 // for this worker's next frame.
-                lock(&self.core).local.counters.absorb(&mut pending);
+                lock(&self.core, &self.shared.counters[self.index])
+                    .local
+                    .counters
+                    .absorb(&mut pending);
             }
         }
     }
@@ -1185,7 +1198,7 @@ impl Worker {
             let seg = seg.unwrap_or(n).max(1);
             shared.counters[*index].add_datagrams(n.div_ceil(seg) as u64);
             let now = Instant::now();
-            let mut c = lock(core);
+            let mut c = lock(core, &shared.counters[*index]);
             enter(&mut c, io, pending, now);
             c.receive(peer, &mut bufs.udp_buf[..n], src, seg, &mut bufs.scratch, now);
             leave(&mut c, io);
@@ -1210,7 +1223,7 @@ impl Worker {
         };
         if let Some(mut ring) = io.ports[k].take_ring() {
             let now = Instant::now();
-            let mut c = lock(core);
+            let mut c = lock(core, counters);
             enter(&mut c, io, pending, now);
             let n = c.walk_ring(id, &mut ring, bufs, now);
             leave(&mut c, io);
@@ -1242,7 +1255,7 @@ impl Worker {
             };
             counters.add_frames(n as u64);
             let now = Instant::now();
-            let mut c = lock(core);
+            let mut c = lock(core, counters);
             enter(&mut c, io, pending, now);
             let Core { local, links, .. } = &mut *c;
             for k in 0..n {
@@ -1582,6 +1595,8 @@ impl Core {
             // Filled in by BridgeHandle::stats from the workers' atomics.
             worker_datagrams: Vec::new(),
             worker_frames: Vec::new(),
+            worker_locks: Vec::new(),
+            worker_lock_waits: Vec::new(),
             peers: self
                 .links
                 .iter()

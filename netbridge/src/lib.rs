@@ -369,4 +369,8 @@ pub struct Stats {
     pub worker_datagrams: Vec<u64>,
     /// Frames each worker read from local ports (worker 0 first).
     pub worker_frames: Vec<u64>,
+    /// Times each worker took the protocol core's lock.
+    pub worker_locks: Vec<u64>,
+    /// Times each worker had to wait for that lock (another worker held it).
+    pub worker_lock_waits: Vec<u64>,
 }

@@ -230,7 +230,7 @@ impl Stats {
             }
         }
         // One series per worker (label `worker`: its number, 0 first).
-        let per_worker: [(&str, &str, &[u64]); 2] = [
+        let per_worker: [(&str, &str, &[u64]); 4] = [
             (
                 "worker_datagrams_total",
                 "Datagrams this worker received from the underlay.",
@@ -240,6 +240,16 @@ impl Stats {
                 "worker_frames_total",
                 "Frames this worker read from local ports.",
                 &self.worker_frames,
+            ),
+            (
+                "worker_locks_total",
+                "Times this worker took the protocol core's lock.",
+                &self.worker_locks,
+            ),
+            (
+                "worker_lock_waits_total",
+                "Times this worker waited for the protocol core's lock.",
+                &self.worker_lock_waits,
             ),
         ];
         for (name, help, values) in per_worker {

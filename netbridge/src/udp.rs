@@ -79,6 +79,18 @@ impl Udp {
         Self::configure(sock, addr)
     }
 
+    /// The first of a bridge's [`Udp::bind_shared`] sockets for `addr`: a
+    /// plain bind first, so an address in use (by another bridge, even one
+    /// that also set `SO_REUSEPORT`) fails as with [`Udp::bind`] instead of
+    /// silently sharing its datagrams, and port 0 becomes one actual port
+    /// that the other workers then bind too.
+    pub fn bind_shared_first(addr: SocketAddr) -> Result<Self, Error> {
+        let probe = UdpSocket::bind(addr).map_err(|source| Error::Bind { addr, source })?;
+        let actual = probe.local_addr().map_err(|source| Error::Configure { addr, source })?;
+        drop(probe);
+        Self::bind_shared(actual)
+    }
+
     /// Like [`Udp::bind`], with `SO_REUSEPORT` set before the bind, so that
     /// every worker of a bridge binds its own socket to the same address
     /// (`crate::worker`). The kernel hashes each sender's 4-tuple to one of
@@ -235,5 +247,43 @@ impl Udp {
     /// Sends one datagram at once (not batched).
     pub fn send(&self, d: &[u8], to: SocketAddr) -> io::Result<()> {
         self.sock.send_to(d, to).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_share_a_port_but_an_address_in_use_still_fails() {
+        let first = Udp::bind_shared_first("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = first.local_addr().unwrap();
+        assert_ne!(addr.port(), 0);
+        // The other workers bind the same port.
+        let second = Udp::bind_shared(addr).unwrap();
+        assert_eq!(second.local_addr().unwrap(), addr);
+        // Another bridge on that address fails, shared or not.
+        assert!(matches!(Udp::bind_shared_first(addr), Err(Error::Bind { .. })));
+        assert!(matches!(Udp::bind(addr), Err(Error::Bind { .. })));
+        // One sender's datagrams all reach one of the two sockets.
+        let mut socks = [first, second];
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..20u8 {
+            tx.send_to(&[i], addr).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut buf = vec![0u8; RECV_BUFFER];
+        let counts: Vec<usize> = socks
+            .iter_mut()
+            .map(|s| {
+                let mut n = 0;
+                while let Ok(Some((len, _, seg))) = s.recv(&mut buf) {
+                    n += len.div_ceil(seg.unwrap_or(len).max(1));
+                }
+                n
+            })
+            .collect();
+        assert_eq!(counts.iter().sum::<usize>(), 20);
+        assert!(counts.contains(&0), "one sender spread over sockets: {counts:?}");
     }
 }

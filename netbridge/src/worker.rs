@@ -96,6 +96,10 @@ pub struct WorkerCounters {
     pub datagrams: AtomicU64,
     /// Frames read from local ports (before segmentation).
     pub frames: AtomicU64,
+    /// Times this worker took the core's lock.
+    pub locks: AtomicU64,
+    /// Of those, times it had to wait for another worker.
+    pub lock_waits: AtomicU64,
 }
 
 impl WorkerCounters {
@@ -107,6 +111,21 @@ impl WorkerCounters {
     /// Counts `n` frames.
     pub fn add_frames(&self, n: u64) {
         self.frames.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts one taking of the core's lock.
+    pub fn add_lock(&self) {
+        self.locks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one wait for the core's lock.
+    pub fn add_lock_wait(&self) {
+        self.lock_waits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (locks taken, lock waits) so far.
+    pub fn locks(&self) -> (u64, u64) {
+        (self.locks.load(Ordering::Relaxed), self.lock_waits.load(Ordering::Relaxed))
     }
 
     /// (datagrams, frames) so far.

@@ -430,8 +430,15 @@ fn two_workers_per_bridge_both_carry_frames_of_many_flows() -> Result<()> {
     let (ls, cs) = (lcg.stats(), cloud.stats());
     eprintln!("received A->B {got_ab}, B->A {got_ba} of {} each way", FLOWS as usize * PER_FLOW);
     eprintln!(
-        "LCG workers: frames {:?} datagrams {:?}; cloud workers: frames {:?} datagrams {:?}",
-        ls.worker_frames, ls.worker_datagrams, cs.worker_frames, cs.worker_datagrams
+        "LCG workers: frames {:?} datagrams {:?} locks {:?} waits {:?}; cloud workers: frames {:?} datagrams {:?} locks {:?} waits {:?}",
+        ls.worker_frames,
+        ls.worker_datagrams,
+        ls.worker_locks,
+        ls.worker_lock_waits,
+        cs.worker_frames,
+        cs.worker_datagrams,
+        cs.worker_locks,
+        cs.worker_lock_waits
     );
     let total = FLOWS as usize * PER_FLOW;
     // A clean underlay: whatever reached a bridge crosses (a few may be lost
