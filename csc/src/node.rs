@@ -212,6 +212,12 @@ impl Node {
         }
 
         let accel = start_accel_probe(config.probe_kernel.clone(), config.probe_initrd.clone());
+        // The LUKS template costs one `qemu-img create` (≈ 2.4 CPU-s) per
+        // host; make it now, not at the first transfer.
+        tokio::task::spawn_blocking(|| match hv::qemu::luks_template::warm_up() {
+            Ok(path) => tracing::debug!(template = %path.display(), "LUKS template ready"),
+            Err(e) => tracing::warn!(error = %e, "LUKS template not made at start; the first disk will make it"),
+        });
         Ok(Arc::new(Node {
             config,
             state,

@@ -19,14 +19,15 @@
 //! named by a hash of `qemu-img --version` and the recipe; when that
 //! directory cannot be made, in a private directory under the system temp
 //! directory. It holds no secret: its only key slot is locked by a passphrase
-//! nobody kept.
+//! nobody kept. It and its directory must belong to root or us and not be
+//! group/other-writable, and its virtual size must be 0.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use ring::rand::{SecureRandom, SystemRandom};
 use sha2::Digest as _;
@@ -93,10 +94,45 @@ pub fn template() -> Result<PathBuf, LuksError> {
     let name = format!("luks-{}.qcow2", &hex::encode(digest)[..16]);
     let dir = template_dir()?;
     let path = dir.join(name);
+    // One maker per process (a concurrent warm-up and first disk would
+    // otherwise both pay the PBKDF2 benchmark).
+    static MAKING: Mutex<()> = Mutex::new(());
+    let _one = MAKING.lock().unwrap_or_else(|p| p.into_inner());
     if !path.exists() {
         make_template(&dir, &path)?;
     }
+    trusted(&path)?;
     Ok(path)
+}
+
+/// Makes the template now if it is missing (e.g. at node start, so the first
+/// disk does not wait for it).
+pub fn warm_up() -> Result<PathBuf, LuksError> {
+    template()
+}
+
+/// A template or its directory must belong to root or us and not be
+/// writable by group or others: whoever could swap the template could choose
+/// the layout and the clusters every new disk starts from.
+fn trusted(path: &Path) -> Result<(), LuksError> {
+    let me = nix::unistd::geteuid().as_raw();
+    for p in [path, path.parent().unwrap_or(Path::new("/"))] {
+        let md = std::fs::symlink_metadata(p).map_err(|source| LuksError::Template {
+            path: p.to_path_buf(),
+            source,
+        })?;
+        if (md.uid() != 0 && md.uid() != me) || md.mode() & 0o022 != 0 || md.file_type().is_symlink() {
+            return Err(LuksError::BadTemplate {
+                path: p.to_path_buf(),
+                why: format!(
+                    "owned by uid {} with mode {:o}; it must be a file or directory of root or uid {me}, not group/other-writable",
+                    md.uid(),
+                    md.mode() & 0o7777
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn template_dir() -> Result<PathBuf, LuksError> {
@@ -166,6 +202,10 @@ pub fn create_blank(dst: &Path, size_bytes: u64, passphrase: &[u8]) -> Result<()
         .and_then(|(o, l)| Some(o..o.checked_add(l)?))
         .filter(|r| r.end <= image.len())
         .ok_or_else(|| bad_template(format!("LUKS region {offset}+{len} lies outside the file")))?;
+    // Virtual size 0 (qcow2 header offset 24): no guest data clusters.
+    if be64(&image, 24) != Some(0) {
+        return Err(bad_template("virtual size is not 0".into()));
+    }
     let layout = Header::parse(&image[region.clone()], region.len()).map_err(|e| bad_template(e.to_string()))?;
     let fresh = luks_header::build_region(passphrase, &layout, region.len(), luks_header::ITERATIONS, &SystemRandom::new())?;
     image[region].copy_from_slice(&fresh);
@@ -200,6 +240,25 @@ pub fn create_blank(dst: &Path, size_bytes: u64, passphrase: &[u8]) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refuses_a_template_others_could_swap() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("luks-x.qcow2");
+        std::fs::write(&t, b"QFI\xfb").unwrap();
+        let mode = |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        mode(dir.path(), 0o700);
+        mode(&t, 0o644);
+        trusted(&t).unwrap();
+        mode(&t, 0o664);
+        assert!(matches!(trusted(&t), Err(LuksError::BadTemplate { .. })));
+        mode(&t, 0o644);
+        mode(dir.path(), 0o777);
+        let e = trusted(&t).unwrap_err();
+        assert!(e.to_string().contains("not group/other-writable"), "{e}");
+        mode(dir.path(), 0o700);
+    }
 
     #[test]
     fn finds_the_crypt_header_extension() {
