@@ -6,9 +6,10 @@
 # raw image on the appliance's data partition (/data/sources/web1.img), put
 # there offline with debugfs: the appliance image runs no guests (no QEMU, only
 # qemu-img to read the disk), so the server is described to it as a stopped
-# data-center server whose disk it can read. The smoke's copy of that disk
-# carries a random plaintext marker file (/srv/marker.txt) and boots without
-# `quiet`, so that its kernel's first lines show on its serial console.
+# data-center server whose disk it can read: the test server's BOOT=fast
+# recipe (Debian's cloud kernel, a command line for nested TCG: see
+# test-server/README.md), IDE disk, vmxnet3 NIC, IP 10.77.0.10. The smoke's
+# copy of that disk carries a random plaintext marker file (/srv/marker.txt).
 #
 # move_prepare: before the appliance's enrolment boot, writes the disk.
 # move_run:     with the appliance up and cloud1 enrolled: POST /api/servers,
@@ -16,6 +17,11 @@
 #               move ends; asserts it ends `done` with the steps that ran, the
 #               node's own report of the start (accelerator, NIC model + MAC)
 #               and the server's location cloud1 in the overview.
+# move_check_lan: waits (MOVE_IP_WAIT) until the moved server answers a
+#               client on the LAN segment, which then pings it, GETs its page
+#               (names web1, its MAC and IP) and has its MAC in its ARP table;
+#               with MOVE_IP_CHECK=verify the move's verify step checked the
+#               server's IP (TCP 80, ARP) from the appliance's LAN address first.
 # move_check_node: after the node's power-off: no byte of the marker anywhere
 #               on the node's disk, the moved disk is LUKS-encrypted qcow2,
 #               the node's log has the guest's QEMU start (pid), its guest
@@ -25,25 +31,51 @@
 #               failed, when nested TCG under load has not got there yet).
 
 SERVER_MAC=52:54:00:12:34:56
+SERVER_IP=10.77.0.10 # the test server's address, on the LAN segment (br1)
 MOVE_TIMEOUT=${MOVE_TIMEOUT:-600}
 T_MOVE=null
 GUEST_KERNEL=false
+# The moved server's answer at its IP through the images (the appliance's LCG
+# on its LAN NIC, the node's bridge), MOVE_IP_CHECK:
+#   lan (default): checked from a client on the LAN segment, waiting up to
+#     MOVE_IP_WAIT (420 s) after the move for the nested guest to boot. The
+#     description has no IP, so the move's verify step says "not checked": it
+#     waits at most 180 s (appliance/src/moves/effects.rs ANSWER_TIMEOUT), and
+#     the nested TCG boot took longer than that under load here (README.md).
+#   verify: the description has the IP and port 80, so the move's verify step
+#     checks it from the appliance's LAN address (the move fails and rolls back
+#     if the guest does not answer within those 180 s), then as with lan.
+#   0: skipped, with a message.
+MOVE_IP_CHECK=${MOVE_IP_CHECK:-lan}
+MOVE_IP_WAIT=${MOVE_IP_WAIT:-420}
+IP_CHECKED=false
+IP_TIMED_OUT=
+T_PING=null
+T_MOVE_END=
+T_ANSWER=null
 
 move_prepare() {
   local ts start
-  ts=$(bash "$HERE/../test-server/build.sh" | tail -n 1) || die "round move: cannot build the test server image"
-  jq -e --arg m "$SERVER_MAC" '.mac == $m' "$ts/manifest.json" >/dev/null ||
-    die "round move: the test server image has another MAC than $SERVER_MAC"
+  # BOOT=fast: the test server's recipe with the kernel command line that
+  # reaches user space soonest under nested TCG (test-server/README.md).
+  ts=$(BOOT=fast bash "$HERE/../test-server/build.sh" | tail -n 1) || die "round move: cannot build the test server image"
+  jq -e --arg m "$SERVER_MAC" --arg ip "$SERVER_IP" '.mac == $m and .ip == $ip' "$ts/manifest.json" >/dev/null ||
+    die "round move: the test server image has another MAC or IP than $SERVER_MAC $SERVER_IP"
   qemu-img convert -O raw "$ts/disk.qcow2" "$TMP/web1.img"
-  # The marker (random per run) and a kernel command line without `quiet`, on
-  # the server's root partition (partition 1), edited offline.
+  # The marker (random per run) and, when the IP is not checked, a kernel
+  # command line without `quiet` (its kernel's first lines then show on its
+  # console; with the IP check the console's ISTHMUS-READY line does, and
+  # `quiet` saves the nested guest the slow serial output), on the server's
+  # root partition (partition 1), edited offline.
   MARK="ISTHMUS-SMOKE-PLAINTEXT-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
   printf '%s\n' "$MARK" >"$TMP/marker.txt"
   start=$(sfdisk -J "$TMP/web1.img" | jq '.partitiontable.partitions[0].start')
   local size
   size=$(sfdisk -J "$TMP/web1.img" | jq '.partitiontable.partitions[0].size')
   dd if="$TMP/web1.img" of="$TMP/web1.part" bs=1M iflag=skip_bytes,count_bytes skip=$((start * 512)) count=$((size * 512)) conv=sparse status=none
-  debugfs -R "cat /boot/grub/grub.cfg" "$TMP/web1.part" 2>/dev/null | sed 's/ quiet / /' >"$TMP/grub.cfg"
+  local unquiet='s/ quiet / /'
+  [[ $MOVE_IP_CHECK == 0 ]] || unquiet=
+  debugfs -R "cat /boot/grub/grub.cfg" "$TMP/web1.part" 2>/dev/null | sed "$unquiet" >"$TMP/grub.cfg"
   grep -q 'console=ttyS0' "$TMP/grub.cfg" || die "round move: unexpected grub.cfg on the test server's disk"
   debugfs -w -f - "$TMP/web1.part" >"$TMP/debugfs-web1.out" 2>&1 <<CMDS
 write $TMP/marker.txt /srv/marker.txt
@@ -83,16 +115,23 @@ api_post() { # path json-file out: POST as the logged-in admin; prints the HTTP 
 move_run() {
   local code id state i t0
   ROUND=move
-  jq -n --arg mac "$SERVER_MAC" '{
+  local ip=null
+  case $MOVE_IP_CHECK in
+    verify) ip="\"$SERVER_IP\"" ;;
+    lan) ;;
+    0) log "round move: SKIP the moved server's answer at its IP (MOVE_IP_CHECK=0)" ;;
+    *) die "round move: bad MOVE_IP_CHECK=$MOVE_IP_CHECK (lan, verify or 0)" ;;
+  esac
+  jq -n --arg mac "$SERVER_MAC" --argjson ip "$ip" '{
     name: "web1",
     profile: {
       cpus: 1, memory_mib: 256,
       disks: [{bus: "ide", unit: 0, boot: true}],
-      nics: [{model: "e1000", mac: $mac, pci_slot: "03.0"}],
+      nics: [{model: "vmxnet3", mac: $mac, pci_slot: "03.0"}],
       smbios: {serial: "WEB1-SN-0001", manufacturer: "Isthmus Lab"}
     },
     source: {kind: "local-qemu", disks: ["/data/sources/web1.img"], taps: ["tap-web1"]}
-  }' >"$TMP/web1.json"
+  } + (if $ip == null then {} else {ip: $ip, check_ports: [80]} end)' >"$TMP/web1.json"
   code=$(api_post /api/servers "$TMP/web1.json" "$TMP/server.out") || die "round move: POST /api/servers failed"
   [[ $code == 200 ]] || die "round move: POST /api/servers answered $code: $(head -c 400 "$TMP/server.out")"
   jq -e '.name == "web1" and .location == "dc" and .state == "stopped"' "$TMP/server.out" >/dev/null ||
@@ -114,7 +153,8 @@ move_run() {
     [[ $state == running || -z $state ]] || break
     sleep 2
   done
-  T_MOVE=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
+  T_MOVE_END=$EPOCHREALTIME
+  T_MOVE=$(awk -v a="$t0" -v b="$T_MOVE_END" 'BEGIN { printf "%.1f", b - a }')
   jq -r '.events[] | "  | \(.step): \(.message)"' "$TMP/mv.json" 2>/dev/null | cut -c1-1000 >&2 || true
   [[ $state == "done" ]] || die "round move: move $id ended '${state:-<no answer>}' (step $(jq -r .step "$TMP/mv.json" 2>/dev/null)) after $T_MOVE s"
   local steps s
@@ -130,6 +170,73 @@ move_run() {
   jq -e '.servers[] | select(.name == "web1") | .location == "cloud1"' "$TMP/overview.json" >/dev/null ||
     die "round move: web1 is not in cloud1 in the overview: $(jq -c .servers "$TMP/overview.json")"
   log "round move: $id done in $T_MOVE s through the images (steps: $steps); web1 runs in cloud1"
+  [[ $MOVE_IP_CHECK == 0 ]] || move_check_lan
+  return 0
+}
+
+# The moved server answers at its IP on the LAN segment: the move's verify step
+# (run by the appliance from its LAN address 10.77.0.2) checked TCP 80 and the
+# MAC in its ARP table, and a client host on the LAN (namespace NS_LAN, on br1
+# with the appliance's LAN NIC only) pings it, reads its page over HTTP (which
+# names it) and finds its MAC in its own ARP table. The only way there is the
+# appliance image's LCG (lcg0 on its LAN bridge) -> encrypted UDP on the
+# management bridge -> the node image's bridge -> the guest's TAP.
+move_check_lan() {
+  local verify
+  verify=$(jq -r '[.events[] | select(.step == "verify") | .message] | join(" | ")' "$TMP/mv.json")
+  if [[ $MOVE_IP_CHECK == verify ]]; then
+    grep -q "$SERVER_IP answers on TCP \[80\]" <<<"$verify" ||
+      die "round move: the move's verify step did not check $SERVER_IP on TCP 80: $verify"
+    grep -qi "ARP $SERVER_IP → $SERVER_MAC" <<<"$verify" ||
+      die "round move: the move's verify step did not find $SERVER_MAC for $SERVER_IP in the appliance's ARP table: $verify"
+  else
+    grep -q 'not checked' <<<"$verify" || die "round move: unexpected verify step for a server without an IP: $verify"
+  fi
+  # The guest boots under nested TCG: wait for its address (ping), then for
+  # its web server, which its boot script starts a few commands later.
+  local since t_ip=null next_note=0 what=ping
+  while :; do
+    since=$(awk -v a="$T_MOVE_END" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
+    if [[ $what == ping ]] && ip netns exec "$NS_LAN" ping -c 1 -W 2 "$SERVER_IP" >/dev/null 2>&1; then
+      t_ip=$since
+      T_PING=$t_ip
+      what=http
+      # It answered with its own MAC (nothing else on this LAN has that IP).
+      ip -n "$NS_LAN" neigh show "$SERVER_IP" | grep -qi "lladdr $SERVER_MAC" ||
+        die "round move: $SERVER_IP answered ping, but the LAN client's ARP table has '$(ip -n "$NS_LAN" neigh show "$SERVER_IP")', not $SERVER_MAC"
+      log "round move: $SERVER_IP answers ping on the LAN $t_ip s after the move's end, with MAC $SERVER_MAC in the LAN client's ARP table (through the appliance's LCG and the node's bridge); waiting for its web server"
+    fi
+    if [[ $what == http ]] && ip netns exec "$NS_LAN" curl -s --max-time 5 -o /dev/null "http://$SERVER_IP/"; then
+      break
+    fi
+    if awk -v s="$since" -v w="$MOVE_IP_WAIT" 'BEGIN { exit !(s > w) }'; then
+      IP_TIMED_OUT=$what
+      if [[ $what == ping ]]; then
+        log "round move: SKIP the moved server's answer at its IP: no ping answer from $SERVER_IP to the LAN client within MOVE_IP_WAIT=$MOVE_IP_WAIT s of the move's end (load average $(cut -d' ' -f1 /proc/loadavg)): its boot under nested TCG is slower than that here (README.md); the node's copy of its console is checked after the node's power-off"
+      else
+        log "round move: SKIP the HTTP part of the moved server's check: $SERVER_IP answered ping (and ARP) after $t_ip s, but its web server not within MOVE_IP_WAIT=$MOVE_IP_WAIT s of the move's end (load average $(cut -d' ' -f1 /proc/loadavg)): its boot under nested TCG is slower than that here (README.md)"
+      fi
+      return 0
+    fi
+    if awk -v s="$since" -v n="$next_note" 'BEGIN { exit !(s >= n) }'; then
+      log "round move: waiting for $SERVER_IP ($what) on the LAN after $since s (web1 boots under nested TCG)"
+      next_note=$((next_note + 60))
+    fi
+    sleep 1
+  done
+  T_ANSWER=$(awk -v a="$T_MOVE_END" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
+  ip netns exec "$NS_LAN" ping -c 3 -W 5 "$SERVER_IP" >"$TMP/ping.out" 2>&1 ||
+    die "round move: $SERVER_IP does not answer ping from the LAN client: $(tail -n 2 "$TMP/ping.out" | tr '\n' ' ')"
+  ip netns exec "$NS_LAN" curl -sS --max-time 30 -o "$TMP/web1-page.txt" "http://$SERVER_IP/" ||
+    die "round move: GET http://$SERVER_IP/ from the LAN client failed"
+  local want
+  for want in hostname=web1 "mac=$SERVER_MAC" "ip=$SERVER_IP" "client=$LAN_CLIENT_IP"; do
+    grep -qx "$want" "$TMP/web1-page.txt" || die "round move: the page at http://$SERVER_IP/ has no line '$want': $(tr '\n' ' ' <"$TMP/web1-page.txt")"
+  done
+  ip -n "$NS_LAN" neigh show "$SERVER_IP" | grep -qi "lladdr $SERVER_MAC" ||
+    die "round move: the LAN client's ARP table has $(ip -n "$NS_LAN" neigh show "$SERVER_IP") for $SERVER_IP, not $SERVER_MAC"
+  IP_CHECKED=true
+  log "round move: web1 answers at $SERVER_IP on the LAN through the images (ping after $t_ip s, HTTP after $T_ANSWER s from the move's end); verify step: '${verify#verify: started | }'; from the LAN client: ping $(grep -o 'rtt[^,]*' "$TMP/ping.out" | head -n 1), HTTP page names $(head -n 1 "$TMP/web1-page.txt"), ARP $SERVER_IP → $SERVER_MAC"
 }
 
 # Reads files of the node's powered-off disk: the whole disk is searched for
@@ -165,7 +272,21 @@ move_check_node() {
   # Its kernel's first lines come after SeaBIOS, GRUB and the decompressor,
   # all under nested TCG: within GUEST_WAIT on a lightly loaded host, not
   # always under heavy load (then noted, not failed).
-  if grep -q 'Linux version' "$TMP/web1-serial.log"; then
+  # Up in the node but never a ping on the LAN: the path LAN - LCG - tunnel -
+  # node bridge - guest is broken (its address is set before READY).
+  if [[ $IP_TIMED_OUT == ping ]] && grep -q '^ISTHMUS-READY' "$TMP/web1-serial.log"; then
+    die "round move: web1 came up in the node (ISTHMUS-READY on its console) but never answered ping at $SERVER_IP on the LAN within $MOVE_IP_WAIT s: the path LAN - LCG - tunnel - node bridge - guest is broken"
+  fi
+  if [[ $IP_CHECKED == true ]]; then
+    # It answered at its IP: its console (kernel `quiet`) has its READY line.
+    grep -q '^ISTHMUS-READY' "$TMP/web1-serial.log" ||
+      die "round move: web1 answered at its IP but its serial console on the node has no ISTHMUS-READY: $(tail -n 3 "$TMP/web1-serial.log" | tr '\n' ' ')"
+    GUEST_KERNEL=true
+    log "round move: web1's serial console on the node (nested TCG): $(grep -m1 -o '^ISTHMUS-FACTS.*' "$TMP/web1-serial.log" | cut -c1-160); ISTHMUS-READY"
+  elif grep -q '^ISTHMUS-READY' "$TMP/web1-serial.log"; then
+    GUEST_KERNEL=true
+    log "round move: web1's serial console on the node (nested TCG) has ISTHMUS-READY: it came up after the smoke's wait"
+  elif grep -q 'Linux version' "$TMP/web1-serial.log"; then
     GUEST_KERNEL=true
     log "round move: web1's serial console on the node (nested TCG): $(grep -m1 -o 'Linux version [^ ]*' "$TMP/web1-serial.log"); $(wc -l <"$TMP/web1-serial.log") lines, last: $(grep -v '^$' "$TMP/web1-serial.log" | tail -n 1 | cut -c1-120)"
   else

@@ -38,13 +38,19 @@
 #      test server - a disk image on its data partition - to the enrolled node
 #      image: the move ends done; the node's disk holds no plaintext of it, the
 #      moved disk is encrypted, and the server's QEMU ran in the node VM (nested
-#      TCG) with its MAC, its kernel booting on its serial console
+#      TCG) with its MAC; the server (test server BOOT=fast, IP 10.77.0.10 on
+#      the LAN segment br1) answers at its IP: the move's verify step checked
+#      it from the appliance's LAN address (isthmus.lan_ip, 10.77.0.2), and a
+#      client host on the LAN pings it, reads its page over HTTP and has its
+#      MAC in its ARP table - through the appliance image's LCG and the node
+#      image's bridge only (MOVE_IP_CHECK=0 skips that, with a message)
 # The password is read from the serial log into a 0600 file and never printed.
 # Usage: smoke.sh [--if-cached] [APPLIANCE_IMAGE_DIR [CLOUD_NODE_IMAGE_DIR]]
 #   --if-cached: run only if the image of the current recipe is built, else say
 #   how to build it and exit 0 (what `make test` uses).
 # Env: BOOT_TIMEOUT (180 s), QEMU_MEM (512), MOVE_TIMEOUT (600 s), GUEST_WAIT
-#   (the moved guest's time to boot in the node before the node is powered off: 150 s).
+#   (the moved guest's time to boot in the node before the node is powered off: 150 s),
+#   MOVE_IP_CHECK (1; 0 skips the moved server's answer at its IP).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -53,6 +59,10 @@ QEMU_MEM=${QEMU_MEM:-512}
 GUEST_IP=10.78.0.2
 NODE_IP=10.78.0.3
 CLIENT_IP=10.78.0.100
+# The LAN segment (br1, the appliance's second NIC): the appliance's own LAN
+# address (OVF property isthmus.lan_ip), a client host, the moved server.
+LAN_APPLIANCE_IP=10.77.0.2
+LAN_CLIENT_IP=10.77.0.100
 
 log() { printf 'smoke-images: %s\n' "$*" >&2; }
 die() {
@@ -93,6 +103,7 @@ T_START=$EPOCHREALTIME
 PFX="isth-img-$$"
 NS_SW=$PFX-sw # bridges + the guest's TAPs
 NS_CL=$PFX-cl # the admin's browser
+NS_LAN=$PFX-lan # a client host on the LAN segment
 TMP=$(mktemp -d "/tmp/$PFX.XXXXXX")
 chmod 700 "$TMP"
 QEMU_PID=
@@ -119,6 +130,7 @@ cleanup() {
   fi
   ip netns del "$NS_SW" 2>/dev/null
   ip netns del "$NS_CL" 2>/dev/null
+  ip netns del "$NS_LAN" 2>/dev/null
   if ((rc != 0)) && [[ -n $ROUND && -f $TMP/serial-$ROUND.log ]]; then
     log "serial console of round $ROUND (last 25 lines, password lines hidden):"
     tr -d '\r' <"$TMP/serial-$ROUND.log" | grep -v 'password (user' | tail -n 25 | sed 's/^/  | /' >&2
@@ -132,9 +144,11 @@ trap 'exit 130' INT TERM
 # shellcheck source=SCRIPTDIR/smoke-move.sh
 . "$HERE/smoke-move.sh"
 
-# Network: [client ns: vcl 10.78.0.100] - [sw ns: br0 = vsw + tap0 (mgmt)], br1 = tap1 (LAN)
+# Network: [client ns: vcl 10.78.0.100] - [sw ns: br0 = vsw + tap0 (mgmt)],
+# br1 = tap1 (LAN) + vlsw - [LAN client ns: vl 10.77.0.100]
 ip netns add "$NS_SW"
 ip netns add "$NS_CL"
+ip netns add "$NS_LAN"
 ip -n "$NS_SW" link add br0 type bridge
 ip -n "$NS_SW" link add br1 type bridge
 ip -n "$NS_SW" link add vsw type veth peer name vcl netns "$NS_CL"
@@ -146,6 +160,12 @@ for l in br0 br1 vsw tap0 tap1 lo; do ip -n "$NS_SW" link set "$l" up; done
 ip -n "$NS_CL" addr add "$CLIENT_IP/24" dev vcl
 ip -n "$NS_CL" link set vcl up
 ip -n "$NS_CL" link set lo up
+ip -n "$NS_SW" link add vlsw type veth peer name vl netns "$NS_LAN"
+ip -n "$NS_SW" link set vlsw master br1
+ip -n "$NS_SW" link set vlsw up
+ip -n "$NS_LAN" addr add "$LAN_CLIENT_IP/24" dev vl
+ip -n "$NS_LAN" link set vl up
+ip -n "$NS_LAN" link set lo up
 
 # The appliance's disk: a qcow2 overlay over the cached image, kept across both boots.
 qemu-img create -q -f qcow2 -b "$IMG/appliance.qcow2" -F qcow2 "$TMP/disk.qcow2"
@@ -158,6 +178,7 @@ cat >"$TMP/ovf-env.xml" <<XML
     <Property oe:key="isthmus.ip" oe:value="$GUEST_IP/24"/>
     <Property oe:key="isthmus.gateway" oe:value=""/>
     <Property oe:key="isthmus.hostname" oe:value="isthmus-smoke"/>
+    <Property oe:key="isthmus.lan_ip" oe:value="$LAN_APPLIANCE_IP/24"/>
   </PropertySection>
 </Environment>
 XML
@@ -277,6 +298,13 @@ pw=$(grep -a '^one-time admin password (user admin): ' "$TMP/serial-first.log" |
 )
 unset pw
 login
+# The appliance's own LAN address (isthmus.lan_ip) answers a LAN host, through
+# the LAN NIC and the image's bridge lan0 (the LCG's port is its veth lcg0).
+grep -qaF "LAN eth1: appliance address $LAN_APPLIANCE_IP/24 on bridge lan0; the LCG uses lcg0" "$TMP/serial-first.log" ||
+  die "round first: the LAN address (isthmus.lan_ip) was not set up: $(grep -a 'LAN' "$TMP/serial-first.log" | tr -d '\r' | tail -n 2)"
+ip netns exec "$NS_LAN" ping -c 2 -W 5 "$LAN_APPLIANCE_IP" >/dev/null ||
+  die "round first: the appliance does not answer ping at its LAN address $LAN_APPLIANCE_IP"
+log "round first: the appliance answers at its LAN address $LAN_APPLIANCE_IP (bridge lan0 on eth1; LCG on lcg0)"
 powerdown
 ca_pem_from_disk "$TMP/ca-1.pem"
 log "round first: CA certificate on the data partition: sha256 $(sha256sum <"$TMP/ca-1.pem" | cut -c1-16)…"
@@ -364,6 +392,7 @@ mkdir -p "$TMP/bad-env"
 # shellcheck disable=SC2016 # $(reboot) is the bad value, kept literal
 sed -e 's|oe:key="isthmus.gateway" oe:value=""|oe:key="isthmus.gateway" oe:value="10.78.0.300"|' \
   -e 's|oe:key="isthmus.hostname" oe:value="isthmus-smoke"|oe:key="isthmus.hostname" oe:value="Bad_Host;rm"|' \
+  -e 's|oe:key="isthmus.lan_ip" oe:value="[^"]*"|oe:key="isthmus.lan_ip" oe:value="10.77.0.300/24"|' \
   -e 's|</PropertySection>|  <Property oe:key="isthmus.dns" oe:value="not-an-ip"/>\n    <Property oe:key="isthmus.ntp" oe:value="$(reboot)"/>\n  </PropertySection>|' \
   "$TMP/ovf-env.xml" >"$TMP/bad-env/ovf-env.xml"
 mkfs.vfat -C -n CIDATA "$TMP/badseed.img" 1024 >/dev/null
@@ -373,6 +402,7 @@ boot refused
 expect_serial 'UPDATE REFUSED: .*SHA-256' "the tampered update was not refused with its digest"
 expect_serial "ignoring bad gateway '10.78.0.300'" "bad OVF gateway not reported"
 expect_serial "ignoring bad hostname 'Bad_Host;rm'" "bad OVF hostname not reported"
+expect_serial "ignoring bad LAN address '10.77.0.300/24'" "bad OVF LAN address not reported"
 expect_serial "ignoring bad DNS server 'not-an-ip'" "bad OVF DNS server not reported"
 expect_serial "ignoring bad NTP server" "bad OVF NTP server not reported"
 login
@@ -576,7 +606,7 @@ if [[ -n $NODE_IMG && -f $NODE_IMG/cloud-node.qcow2 ]]; then
     "the node refuses anonymous clients now"
   move_run
   ROUND=enrol
-  t_guest=$EPOCHREALTIME
+  t_guest=${T_MOVE_END:-$EPOCHREALTIME}
   powerdown
   ca_pem_from_disk "$TMP/ca-4.pem"
   grep -q 'token does not match' "$TMP/messages" "$TMP/isthmus.log" 2>/dev/null ||
@@ -586,6 +616,7 @@ if [[ -n $NODE_IMG && -f $NODE_IMG/cloud-node.qcow2 ]]; then
   # it), then a boot from the same disk keeps the enrolment.
   ROUND=node
   left=$(awk -v a="$t_guest" -v b="$EPOCHREALTIME" -v w="${GUEST_WAIT:-150}" 'BEGIN { d = w - (b - a); print (d > 0 ? int(d) : 0) }')
+  [[ $IP_CHECKED == true ]] && left=0 # it is up: it answered on the LAN
   log "round move: giving web1 ${left} s more to boot in the node before its power-off"
   sleep "$left"
   power_button "$TMP/qmp-node.sock" "$NODE_PID"
@@ -612,6 +643,6 @@ else
 fi
 ROUND=
 T_ALL=$(awk -v a="$T_START" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
-log "PASS in ${T_ALL} s: boot to console URL ${T_FIRST} s (first boot), ${T_SECOND} s (reboot); update round ${T_UPDATE} s; cloud node to fingerprint ${T_NODE} s; enrolment ${T_ENROL} s; move through the images ${T_MOVE} s (guest kernel seen: $GUEST_KERNEL)"
-printf '{"boot_to_url_first_s": %s, "boot_to_url_reboot_s": %s, "update_round_s": %s, "node_boot_to_fingerprint_s": %s, "enrol_s": %s, "move_s": %s, "guest_kernel_seen": %s, "smoke_s": %s}\n' \
-  "$T_FIRST" "$T_SECOND" "$T_UPDATE" "$T_NODE" "$T_ENROL" "$T_MOVE" "$GUEST_KERNEL" "$T_ALL"
+log "PASS in ${T_ALL} s: boot to console URL ${T_FIRST} s (first boot), ${T_SECOND} s (reboot); update round ${T_UPDATE} s; cloud node to fingerprint ${T_NODE} s; enrolment ${T_ENROL} s; move through the images ${T_MOVE} s (guest kernel seen: $GUEST_KERNEL; ping + ARP at its IP on the LAN after ${T_PING} s; ping + ARP + HTTP checked: $IP_CHECKED)"
+printf '{"boot_to_url_first_s": %s, "boot_to_url_reboot_s": %s, "update_round_s": %s, "node_boot_to_fingerprint_s": %s, "enrol_s": %s, "move_s": %s, "guest_kernel_seen": %s, "moved_ip_ping_s": %s, "moved_ip_checked": %s, "moved_ip_answer_s": %s, "smoke_s": %s}\n' \
+  "$T_FIRST" "$T_SECOND" "$T_UPDATE" "$T_NODE" "$T_ENROL" "$T_MOVE" "$GUEST_KERNEL" "$T_PING" "$IP_CHECKED" "$T_ANSWER" "$T_ALL"
