@@ -69,8 +69,12 @@ __attribute__((visibility("default"))) const char *isthmus_xts_tier(void)
  * makes the next request reuse warm pages; QEMU's guest RAM is mmap()ed
  * directly, not malloc()ed, so it is not affected. Cost: each malloc arena
  * may keep up to TRIM_KEEP of freed memory mapped (bench_hv's qemu_rss_mib). */
+#ifndef MMAP_ABOVE
 #define MMAP_ABOVE (4 << 20)
-#define TRIM_KEEP (32 << 20)
+#endif
+#ifndef TRIM_KEEP
+#define TRIM_KEEP (8 << 20)
+#endif
 
 __attribute__((constructor)) static void keep_bounce_buffers_warm(void)
 {
