@@ -69,14 +69,14 @@ source_key() { # repo
 # which `make images` builds first), else the sha256 of every binary shipped. Directories
 # count by name, not by where the checkout lives (a clone elsewhere, or the
 # lead's check of the committed tree, finds the same cache); tests and
-# measurements (smoke.sh, bench.sh, nested-boot.sh) do not go into the image.
+# measurements (smoke*.sh, bench.sh, nested-boot.sh) do not go into the image.
 recipe_hash() { # dirs...
   (
     local d
     for d in "$@"; do
-      (cd "$d" && find . -type f ! -name '*.md' ! -name 'smoke.sh' ! -name 'bench.sh' ! -name 'nested-boot.sh' ! -name '.*' \
+      (cd "$d" && find . -type f ! -name '*.md' ! -name 'smoke*.sh' ! -name 'bench.sh' ! -name 'nested-boot.sh' ! -name '.*' \
         -printf "${d##*/} %m %p\n" | LC_ALL=C sort)
-      (cd "$d" && find . -type f ! -name '*.md' ! -name 'smoke.sh' ! -name 'bench.sh' ! -name 'nested-boot.sh' ! -name '.*' -print0 |
+      (cd "$d" && find . -type f ! -name '*.md' ! -name 'smoke*.sh' ! -name 'bench.sh' ! -name 'nested-boot.sh' ! -name '.*' -print0 |
         LC_ALL=C sort -z | xargs -0 -r sha256sum)
     done
     printf 'PREFS=%s\nSUITE=%s\nPACKAGES=%s\nROOT_MB=%s\nDISK_MB=%s\nMODULES=%s\nEPOCH=%s\nUPDATE_PUB=%s\n' \
