@@ -257,6 +257,18 @@ impl CloudClient {
         .await
     }
 
+    /// `POST /v1/bridge/lcgs`: the LCG members the node accepts besides
+    /// us (standby appliances, `crate::lcg_standby`); the list replaces the
+    /// node's. Answers each member's UDP port.
+    pub async fn set_lcg_members(&self, req: &proto::lcg_members::SetLcgMembers) -> Result<proto::lcg_members::LcgMemberPorts, CloudError> {
+        let req = self
+            .http
+            .post(format!("{}/v1/bridge/lcgs", self.base))
+            .timeout(Duration::from_secs(30))
+            .json(req);
+        self.send("LCG members", req).await
+    }
+
     /// `GET /v1/transfers`: the node's transfer counters.
     pub async fn transfer_stats(&self) -> Result<proto::transfer::TransferStats, CloudError> {
         self.send("transfer stats", self.http.get(format!("{}/v1/transfers", self.base)))

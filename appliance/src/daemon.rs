@@ -32,6 +32,11 @@ pub struct ServeConfig {
     pub probe_kernel: Option<PathBuf>,
     /// Its initrd.
     pub probe_initrd: Option<PathBuf>,
+    /// HTTPS address of the peer API of an HA pair of appliances
+    /// (`crate::lcg_standby`); none without it.
+    pub peer_listen: Option<SocketAddr>,
+    /// One-time token file: wait to be paired as a standby LCG.
+    pub standby_token_file: Option<PathBuf>,
 }
 
 /// Errors starting the appliance.
@@ -57,6 +62,9 @@ pub enum DaemonError {
     /// Web console.
     #[error("web console: {0}")]
     Console(String),
+    /// HA pair (peer API, standby).
+    #[error(transparent)]
+    Standby(#[from] crate::lcg_standby::StandbyError),
 }
 
 fn io<'a>(op: &'static str, path: &'a std::path::Path) -> impl FnOnce(std::io::Error) -> DaemonError + 'a {
@@ -197,6 +205,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), DaemonError> {
             tracing::error!("{e}");
         }
     }
+
+    crate::lcg_standby::start(app.clone(), cfg.peer_listen, cfg.standby_token_file.clone()).await?;
 
     if !crate::auth::is_set(&store)? {
         let pw = crate::auth::generate_password();

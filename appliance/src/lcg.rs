@@ -13,6 +13,10 @@
 //! and carries frames through a tunnel only while it holds its lease, so a
 //! second LCG on the same LAN can stand by and take every cloud over within
 //! about two seconds when this one dies. Switching HA restarts the bridge.
+//!
+//! A tunnel is opened from an enrolled cloud's record or, on a standby
+//! appliance, from what it pulled from its primary ([`Tunnel`],
+//! `crate::lcg_standby`): the node's port for this LCG and its own PSK.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -30,7 +34,9 @@ use crate::store::{Store, StoreError, CLOUDS, META, SERVERS};
 #[derive(Debug, thiserror::Error)]
 pub enum LcgError {
     /// The bridge or the tunnel to a cloud could not start.
-    #[error("cannot open the tunnel to {cloud} (LAN port {lan}, UDP {listen}): {source}; check that the LAN interface exists and the UDP port is free")]
+    #[error(
+        "cannot open the tunnel to {cloud} (LAN port {lan}, UDP {listen}): {source}; check that the LAN interface exists and the UDP port is free"
+    )]
     Bridge {
         /// Cloud.
         cloud: String,
@@ -67,7 +73,45 @@ struct Running {
     /// Started as an HA member.
     ha: bool,
     peers: HashMap<String, PeerId>,
+    /// What each open tunnel was opened with (reopened on an HA switch).
+    tunnels: HashMap<String, Tunnel>,
     next: PeerId,
+}
+
+/// What the LCG needs to open the tunnel to one cloud node: an enrolled
+/// cloud's record, or what a standby LCG learnt from its primary
+/// (`crate::lcg_standby`: the node's member port and this LCG's own PSK).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Tunnel {
+    /// Cloud name.
+    pub cloud: String,
+    /// The node's bridge UDP endpoint for this LCG.
+    pub endpoint: SocketAddr,
+    /// The node's static Noise public key.
+    pub noise_public: [u8; 32],
+    /// The tunnel's PSK.
+    pub psk: [u8; 32],
+}
+
+impl std::fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No PSK.
+        f.debug_struct("Tunnel")
+            .field("cloud", &self.cloud)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<&CloudRecord> for Tunnel {
+    fn from(c: &CloudRecord) -> Tunnel {
+        Tunnel {
+            cloud: c.name.clone(),
+            endpoint: c.bridge_endpoint,
+            noise_public: c.noise_public,
+            psk: c.psk,
+        }
+    }
 }
 
 /// The gateway.
@@ -84,6 +128,12 @@ const HA_KEY: &str = "lcg.ha";
 
 fn carried_key(cloud: &str) -> String {
     format!("lcg.carried.{cloud}")
+}
+
+/// META key: addresses to announce for a MAC that no inventory server of
+/// this appliance has (a standby LCG learns them from its primary).
+pub(crate) fn announce_key(mac: &MacAddr) -> String {
+    format!("lcg.announce.{mac}")
 }
 
 impl Lcg {
@@ -149,8 +199,14 @@ impl Lcg {
         old.handle.shutdown();
         tracing::info!(ha = on, "LCG bridge restarted to switch HA");
         let mut first_error = None;
+        let mut reopen: Vec<Tunnel> = old.tunnels.into_values().collect();
         for (_, cloud) in self.store.list(&CLOUDS)? {
-            if let Err(e) = self.open(&cloud) {
+            if !reopen.iter().any(|t| t.cloud == cloud.name) {
+                reopen.push(Tunnel::from(&cloud));
+            }
+        }
+        for t in reopen {
+            if let Err(e) = self.open_tunnel(&t) {
                 tracing::error!("{e}");
                 first_error.get_or_insert(e);
             }
@@ -161,23 +217,32 @@ impl Lcg {
     /// Opens the tunnel to a cloud (starting the bridge with the first one)
     /// and re-applies the MACs it carried before.
     pub fn open(&self, cloud: &CloudRecord) -> Result<(), LcgError> {
+        self.open_tunnel(&Tunnel::from(cloud))
+    }
+
+    /// Is a tunnel open to `cloud`, and with what?
+    pub fn tunnel(&self, cloud: &str) -> Option<Tunnel> {
+        self.lock().as_ref().and_then(|r| r.tunnels.get(cloud).cloned())
+    }
+
+    /// Opens a tunnel (see [`Lcg::open`]); a tunnel to that cloud that is
+    /// open already stays as it is.
+    pub fn open_tunnel(&self, cloud: &Tunnel) -> Result<(), LcgError> {
         let ha = self.ha()?;
         let mut guard = self.lock();
-        if guard.as_ref().is_some_and(|r| r.peers.contains_key(&cloud.name)) {
+        if guard.as_ref().is_some_and(|r| r.peers.contains_key(&cloud.cloud)) {
             return Ok(());
         }
         let id = guard.as_ref().map_or(0, |r| r.next);
         let mut listen = self.listen;
         listen.set_port(self.listen.port().saturating_add(id as u16));
         let failed = |source| LcgError::Bridge {
-            cloud: cloud.name.clone(),
+            cloud: cloud.cloud.clone(),
             lan: self.lan.clone(),
             listen,
             source: Box::new(source),
         };
-        let role = Role::Initiator {
-            peer: cloud.bridge_endpoint,
-        };
+        let role = Role::Initiator { peer: cloud.endpoint };
         match guard.as_mut() {
             Some(running) => {
                 let spec = PeerSpec {
@@ -188,7 +253,8 @@ impl Lcg {
                     vlans: PeerVlans::default(),
                 };
                 running.handle.add_peer(id, spec).map_err(failed)?;
-                running.peers.insert(cloud.name.clone(), id);
+                running.peers.insert(cloud.cloud.clone(), id);
+                running.tunnels.insert(cloud.cloud.clone(), cloud.clone());
                 running.next = id + 1;
             }
             None => {
@@ -205,19 +271,20 @@ impl Lcg {
                 *guard = Some(Running {
                     handle,
                     ha,
-                    peers: HashMap::from([(cloud.name.clone(), id)]),
+                    peers: HashMap::from([(cloud.cloud.clone(), id)]),
+                    tunnels: HashMap::from([(cloud.cloud.clone(), cloud.clone())]),
                     next: id + 1,
                 });
             }
         }
         let running = guard.as_ref().expect("bridge just started");
-        for mac in self.carried(&cloud.name)? {
+        for mac in self.carried(&cloud.cloud)? {
             running
                 .handle
                 .carry_mac_via(mac, id, &self.ips_of(&mac)?)
-                .map_err(|source| refused("carry a MAC", &cloud.name, source))?;
+                .map_err(|source| refused("carry a MAC", &cloud.cloud, source))?;
         }
-        tracing::info!(cloud = %cloud.name, peer = id, %listen, endpoint = %cloud.bridge_endpoint, "tunnel to cloud opened");
+        tracing::info!(cloud = %cloud.cloud, peer = id, %listen, endpoint = %cloud.endpoint, "tunnel to cloud opened");
         Ok(())
     }
 
@@ -237,6 +304,7 @@ impl Lcg {
             .remove_peer(id)
             .map_err(|source| refused("remove the tunnel", cloud, source))?;
         running.peers.remove(cloud);
+        running.tunnels.remove(cloud);
         tracing::info!(cloud, peer = id, "tunnel to cloud closed");
         Ok(())
     }
@@ -246,14 +314,21 @@ impl Lcg {
     /// client-facing IP of the inventory's server whose FIRST NIC has this
     /// MAC. (The inventory does not say which NIC holds that IP on servers
     /// with several; announcing it on the wrong one would misdirect it.)
-    fn ips_of(&self, mac: &MacAddr) -> Result<Vec<IpAddr>, LcgError> {
-        Ok(self
+    /// A MAC no inventory server has gets what `lcg.announce.MAC` holds
+    /// (what a standby LCG learnt from its primary's inventory).
+    pub(crate) fn ips_of(&self, mac: &MacAddr) -> Result<Vec<IpAddr>, LcgError> {
+        let ips: Vec<IpAddr> = self
             .store
             .list(&SERVERS)?
             .into_iter()
             .filter(|(_, s)| s.profile.nics.first().is_some_and(|n| n.mac == *mac))
             .filter_map(|(_, s)| s.ip.map(IpAddr::V4))
-            .collect())
+            .collect();
+        if !ips.is_empty() {
+            return Ok(ips);
+        }
+        let stored = self.store.get(&META, &announce_key(mac))?;
+        Ok(stored.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default())
     }
 
     fn peer(&self, cloud: &str) -> Result<(BridgeHandle, PeerId), LcgError> {

@@ -99,6 +99,10 @@ pub struct LcgStatus {
     pub lan_tx_frames: u64,
     /// Gratuitous ARPs / unsolicited NAs sent on the LAN (cutovers).
     pub gratuitous_sent: u64,
+    /// Its place in an HA pair of appliances (`isthmus lcg standby`);
+    /// `None` when unpaired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<crate::lcg_standby::PairStatus>,
 }
 
 impl LcgStatus {
@@ -118,14 +122,18 @@ impl LcgStatus {
             lan_filtered: 0,
             lan_tx_frames: 0,
             gratuitous_sent: 0,
+            pair: None,
         }
     }
 }
 
 fn status(app: &App) -> Result<LcgStatus, AppError> {
     let lcg = &app.lcg;
+    let pair = crate::lcg_standby::pair_status(app)?;
     let Some((stats, names)) = lcg.bridge_stats() else {
-        return Ok(LcgStatus::quiet(lcg.lan(), false, lcg.ha()?, false, vec![]));
+        let mut s = LcgStatus::quiet(lcg.lan(), false, lcg.ha()?, false, vec![]);
+        s.pair = pair;
+        return Ok(s);
     };
     let mut tunnels = Vec::new();
     for p in &stats.peers {
@@ -162,6 +170,7 @@ fn status(app: &App) -> Result<LcgStatus, AppError> {
         lan_filtered: stats.lan_filtered,
         lan_tx_frames: stats.lan_tx_frames,
         gratuitous_sent: stats.gratuitous_sent,
+        pair,
     })
 }
 
@@ -196,6 +205,7 @@ pub fn routes() -> Router<(Arc<App>, tokio::runtime::Handle)> {
             "/v1/lcg/release",
             post(|State((app, _)): Shared, Json(r): Json<CarryRequest>| change(app, r, |app, r| app.lcg.release(&r.cloud, &r.macs))),
         )
+        .merge(crate::lcg_standby::cli::routes())
 }
 
 /// Applies a carry/release (store and bridge calls block) for a known cloud.
@@ -238,6 +248,12 @@ pub enum LcgCmd {
     Ha {
         /// `on` or `off`.
         state: OnOff,
+    },
+    /// A second appliance as this LCG's standby (HA pair): pair, list, remove.
+    Standby {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: crate::lcg_standby::cli::StandbyCmd,
     },
     /// Stop carrying MACs via a cloud's tunnel.
     Release {
@@ -282,10 +298,13 @@ pub async fn run(client: &Client, cmd: LcgCmd) -> Result<(), ClientError> {
             let body = serde_json::to_value(HaRequest { on: state == OnOff::On }).expect("json");
             let _: serde_json::Value = client.call("POST", "/v1/lcg/ha", Some(body)).await?;
             match state {
-                OnOff::On => println!("LCG runs as an HA member: it forwards through each cloud only while it holds that cloud's lease (`isthmus lcg status`)"),
+                OnOff::On => println!(
+                    "LCG runs as an HA member: it forwards through each cloud only while it holds that cloud's lease (`isthmus lcg status`)"
+                ),
                 OnOff::Off => println!("LCG HA off: it forwards whenever a tunnel is up"),
             }
         }
+        LcgCmd::Standby { cmd } => crate::lcg_standby::cli::run(client, cmd).await?,
         LcgCmd::Release { cloud, macs } => {
             let body = serde_json::to_value(CarryRequest {
                 cloud: cloud.clone(),
@@ -302,6 +321,10 @@ pub async fn run(client: &Client, cmd: LcgCmd) -> Result<(), ClientError> {
 fn table(s: &LcgStatus) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
+    if let Some(p) = &s.pair {
+        let synced = p.last_sync_s.map_or("not yet".to_string(), |t| format!("{t:.0} s ago"));
+        let _ = writeln!(out, "HA pair: {} (peer: {}; last sync {synced})", p.role, p.peers.join(", "));
+    }
     if !s.running {
         let _ = writeln!(out, "LCG on {}: not running (no cloud enrolled yet)", s.lan);
         return out;

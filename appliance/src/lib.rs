@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod inventory;
 pub mod lcg;
 pub mod lcg_api;
+pub mod lcg_standby;
 pub mod local_api;
 pub mod model;
 pub mod moves;

@@ -53,6 +53,15 @@ enum Cmd {
         /// Initrd for the probe kernel.
         #[arg(long)]
         probe_initrd: Option<PathBuf>,
+        /// HTTPS address of the peer API between the two appliances of an
+        /// HA pair (`isthmus lcg standby`): the primary's standby pulls from
+        /// it, a standby is paired through it. Off when not given.
+        #[arg(long)]
+        peer_listen: Option<SocketAddr>,
+        /// Wait to be paired as a standby LCG with this one-time token file
+        /// (mode 0600; deleted once paired). Needs --peer-listen.
+        #[arg(long)]
+        standby_token_file: Option<PathBuf>,
     },
     /// Manage the inventory.
     Inventory {
@@ -375,6 +384,8 @@ async fn run(cli: Cli) -> Result<()> {
             bridge_listen,
             probe_kernel,
             probe_initrd,
+            peer_listen,
+            standby_token_file,
         } => {
             let cfg = appliance::daemon::ServeConfig {
                 data_dir: cli.data_dir,
@@ -383,6 +394,8 @@ async fn run(cli: Cli) -> Result<()> {
                 bridge_listen,
                 probe_kernel,
                 probe_initrd,
+                peer_listen,
+                standby_token_file,
             };
             appliance::daemon::serve(cfg).await?;
         }

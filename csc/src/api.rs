@@ -14,7 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use proto::api::{ApiError, EnrollBegin, EnrollCsr, EnrollDone, EnrollFinish, GuestInfo, GuestStats, NodeInfo, StartGuest};
+use proto::lcg_members::{LcgMemberPorts, SetLcgMembers};
 
+use crate::bridge_members;
 use crate::disks;
 use crate::enroll;
 use crate::guests;
@@ -196,6 +198,7 @@ pub fn enrolled_router(node: Arc<Node>) -> Router {
         .route("/v1/guests/{name}", get(get_guest).delete(delete_guest))
         .route("/v1/guests/{name}/stop", post(stop_guest))
         .route("/v1/guests/{name}/stats", get(guest_stats))
+        .route("/v1/bridge/lcgs", get(get_lcg_members).post(set_lcg_members))
         .fallback(|| async { Failure::new(StatusCode::NOT_FOUND, "no such route").hint("see proto::api for the routes") })
         .layer(middleware::from_fn(log_request))
         .with_state(node)
@@ -233,6 +236,34 @@ async fn plain_upload_gone(Path(id): Path<String>) -> Failure {
         "send the disk as an encrypted block transfer (PUT /v1/disks/{id}/key, then POST /v1/transfers/{id}); \
          `isthmus stage` and `isthmus move` do this"
     ))
+}
+
+/// `GET /v1/bridge/lcgs`: the further LCG members (standby appliances) and their ports.
+async fn get_lcg_members(State(node): State<AppState>) -> Result<Json<LcgMemberPorts>, Failure> {
+    let (node2, listen) = (node.clone(), node.config().bridge_listen);
+    let r = tokio::task::spawn_blocking(move || bridge_members::get(node2.state(), listen)).await;
+    Ok(Json(
+        r.map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??,
+    ))
+}
+
+/// `POST /v1/bridge/lcgs`: the primary appliance sets the further LCG members.
+async fn set_lcg_members(State(node): State<AppState>, ApiJson(req): ApiJson<SetLcgMembers>) -> Result<Json<LcgMemberPorts>, Failure> {
+    let listen = node.config().bridge_listen;
+    let r = tokio::task::spawn_blocking(move || bridge_members::set(node.state(), node.bridge(), listen, &req)).await;
+    Ok(Json(
+        r.map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??,
+    ))
+}
+
+impl From<bridge_members::Error> for Failure {
+    fn from(e: bridge_members::Error) -> Self {
+        let status = match &e {
+            bridge_members::Error::Invalid(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Failure::new(status, chain(&e))
+    }
 }
 
 async fn start_guest(State(node): State<AppState>, ApiJson(req): ApiJson<StartGuest>) -> Result<Json<GuestInfo>, Failure> {

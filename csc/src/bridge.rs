@@ -19,6 +19,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use netbridge::keys::StaticKeypair;
 
+use crate::bridge_members::MemberTunnel;
 use crate::state_dir::{self, StateDir, PUBLIC_MODE, SECRET_MODE};
 
 /// Errors of the data-plane side of the node.
@@ -119,6 +120,9 @@ pub struct NodeBridge {
     /// Cloud-side interfaces joined to the segment besides guests' TAPs
     /// (`isthmus-node serve --bridge-port`), added whenever the tunnel starts.
     segment_ports: Mutex<Vec<String>>,
+    /// Further LCG members (a standby appliance), one responder tunnel each,
+    /// opened whenever the bridge starts (`crate::bridge_members`).
+    members: Mutex<Vec<MemberTunnel>>,
 }
 
 enum BridgeState {
@@ -138,7 +142,26 @@ impl NodeBridge {
         NodeBridge {
             inner: Mutex::new(BridgeState::Down(reason.into())),
             segment_ports: Mutex::new(Vec::new()),
+            members: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Replaces the further LCG members' tunnels: a member whose tunnel is
+    /// unchanged keeps it (and its session), removed ones close, new ones
+    /// open. Takes effect now if the bridge runs, else when it starts.
+    pub fn set_members(&self, members: Vec<MemberTunnel>) -> Result<(), Error> {
+        let st = self.lock();
+        let mut old = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        if let BridgeState::Up(h) = &*st {
+            for m in old.iter().filter(|m| !members.contains(m)) {
+                h.remove_peer(m.slot)?;
+            }
+            for m in members.iter().filter(|m| !old.contains(m)) {
+                add_member(h, m)?;
+            }
+        }
+        *old = members;
+        Ok(())
     }
 
     /// Joins existing cloud-side interfaces (e.g. a NIC on a subnet of hosts
@@ -168,6 +191,11 @@ impl NodeBridge {
                 for name in self.segment_ports.lock().unwrap_or_else(|p| p.into_inner()).iter() {
                     if let Err(e) = add_port(&h, name) {
                         tracing::error!(ifname = %name, error = %e, "cannot join the interface to the bridge; check --bridge-port");
+                    }
+                }
+                for m in self.members.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                    if let Err(e) = add_member(&h, m) {
+                        tracing::error!(listen = %m.listen, error = %e, "cannot open the tunnel of a further LCG member");
                     }
                 }
                 *st = BridgeState::Up(h);
@@ -243,6 +271,17 @@ fn spawn(local: StaticKeypair, peer: &PeerIdentity, listen: SocketAddr) -> Resul
         arbiter: netbridge::ha::Arbiter::shared(std::time::Instant::now()),
     };
     Ok(netbridge::Bridge::spawn_ha(cfg, ha)?)
+}
+
+fn add_member(h: &netbridge::BridgeHandle, m: &MemberTunnel) -> Result<(), Error> {
+    let spec = netbridge::PeerSpec {
+        peer_public: m.public,
+        psk: m.psk,
+        listen: m.listen,
+        role: netbridge::Role::Responder,
+        vlans: netbridge::filter::PeerVlans::default(),
+    };
+    Ok(h.add_peer(m.slot, spec)?)
 }
 
 fn add_port(h: &netbridge::BridgeHandle, ifname: &str) -> Result<(), Error> {

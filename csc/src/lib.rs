@@ -13,10 +13,12 @@
 //! - [`export_api`]: reading a disk back (moves out of this cloud).
 //! - [`guests`]: guests under QEMU (`hv`), their TAPs, persistence across restarts.
 //! - [`bridge`]: the data-plane tunnel to the appliance (`netbridge`).
+//! - [`bridge_members`]: further LCG members (a standby appliance), one tunnel each.
 
 pub mod api;
 pub mod blocks;
 pub mod bridge;
+pub mod bridge_members;
 pub mod console_seen;
 pub mod disks;
 pub mod enroll;

@@ -190,6 +190,9 @@ impl Node {
                 let ca = state.read_string(&state.ca_cert())?;
                 let cfg = pki::enrolled_server_config(&cert, &ca, &key)?;
                 let bridge = NodeBridge::down("not started yet");
+                if let Err(e) = crate::bridge_members::restore(&state, &bridge, config.bridge_listen) {
+                    tracing::error!(error = %e, "further LCG members (standby appliance) not restored");
+                }
                 let peer = PeerIdentity::load(&state)?;
                 if let Err(e) = bridge.start(noise.clone(), &peer, config.bridge_listen) {
                     tracing::error!(error = %e, listen = %config.bridge_listen, "data-plane bridge did not start");
@@ -257,6 +260,11 @@ impl Node {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .map(|r| r.name.clone())
+    }
+
+    /// The node's state directory.
+    pub fn state(&self) -> &StateDir {
+        &self.state
     }
 
     /// The configuration the node runs with.

@@ -7,6 +7,7 @@ pub mod api;
 pub mod export;
 pub mod facts;
 pub mod identity;
+pub mod lcg_members;
 pub mod mac;
 pub mod profile;
 pub mod transfer;
