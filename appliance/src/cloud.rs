@@ -198,6 +198,28 @@ impl CloudClient {
         .await
     }
 
+    /// `POST /v1/transfers/{id}/chunks` (transfer protocol 3): one chunk of
+    /// the manifest; the node answers which of its blocks to send. The
+    /// first chunk (block 0) of every attempt hands the node the disk's key
+    /// first. A node before protocol 3 answers 404 ([`CloudError::Refused`]).
+    pub async fn transfer_chunk(
+        &self,
+        id: &str,
+        req: &proto::transfer_chunk::TransferChunk,
+    ) -> Result<proto::transfer_chunk::ChunkPlan, CloudError> {
+        if req.start == 0 {
+            self.hand_key(id, true).await?;
+        }
+        self.send(
+            "transfer chunk",
+            self.http
+                .post(format!("{}/v1/transfers/{id}/chunks", self.base))
+                .timeout(Duration::from_secs(600))
+                .json(req),
+        )
+        .await
+    }
+
     /// `POST /v1/transfers/{id}/prepare`: the node makes the disk's
     /// encrypted image ahead of the begin (answers once it is ready). A node
     /// without the route answers 404 ([`CloudError::Refused`]).

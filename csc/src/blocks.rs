@@ -50,6 +50,8 @@ use zeroize::Zeroizing;
 use crate::disks::DiskId;
 use crate::state_dir::{self, SECRET_MODE};
 
+mod chunked;
+
 /// Frames queued between the network and the verifying writer.
 const QUEUE_FRAMES: usize = 8;
 
@@ -120,6 +122,26 @@ pub enum Error {
     /// A worker thread died.
     #[error("block writer task failed: {0}")]
     Task(String),
+    /// A chunk of the manifest (protocol 3) starts past what the node holds.
+    #[error("disk {id}: manifest chunk starts at block {start}, but the node's manifest ends at block {covered}")]
+    ChunkOrder {
+        /// Disk id.
+        id: String,
+        /// Where the chunk starts.
+        start: u64,
+        /// Where the node's manifest ends.
+        covered: u64,
+    },
+    /// `finish` came before the manifest's chunks covered the whole disk.
+    #[error("disk {id}: the manifest's chunks describe blocks up to {covered} of {blocks}")]
+    ManifestIncomplete {
+        /// Disk id.
+        id: String,
+        /// Blocks described.
+        covered: u64,
+        /// Blocks of the disk.
+        blocks: u64,
+    },
 }
 
 impl Error {
@@ -150,8 +172,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Transfer {
     id: DiskId,
     size: u64,
-    manifest: HashMap<u64, BlockHash>,
+    manifest: Mutex<Manifest>,
     held: Mutex<HashSet<u64>>,
+    /// Blocks copied from the block index (not counted as resumed).
+    deduped_blocks: Mutex<HashSet<u64>>,
+    /// The manifest's chunk log (`id.chunks`, protocol 3), once opened.
+    chunk_log: Mutex<Option<File>>,
+    /// One manifest chunk at a time.
+    chunking: Mutex<()>,
+    /// Stored disks opened to copy blocks from (`None`: no key), kept for
+    /// the chunks to come (each open unlocks a LUKS image).
+    readers: Mutex<HashMap<String, Option<EncryptedDisk>>>,
     data_path: PathBuf,
     /// The encrypted disk being assembled (`None` once closed by finish).
     data: Mutex<Option<EncryptedDisk>>,
@@ -278,10 +309,64 @@ impl Transfer {
     }
 
     fn missing(&self) -> Vec<u64> {
+        self.missing_in(0, u64::MAX)
+    }
+
+    /// Data blocks of `[start, end)` the node does not hold yet, ascending.
+    fn missing_in(&self, start: u64, end: u64) -> Vec<u64> {
+        let m = lock(&self.manifest);
         let held = lock(&self.held);
-        let mut v: Vec<u64> = self.manifest.keys().filter(|i| !held.contains(i)).copied().collect();
+        let mut v: Vec<u64> = m
+            .blocks
+            .keys()
+            .filter(|&&i| i >= start && i < end && !held.contains(&i))
+            .copied()
+            .collect();
         v.sort_unstable();
         v
+    }
+
+    /// The manifest's hash of block `index` (`None`: zeros or not described yet).
+    fn hash_of(&self, index: u64) -> Option<BlockHash> {
+        lock(&self.manifest).blocks.get(&index).copied()
+    }
+}
+
+/// What the node knows of a transfer's manifest: all of it at once
+/// (protocol 2) or the chunks that arrived so far (protocol 3).
+#[derive(Debug, Default)]
+struct Manifest {
+    /// Data blocks of `[0, covered)` and their hashes.
+    blocks: HashMap<u64, BlockHash>,
+    /// Blocks `[0, covered)` are described.
+    covered: u64,
+    /// Blocks past `covered` that an earlier attempt's manifest listed (they
+    /// may hold its data), by what the node knows of their content.
+    earlier: HashMap<u64, Prior>,
+}
+
+/// A block of an earlier attempt's manifest not yet described again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Prior {
+    /// May hold data of the earlier manifest, in any state.
+    Dirty,
+    /// The journal names it: written and flushed (its hash is checked before it counts).
+    Journaled,
+}
+
+impl Manifest {
+    /// A whole manifest of a disk of `size` bytes.
+    fn whole(blocks: HashMap<u64, BlockHash>, size: u64) -> Self {
+        Manifest {
+            blocks,
+            covered: block_count(size),
+            earlier: HashMap::new(),
+        }
+    }
+
+    /// Blocks that may hold data: the manifest's and the earlier ones.
+    fn maybe_data(&self) -> HashSet<u64> {
+        self.blocks.keys().chain(self.earlier.keys()).copied().collect()
     }
 }
 
@@ -337,6 +422,7 @@ pub struct BlockStore {
     blocks_received: AtomicU64,
     blocks_deduped: AtomicU64,
     images_prepared: AtomicU64,
+    manifest_chunks: AtomicU64,
 }
 
 impl std::fmt::Debug for BlockStore {
@@ -382,6 +468,7 @@ impl BlockStore {
             blocks_received: AtomicU64::new(0),
             blocks_deduped: AtomicU64::new(0),
             images_prepared: AtomicU64::new(0),
+            manifest_chunks: AtomicU64::new(0),
         }
     }
 
@@ -393,6 +480,7 @@ impl BlockStore {
             blocks_deduped: self.blocks_deduped.load(Ordering::Relaxed),
             index_blocks: lock(&self.index).len() as u64,
             images_prepared: self.images_prepared.load(Ordering::Relaxed),
+            manifest_chunks: self.manifest_chunks.load(Ordering::Relaxed),
         }
     }
 
@@ -452,7 +540,8 @@ impl BlockStore {
             .checked_size()
             .map_err(|e| Error::BadManifest(e.0))?;
         let (mpath, _, _) = self.paths(&id);
-        if mpath.is_file() {
+        let resumable = || mpath.is_file() || self.chunks_path(&id).is_file();
+        if resumable() {
             return Ok(false);
         }
         let key = self.key(id.as_str()).ok_or_else(|| Error::NoKey(id.to_string()))?;
@@ -468,7 +557,7 @@ impl BlockStore {
         state_dir::remove_if_exists(&ppath).map_err(|e| Error::Io(ppath.clone(), io::Error::other(e.to_string())))?;
         let disk = EncryptedDisk::create(&ppath, size, &key, &self.daemon_dir("p")).map_err(disk_err(&ppath))?;
         let p = Prepared { size, disk };
-        if mpath.is_file() {
+        if resumable() {
             // A begin overtook this prepare and made its own image.
             discard(Some(p));
             return Ok(false);
@@ -491,6 +580,143 @@ impl BlockStore {
         }
     }
 
+    /// The chunk log of a protocol 3 transfer ([`chunked`]).
+    fn chunks_path(&self, id: &DiskId) -> PathBuf {
+        self.xfer_dir.join(format!("{id}.chunks"))
+    }
+
+    /// What an earlier attempt of a transfer of `size` bytes left on disk:
+    /// the blocks its manifest (whole, or its chunk log) lists, which may
+    /// hold data, and the blocks its journal names. `None` when there is no
+    /// earlier manifest of this size.
+    fn earlier_on_disk(&self, id: &DiskId) -> Option<(u64, HashSet<u64>, Vec<u64>)> {
+        let (mpath, _, jpath) = self.paths(id);
+        let whole = std::fs::read(&mpath)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<TransferBegin>(&b).ok())
+            .map(|m| (m.size, validate(&m).unwrap_or_default().into_keys().collect::<HashSet<u64>>()));
+        let logged = chunked::read_log(&self.chunks_path(id));
+        let (size, mut blocks) = match (whole, logged) {
+            (Some((a, mut x)), Some((b, y))) if a == b => {
+                x.extend(y);
+                (a, x)
+            }
+            // Two sizes: a crash between writing one and removing the other;
+            // the image is of neither for sure, so nothing is resumed.
+            (Some(_), Some(_)) => return None,
+            (Some(w), None) | (None, Some(w)) => w,
+            (None, None) => return None,
+        };
+        blocks.retain(|&i| i < block_count(size));
+        Some((size, blocks, read_journal(&jpath)))
+    }
+
+    /// The encrypted image of a transfer of `id` of `size` bytes that (re)opens:
+    /// the earlier attempt's when one of this size can be resumed, with
+    /// the blocks that may hold its data and the blocks its journal names;
+    /// else an image prepared ahead, else a new one.
+    #[allow(clippy::type_complexity)]
+    fn open_image(&self, id: &DiskId, size: u64) -> Result<(EncryptedDisk, Option<(HashSet<u64>, Vec<u64>)>), Error> {
+        std::fs::create_dir_all(&self.xfer_dir).map_err(io_err(&self.xfer_dir))?;
+        let (_, dpath, _) = self.paths(id);
+        let earlier = self.earlier_on_disk(id).filter(|(s, _, _)| *s == size).map(|(_, b, j)| (b, j));
+        let key = self.key(id.as_str()).ok_or_else(|| Error::NoKey(id.to_string()))?;
+        let dir = self.daemon_dir("w");
+        let reopened = match earlier {
+            Some(_) if dpath.is_file() => match EncryptedDisk::open(&dpath, &key, &dir, Access::ReadWrite) {
+                // qcow2 sizes are whole sectors.
+                Ok(d) if d.size() == size.next_multiple_of(512) => Some(d),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!(disk = %id, error = %e, "cannot reopen the earlier attempt's disk; starting over");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let earlier = if reopened.is_some() { earlier } else { None };
+        // An image prepared ahead serves only a fresh start.
+        let prepared = self.take_prepared(id, size);
+        let data = match (reopened, prepared) {
+            (Some(d), prepared) => {
+                discard(prepared.map(|disk| Prepared { size, disk }));
+                d
+            }
+            (None, prepared) => {
+                state_dir::remove_if_exists(&dpath).map_err(|e| Error::Io(dpath.clone(), io::Error::other(e.to_string())))?;
+                match prepared {
+                    // The daemon keeps its open file across the rename.
+                    Some(d) => {
+                        std::fs::rename(self.prepared_path(id), &dpath).map_err(io_err(&dpath))?;
+                        self.images_prepared.fetch_add(1, Ordering::Relaxed);
+                        d
+                    }
+                    None => EncryptedDisk::create(&dpath, size, &key, &dir).map_err(disk_err(&dpath))?,
+                }
+            }
+        };
+        Ok((data, earlier))
+    }
+
+    /// A transfer of `id` on `data`; its journal is started afresh
+    /// (`truncate`) or continued.
+    fn new_transfer(
+        &self,
+        id: &DiskId,
+        size: u64,
+        manifest: Manifest,
+        data: EncryptedDisk,
+        truncate: bool,
+    ) -> Result<(Transfer, std::sync::mpsc::Receiver<Vec<u64>>), Error> {
+        let (_, dpath, jpath) = self.paths(id);
+        let (verify_tx, verify_rx) = std::sync::mpsc::channel();
+        let journal = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(truncate)
+            .append(!truncate)
+            .mode(SECRET_MODE)
+            .open(&jpath)
+            .map_err(io_err(&jpath))?;
+        let t = Transfer {
+            id: id.clone(),
+            size,
+            manifest: Mutex::new(manifest),
+            held: Mutex::default(),
+            deduped_blocks: Mutex::default(),
+            chunk_log: Mutex::default(),
+            chunking: Mutex::default(),
+            readers: Mutex::default(),
+            data_path: dpath,
+            data: Mutex::new(Some(data)),
+            journal: Mutex::new(journal),
+            journal_path: jpath,
+            unjournaled: Mutex::default(),
+            readback: Mutex::default(),
+            verify_tx: Mutex::new(Some(verify_tx)),
+            verifier: Mutex::default(),
+            wire_bytes: AtomicU64::new(0),
+            receiving: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            deduped: AtomicU64::new(0),
+            resumed: AtomicU64::new(0),
+        };
+        Ok((t, verify_rx))
+    }
+
+    /// Waits (up to [`DRAIN_WAIT`]) for the block requests of an open
+    /// transfer of `id` to end: a sender that saw its link break begins
+    /// again at once, while this node may still be writing what arrived
+    /// before the break, and those blocks should count as held.
+    fn drain(&self, id: &DiskId) {
+        if let Some(t) = lock(&self.open).get(id).cloned() {
+            let t0 = std::time::Instant::now();
+            while t.receiving.load(Ordering::Acquire) > 0 && t0.elapsed() < DRAIN_WAIT {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+
     fn paths(&self, id: &DiskId) -> (PathBuf, PathBuf, PathBuf) {
         (
             self.xfer_dir.join(format!("{id}.manifest")),
@@ -503,18 +729,14 @@ impl BlockStore {
     /// blocking thread). Answers which blocks the sender must still send.
     pub fn begin(&self, id: DiskId, req: TransferBegin) -> Result<TransferPlan, Error> {
         let manifest = validate(&req)?;
-        // A sender that saw its link break begins again at once, while this
-        // node may still be writing what arrived before the break: wait for
-        // those requests to end, so that their blocks count as held.
-        if let Some(t) = lock(&self.open).get(&id).cloned() {
-            let t0 = std::time::Instant::now();
-            while t.receiving.load(Ordering::Acquire) > 0 && t0.elapsed() < DRAIN_WAIT {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-        }
+        self.drain(&id);
         let mut open = lock(&self.open);
         if let Some(t) = open.get(&id) {
-            if t.size == req.size && t.manifest == manifest {
+            let same = {
+                let m = lock(&t.manifest);
+                m.covered == block_count(req.size) && m.earlier.is_empty() && m.blocks == manifest
+            };
+            if t.size == req.size && same {
                 // Another attempt over a new connection: what arrived counts as resumed.
                 let held = lock(&t.held).len() as u64;
                 t.resumed.store(held - t.deduped.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -522,89 +744,20 @@ impl BlockStore {
             }
             open.remove(&id);
         }
-        std::fs::create_dir_all(&self.xfer_dir).map_err(io_err(&self.xfer_dir))?;
-        let (mpath, dpath, jpath) = self.paths(&id);
-        // What an earlier attempt left: its manifest and journal.
-        let earlier: Option<(TransferBegin, Vec<u64>)> = std::fs::read(&mpath)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .filter(|m: &TransferBegin| m.size == req.size)
-            .map(|m| (m, read_journal(&jpath)));
-        let key = self.key(id.as_str()).ok_or_else(|| Error::NoKey(id.to_string()))?;
-        let dir = self.daemon_dir("w");
-        let reopened = match earlier {
-            Some(_) if dpath.is_file() => match EncryptedDisk::open(&dpath, &key, &dir, Access::ReadWrite) {
-                // qcow2 sizes are whole sectors.
-                Ok(d) if d.size() == req.size.next_multiple_of(512) => Some(d),
-                Ok(_) => None,
-                Err(e) => {
-                    tracing::warn!(disk = %id, error = %e, "cannot reopen the earlier attempt's disk; starting over");
-                    None
-                }
-            },
-            _ => None,
-        };
-        let earlier = if reopened.is_some() { earlier } else { None };
-        // An image prepared ahead serves only a fresh start.
-        let prepared = self.take_prepared(&id, req.size);
-        let data = match (reopened, prepared) {
-            (Some(d), prepared) => {
-                discard(prepared.map(|disk| Prepared { size: req.size, disk }));
-                d
-            }
-            (None, prepared) => {
-                state_dir::remove_if_exists(&dpath).map_err(|e| Error::Io(dpath.clone(), io::Error::other(e.to_string())))?;
-                match prepared {
-                    // The daemon keeps its open file across the rename.
-                    Some(d) => {
-                        std::fs::rename(self.prepared_path(&id), &dpath).map_err(io_err(&dpath))?;
-                        self.images_prepared.fetch_add(1, Ordering::Relaxed);
-                        d
-                    }
-                    None => EncryptedDisk::create(&dpath, req.size, &key, &dir).map_err(disk_err(&dpath))?,
-                }
-            }
-        };
-        let (verify_tx, verify_rx) = std::sync::mpsc::channel();
-        let t = Transfer {
-            id: id.clone(),
-            size: req.size,
-            manifest,
-            held: Mutex::default(),
-            data_path: dpath,
-            data: Mutex::new(Some(data)),
-            journal: Mutex::new(
-                OpenOptions::new()
-                    .create(true)
-                    .write(true)
-                    .truncate(true)
-                    .mode(SECRET_MODE)
-                    .open(&jpath)
-                    .map_err(io_err(&jpath))?,
-            ),
-            journal_path: jpath,
-            unjournaled: Mutex::default(),
-            readback: Mutex::default(),
-            verify_tx: Mutex::new(Some(verify_tx)),
-            verifier: Mutex::default(),
-            wire_bytes: AtomicU64::new(0),
-            receiving: AtomicU64::new(0),
-            sent: AtomicU64::new(0),
-            deduped: AtomicU64::new(0),
-            resumed: AtomicU64::new(0),
-        };
+        let (mpath, _, _) = self.paths(&id);
+        let (data, earlier) = self.open_image(&id, req.size)?;
+        let (t, verify_rx) = self.new_transfer(&id, req.size, Manifest::whole(manifest.clone(), req.size), data, true)?;
         if let Some((before, written)) = earlier {
             // Invariant: only blocks of the stored manifest may hold data.
             // Those the new manifest says are zeros are cleared (journaled
             // or not: a crash may have kept unjournaled writes), before the
             // new manifest replaces the old one.
-            let old = validate(&before).unwrap_or_default();
-            for &index in old.keys().filter(|i| !t.manifest.contains_key(i)) {
+            for &index in before.iter().filter(|i| !manifest.contains_key(i)) {
                 t.with_data(|d| d.write_zeroes(index * BLOCK_SIZE, block_len(t.size, index) as usize))?;
             }
             t.with_data(|d| d.flush())?;
             for index in written.into_iter().collect::<HashSet<_>>() {
-                let Some(want) = t.manifest.get(&index) else { continue };
+                let Some(want) = manifest.get(&index) else { continue };
                 // Read back from the image: this hash is also the block's
                 // read-back for the final digest.
                 let h = sha256(&t.read_block(index)?);
@@ -617,7 +770,9 @@ impl BlockStore {
         }
         let body = serde_json::to_vec(&req).map_err(|e| Error::BadManifest(e.to_string()))?;
         state_dir::write_atomic(&mpath, &body, SECRET_MODE).map_err(|e| Error::Io(mpath.clone(), io::Error::other(e.to_string())))?;
-        self.dedup(&t)?;
+        // The whole manifest replaces a chunk log of an earlier attempt.
+        let _ = state_dir::remove_if_exists(&self.chunks_path(&id));
+        self.dedup(&t, t.missing())?;
         t.commit()?;
         let t = Arc::new(t);
         Transfer::start_verifier(&t, verify_rx);
@@ -626,28 +781,43 @@ impl BlockStore {
         Ok(plan)
     }
 
-    /// Copies blocks the index (or this same disk) already has.
-    fn dedup(&self, t: &Transfer) -> Result<(), Error> {
-        let mut by_hash: HashMap<BlockHash, u64> = HashMap::new();
-        for i in lock(&t.held).iter() {
-            by_hash.insert(t.manifest[i], *i);
+    /// Copies the blocks of `missing` that the index (or this same disk)
+    /// already has; returns how many.
+    fn dedup(&self, t: &Transfer, missing: Vec<u64>) -> Result<u64, Error> {
+        let wanted: Vec<(u64, BlockHash)> = {
+            let m = lock(&t.manifest);
+            missing.iter().filter_map(|i| m.blocks.get(i).map(|h| (*i, *h))).collect()
+        };
+        if wanted.is_empty() {
+            return Ok(0);
         }
-        // Stored disks opened for reading during this pass (None: no key).
-        let mut readers: HashMap<String, Option<EncryptedDisk>> = HashMap::new();
-        for index in t.missing() {
-            let want = t.manifest[&index];
+        let mut by_hash: HashMap<BlockHash, u64> = HashMap::new();
+        {
+            let hashes: HashSet<BlockHash> = wanted.iter().map(|w| w.1).collect();
+            let m = lock(&t.manifest);
+            for i in lock(&t.held).iter() {
+                if let Some(h) = m.blocks.get(i).filter(|h| hashes.contains(*h)) {
+                    by_hash.insert(*h, *i);
+                }
+            }
+        }
+        let mut readers = lock(&t.readers);
+        let mut copied = 0;
+        for (index, want) in wanted {
             let found = match by_hash.get(&want) {
                 Some(&i) => Some(t.read_block(i)?),
                 None => self.indexed_block(&want, block_len(t.size, index) as usize, &mut readers)?,
             };
             if let Some(raw) = found.filter(|raw| raw.len() as u64 == block_len(t.size, index)) {
                 t.write_block(index, &raw)?;
+                lock(&t.deduped_blocks).insert(index);
                 t.deduped.fetch_add(1, Ordering::Relaxed);
                 self.blocks_deduped.fetch_add(1, Ordering::Relaxed);
                 by_hash.insert(want, index);
+                copied += 1;
             }
         }
-        Ok(())
+        Ok(copied)
     }
 
     /// A block of `len` bytes with this hash from a stored disk, checked, if
@@ -764,7 +934,7 @@ impl BlockStore {
     fn write_frames(&self, t: &Transfer, mut rx: tokio::sync::mpsc::Receiver<Frame>) -> Result<u64, Error> {
         let mut n = 0;
         while let Some(f) = rx.blocking_recv() {
-            if t.manifest.get(&f.index) != Some(&f.sha256) || u64::from(f.raw_len) != block_len(t.size, f.index) {
+            if t.hash_of(f.index) != Some(f.sha256) || u64::from(f.raw_len) != block_len(t.size, f.index) {
                 return Err(Error::NotInManifest {
                     id: t.id.to_string(),
                     index: f.index,
@@ -785,6 +955,17 @@ impl BlockStore {
     /// stores it as `disks/id.img` and indexes its blocks.
     pub fn finish(&self, id: &DiskId, expected: &str) -> Result<TransferDone, Error> {
         let t = self.get(id)?;
+        let covered = lock(&t.manifest).covered;
+        if covered < block_count(t.size) {
+            return Err(Error::ManifestIncomplete {
+                id: id.to_string(),
+                covered,
+                blocks: block_count(t.size),
+            });
+        }
+        let manifest = lock(&t.manifest).blocks.clone();
+        // Stops the storage daemons dedup read from.
+        lock(&t.readers).clear();
         let missing = t.missing().len() as u64;
         if missing > 0 {
             return Err(Error::Incomplete {
@@ -804,7 +985,7 @@ impl BlockStore {
         }
         let unread: Vec<u64> = {
             let rb = lock(&t.readback);
-            let mut v: Vec<u64> = t.manifest.keys().filter(|i| !rb.contains_key(i)).copied().collect();
+            let mut v: Vec<u64> = manifest.keys().filter(|i| !rb.contains_key(i)).copied().collect();
             v.sort_unstable();
             v
         };
@@ -814,7 +995,7 @@ impl BlockStore {
             let rb = lock(&t.readback);
             for index in 0..block_count(t.size) {
                 // An all-zero block's hash is the digest's zero hash.
-                digest.add(index, t.manifest.get(&index).and(rb.get(&index)));
+                digest.add(index, manifest.get(&index).and(rb.get(&index)));
             }
         }
         let actual = digest.finish();
@@ -823,9 +1004,10 @@ impl BlockStore {
             d.close().map_err(disk_err(&t.data_path))?;
         }
         let (mpath, dpath, jpath) = self.paths(id);
+        let cpath = self.chunks_path(id);
         if !actual.eq_ignore_ascii_case(expected.trim()) {
             lock(&self.open).remove(id);
-            for p in [&mpath, &dpath, &jpath] {
+            for p in [&mpath, &dpath, &jpath, &cpath] {
                 let _ = state_dir::remove_if_exists(p);
             }
             return Err(Error::DigestMismatch {
@@ -837,16 +1019,16 @@ impl BlockStore {
         let img = self.disks_dir.join(format!("{id}.img"));
         std::fs::rename(&dpath, &img).map_err(io_err(&img))?;
         state_dir::sync_parent(&img).map_err(io_err(&img))?;
-        self.add_to_index(id, &t.manifest)?;
+        self.add_to_index(id, &manifest)?;
         lock(&self.open).remove(id);
-        for p in [&mpath, &jpath] {
+        for p in [&mpath, &jpath, &cpath] {
             let _ = state_dir::remove_if_exists(p);
         }
         Ok(TransferDone {
             id: id.to_string(),
             size: t.size,
             digest: actual,
-            blocks: t.manifest.len() as u64,
+            blocks: manifest.len() as u64,
             blocks_sent: t.sent.load(Ordering::Relaxed),
             blocks_deduped: t.deduped.load(Ordering::Relaxed),
             blocks_resumed: t.resumed.load(Ordering::Relaxed),
@@ -1047,6 +1229,118 @@ mod tests {
         store.finish(&id, &digest).unwrap();
         assert!(stored(&store, "b", b.len()) == b);
         assert_eq!(store.stats().blocks_deduped, 4);
+    }
+
+    /// Blocks `[start, end)` of manifest `m` as a protocol 3 chunk.
+    fn chunk_of(m: &TransferBegin, start: u64, end: u64) -> proto::transfer_chunk::TransferChunk {
+        proto::transfer_chunk::TransferChunk {
+            size: m.size,
+            block_size: BLOCK_SIZE,
+            start,
+            end,
+            blocks: m.blocks.iter().filter(|b| b.index >= start && b.index < end).cloned().collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chunked_manifest_resumes_after_a_cut_and_a_restart_and_dedups() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(BlockStore::new(dir.path().to_path_buf()));
+        let a = disk(3, 9); // data in blocks 0 2 3 5 6 8 9 (9: 100 bytes)
+        let (m, digest) = manifest(&a);
+        let id: DiskId = "k".parse().unwrap();
+        key(&store, &id, 7);
+        // Only a chunk from block 0 opens a transfer.
+        assert!(matches!(store.chunk(id.clone(), chunk_of(&m, 4, 7)), Err(Error::NotStarted(_))));
+        let p = store.chunk(id.clone(), chunk_of(&m, 0, 4)).unwrap();
+        assert_eq!((p.need.clone(), p.resumed, p.deduped), (vec![0, 2, 3], 0, 0));
+        let e = store.chunk(id.clone(), chunk_of(&m, 5, 8)).unwrap_err();
+        assert!(matches!(e, Error::ChunkOrder { start: 5, covered: 4, .. }), "{e}");
+        // Blocks of the first chunk flow while the next chunk comes.
+        store.receive(&id, futures_util::stream::iter(frames(&a, &[0, 2]))).await.unwrap();
+        let p = store.chunk(id.clone(), chunk_of(&m, 4, 7)).unwrap();
+        assert_eq!(p.need, vec![5, 6]);
+        // Finish before the manifest covers the disk: refused.
+        let e = store.finish(&id, &digest).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::ManifestIncomplete {
+                    covered: 7,
+                    blocks: 10,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // The link breaks after block 5.
+        let mut body = frames(&a, &[5]);
+        body.push(Err("connection reset".into()));
+        assert!(store.receive(&id, futures_util::stream::iter(body)).await.is_err());
+        // The node restarts: the sender starts again at block 0 and is
+        // asked only for what did not arrive.
+        let store = Arc::new(BlockStore::new(dir.path().to_path_buf()));
+        key(&store, &id, 7);
+        let p = store.chunk(id.clone(), chunk_of(&m, 0, 4)).unwrap();
+        assert_eq!((p.need.clone(), p.resumed), (vec![3], 2));
+        let p = store.chunk(id.clone(), chunk_of(&m, 4, 10)).unwrap();
+        assert_eq!((p.need.clone(), p.resumed), (vec![6, 8, 9], 1));
+        store
+            .receive(&id, futures_util::stream::iter(frames(&a, &[3, 6, 8, 9])))
+            .await
+            .unwrap();
+        let done = store.finish(&id, &digest).unwrap();
+        assert_eq!((done.blocks, done.blocks_sent, done.blocks_resumed), (7, 4, 3));
+        assert!(stored(&store, "k", a.len()) == a);
+        assert!(!dir.path().join(".transfers/k.chunks").exists());
+
+        // A second disk with one block changed, in chunks: only that block travels.
+        let mut b = a.clone();
+        b[(6 * BLOCK_SIZE) as usize + 9] ^= 0x11;
+        let (m, digest) = manifest(&b);
+        let id: DiskId = "l".parse().unwrap();
+        key(&store, &id, 8);
+        let p = store.chunk(id.clone(), chunk_of(&m, 0, 6)).unwrap();
+        assert_eq!((p.need.clone(), p.deduped), (vec![], 4));
+        let p = store.chunk(id.clone(), chunk_of(&m, 6, 10)).unwrap();
+        assert_eq!((p.need.clone(), p.deduped), (vec![6], 2));
+        store.receive(&id, futures_util::stream::iter(frames(&b, &[6]))).await.unwrap();
+        let done = store.finish(&id, &digest).unwrap();
+        assert_eq!((done.blocks_sent, done.blocks_deduped, done.blocks_resumed), (1, 6, 0));
+        assert!(stored(&store, "l", b.len()) == b);
+    }
+
+    #[tokio::test]
+    async fn a_new_manifest_clears_what_an_interrupted_chunked_attempt_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(BlockStore::new(dir.path().to_path_buf()));
+        let a = disk(5, 6);
+        let (m, _) = manifest(&a);
+        let id: DiskId = "z".parse().unwrap();
+        key(&store, &id, 9);
+        let p = store.chunk(id.clone(), chunk_of(&m, 0, 7)).unwrap();
+        store.receive(&id, futures_util::stream::iter(frames(&a, &p.need))).await.unwrap();
+        // The source changed (a pre-copy round scans again): block 2 is now
+        // zeros, block 3 differs. The node restarted in between.
+        let mut b = a.clone();
+        b[(2 * BLOCK_SIZE) as usize..][..BLOCK_SIZE as usize].fill(0);
+        b[(3 * BLOCK_SIZE) as usize] ^= 1;
+        let (m2, digest2) = manifest(&b);
+        let store = Arc::new(BlockStore::new(dir.path().to_path_buf()));
+        key(&store, &id, 9);
+        // In chunks (protocol 3) ...
+        let p = store.chunk(id.clone(), chunk_of(&m2, 0, 4)).unwrap();
+        assert_eq!((p.need.clone(), p.resumed), (vec![3], 1));
+        // ... then the sender falls back to a whole manifest (protocol 2):
+        // the chunk log counts as the earlier manifest.
+        let plan = store.begin(id.clone(), m2.clone()).unwrap();
+        assert_eq!(plan.need, vec![3]);
+        store
+            .receive(&id, futures_util::stream::iter(frames(&b, &plan.need)))
+            .await
+            .unwrap();
+        store.finish(&id, &digest2).unwrap();
+        assert!(stored(&store, "z", b.len()) == b, "block 2 was cleared");
     }
 
     #[tokio::test]

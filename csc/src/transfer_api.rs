@@ -10,11 +10,17 @@ use axum::{Json, Router};
 use proto::transfer::{
     BlocksReceived, DiskKeyGrant, TransferBegin, TransferDone, TransferFinish, TransferPlan, TransferPrepare, TransferStats,
 };
+use proto::transfer_chunk::{ChunkPlan, TransferChunk};
 
 use crate::api::{ApiJson, Failure};
 use crate::blocks;
 use crate::disks::DiskId;
 use crate::node::Node;
+
+/// Environment variable: `2` makes the node answer manifest chunks as a
+/// node before transfer protocol 3 does (404), for A/B runs and tests of
+/// the sender's fallback; read at each request.
+pub const PROTOCOL_ENV: &str = "ISTHMUS_NODE_TRANSFER_PROTOCOL";
 
 /// A manifest lists up to 64 Ki blocks of ~90 bytes of JSON each.
 const MANIFEST_LIMIT: usize = 16 << 20;
@@ -29,7 +35,7 @@ impl From<blocks::Error> for Failure {
                 E::BadManifest(_) | E::Frame(_) | E::Body { .. } | E::NotInManifest { .. } | E::BadKey(_) => StatusCode::BAD_REQUEST,
                 E::NoKey(_) => StatusCode::PRECONDITION_REQUIRED,
                 E::NotStarted(_) => StatusCode::NOT_FOUND,
-                E::Incomplete { .. } => StatusCode::CONFLICT,
+                E::Incomplete { .. } | E::ChunkOrder { .. } | E::ManifestIncomplete { .. } => StatusCode::CONFLICT,
                 E::DigestMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 E::Io(..) | E::Task(_) | E::Disk(..) => StatusCode::INTERNAL_SERVER_ERROR,
             }
@@ -45,6 +51,9 @@ impl From<blocks::Error> for Failure {
             E::Incomplete { .. } | E::Frame(_) | E::Body { .. } => {
                 f.hint("begin the transfer again; the node asks only for the blocks it lacks")
             }
+            E::ChunkOrder { .. } | E::ManifestIncomplete { .. } => f.hint(
+                "send the manifest's chunks again in order from block 0 (POST /v1/transfers/{id}/chunks); the node asks only for the blocks it lacks",
+            ),
             _ => f,
         }
     }
@@ -56,6 +65,10 @@ pub fn routes() -> Router<Arc<Node>> {
         .route("/v1/transfers", get(stats))
         .route("/v1/transfers/{id}", post(begin).layer(DefaultBodyLimit::max(MANIFEST_LIMIT)))
         .route("/v1/transfers/{id}/prepare", post(prepare))
+        .route(
+            "/v1/transfers/{id}/chunks",
+            post(chunk).layer(DefaultBodyLimit::max(MANIFEST_LIMIT)),
+        )
         .route("/v1/transfers/{id}/blocks", put(blocks))
         .route("/v1/transfers/{id}/finish", post(finish))
         .route("/v1/disks/{id}/key", put(grant_key).delete(forget_key))
@@ -130,6 +143,33 @@ async fn begin(
         .await
         .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     tracing::info!(disk = %plan.id, need = plan.need.len(), resumed = plan.resumed, deduped = plan.deduped, "transfer begun");
+    Ok(Json(plan))
+}
+
+/// `POST /v1/transfers/{id}/chunks` (protocol 3): one chunk of the
+/// manifest; answers the blocks of its range the node still needs.
+async fn chunk(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<TransferChunk>,
+) -> Result<Json<ChunkPlan>, Failure> {
+    if std::env::var(PROTOCOL_ENV).is_ok_and(|v| v.trim() == "2") {
+        // As a node before protocol 3 answers: the sender sends the whole manifest.
+        return Err(Failure::new(
+            StatusCode::NOT_FOUND,
+            format!("this node takes whole manifests only ({PROTOCOL_ENV}=2)"),
+        ));
+    }
+    let id: DiskId = id.parse()?;
+    if req.start == 0 {
+        not_in_use(&node, &id).await?;
+    }
+    let store = node.disks().blocks().clone();
+    let (start, end) = (req.start, req.end);
+    let plan = tokio::task::spawn_blocking(move || store.chunk(id, req))
+        .await
+        .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    tracing::debug!(disk = %plan.id, start, end, need = plan.need.len(), resumed = plan.resumed, deduped = plan.deduped, "manifest chunk");
     Ok(Json(plan))
 }
 

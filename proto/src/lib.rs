@@ -11,6 +11,7 @@ pub mod lcg_members;
 pub mod mac;
 pub mod profile;
 pub mod transfer;
+pub mod transfer_chunk;
 pub mod wwn;
 
 pub use mac::MacAddr;

@@ -410,13 +410,7 @@ impl TransferBegin {
     /// and inside the disk, hashes of 64 hex digits); returns index → hash.
     pub fn checked_blocks(&self) -> Result<std::collections::HashMap<u64, BlockHash>, ManifestError> {
         let bad = |m: String| Err(ManifestError(m));
-        if self.block_size != BLOCK_SIZE {
-            return bad(format!("block size {} is not {BLOCK_SIZE}", self.block_size));
-        }
-        if self.size > MAX_TRANSFER_BYTES {
-            return bad(format!("disk of {} bytes is above the limit of {MAX_TRANSFER_BYTES}", self.size));
-        }
-        let n = block_count(self.size);
+        let n = checked_geometry(self.size, self.block_size)?;
         let mut m = std::collections::HashMap::with_capacity(self.blocks.len());
         let mut last = None;
         for b in &self.blocks {
@@ -434,6 +428,19 @@ impl TransferBegin {
         }
         Ok(m)
     }
+}
+
+/// Checks a manifest's block size and disk size; returns the disk's block count.
+pub(crate) fn checked_geometry(size: u64, block_size: u64) -> Result<u64, ManifestError> {
+    if block_size != BLOCK_SIZE {
+        return Err(ManifestError(format!("block size {block_size} is not {BLOCK_SIZE}")));
+    }
+    if size > MAX_TRANSFER_BYTES {
+        return Err(ManifestError(format!(
+            "disk of {size} bytes is above the limit of {MAX_TRANSFER_BYTES}"
+        )));
+    }
+    Ok(block_count(size))
 }
 
 /// `POST /v1/transfers/{id}/prepare`: the node may make the empty encrypted
@@ -577,6 +584,10 @@ pub struct TransferStats {
     /// `POST /v1/transfers/{id}/prepare` (absent from nodes before protocol 2).
     #[serde(default)]
     pub images_prepared: u64,
+    /// Manifest chunks taken (`POST /v1/transfers/{id}/chunks`, protocol 3;
+    /// absent from nodes before it).
+    #[serde(default)]
+    pub manifest_chunks: u64,
 }
 
 #[cfg(test)]

@@ -7,10 +7,14 @@
 //! 2. `copy_mbps`: `isthmus stage` (the block transfer every move uses: SHA-256,
 //!    zstd, mutual-TLS streams) of a synthetic 2 GiB qcow2 with ~0.5 GiB of
 //!    data to the real `isthmus-node`.
-//!    `copy_v1_mbps`: the same with the sender as before protocol 2 (no
-//!    prepare, zstd frames only: `ISTHMUS_TRANSFER_PROTOCOL1=1`), of an image
-//!    of the same layout with other random bytes (the node would dedup the
-//!    first), right after it: an A/B from one run on a loaded machine.
+//!    data to the real `isthmus-node`, with transfer protocol 3 (the manifest
+//!    in chunks, sent while the disk is still hashed).
+//!    `copy_v2_mbps`: the same with protocol 2 (the whole disk hashed before
+//!    the first block leaves: `ISTHMUS_TRANSFER_PROTOCOL=2`), and
+//!    `copy_v1_mbps` with the sender as before protocol 2 (no prepare, zstd
+//!    frames only: `ISTHMUS_TRANSFER_PROTOCOL=1`), each of an image of the
+//!    same layout with other random bytes (the node would dedup the first),
+//!    right after it: an A/B/C from one run.
 //! 3. `rsync_mbps`: `rsync --sparse` of the same qcow2 file to an rsync daemon
 //!    in the cloud namespace.
 //! 4. `nbd_mbps`: `qemu-img convert` of the same image to a `qemu-nbd` export.
@@ -86,16 +90,22 @@ fn main() -> Result<()> {
 
     eprintln!("bench-move: making the synthetic image …");
     let base = synthetic(&lab.work, "bench-base", 0x2545F4914F6CDD1D)?;
+    let other_v2 = synthetic(&lab.work, "bench-v2", 0x9E3779B97F4A7C15)?;
     let other = synthetic(&lab.work, "bench-v1", 0xD1B54A32D192ED03)?;
     let base_len = std::fs::metadata(&base)?.len();
 
     eprintln!("bench-move: isthmus stage …");
     let t = Instant::now();
-    let sent = stage(&lab, &base, false)?;
+    let sent = stage(&lab, &base, 3)?;
     let copy_s = t.elapsed().as_secs_f64();
+    eprintln!("bench-move: isthmus stage as protocol 2 …");
+    let t = Instant::now();
+    let sent_v2 = stage(&lab, &other_v2, 2)?;
+    let copy_v2_s = t.elapsed().as_secs_f64();
+    let copy_v2_mbps = mbps(sent_v2["allocated"].as_u64().unwrap_or(0), copy_v2_s);
     eprintln!("bench-move: isthmus stage as protocol 1 …");
     let t = Instant::now();
-    let sent_v1 = stage(&lab, &other, true)?;
+    let sent_v1 = stage(&lab, &other, 1)?;
     let copy_v1_s = t.elapsed().as_secs_f64();
     let copy_v1_mbps = mbps(sent_v1["allocated"].as_u64().unwrap_or(0), copy_v1_s);
     let allocated = sent["allocated"].as_u64().unwrap_or(0);
@@ -104,6 +114,8 @@ fn main() -> Result<()> {
     // Where the stage's time went (read + hash, send, node verification).
     let phase = |k: &str| sent[k].as_f64().unwrap_or(-1.0);
     let (scan_s, send_s, finish_s) = (phase("scan_s"), phase("send_s"), phase("finish_s"));
+    let phase_v2 = |k: &str| sent_v2[k].as_f64().unwrap_or(-1.0);
+    let (scan_v2_s, send_v2_s, finish_v2_s) = (phase_v2("scan_s"), phase_v2("send_s"), phase_v2("finish_s"));
 
     eprintln!("bench-move: rsync --sparse …");
     let rsync_s = rsync(&lab, &base)?;
@@ -111,6 +123,7 @@ fn main() -> Result<()> {
     if copy_only {
         let json = serde_json::json!({
             "copy_mbps": r1(copy_mbps),
+            "copy_v2_mbps": r1(copy_v2_mbps),
             "copy_v1_mbps": r1(copy_v1_mbps),
             "link_mbps": r1(link_mbps),
             "rsync_mbps": r1(rsync_mbps),
@@ -120,6 +133,10 @@ fn main() -> Result<()> {
             "copy_scan_s": scan_s,
             "copy_send_s": send_s,
             "copy_finish_s": finish_s,
+            "copy_v2_s": r3(copy_v2_s),
+            "copy_v2_scan_s": scan_v2_s,
+            "copy_v2_send_s": send_v2_s,
+            "copy_v2_finish_s": finish_v2_s,
             "allocated_bytes": allocated,
             "wire_bytes": wire,
         });
@@ -133,7 +150,7 @@ fn main() -> Result<()> {
 
     eprintln!("bench-move: dedup (same base, ~3% changed) …");
     let second = changed_copy(&lab.work, &base)?;
-    let sent2 = stage(&lab, &second, false)?;
+    let sent2 = stage(&lab, &second, 3)?;
     let allocated2 = sent2["allocated"].as_u64().unwrap_or(0);
     let wire2 = sent2["done"]["wire_bytes"].as_u64().unwrap_or(0);
     let dedup_sent_ratio = if allocated2 > 0 { wire2 as f64 / allocated2 as f64 } else { -1.0 };
@@ -154,6 +171,7 @@ fn main() -> Result<()> {
     println!("{:<38} {:>10} {:>10.0} {:>11.0}%", "iperf3 TCP (link_mbps)", "", link_mbps, 100.0);
     for (what, s, r) in [
         ("isthmus stage (copy_mbps)", copy_s, copy_mbps),
+        ("isthmus stage, protocol 2 (copy_v2_mbps)", copy_v2_s, copy_v2_mbps),
         ("isthmus stage, protocol 1 (copy_v1_mbps)", copy_v1_s, copy_v1_mbps),
         ("rsync --sparse, daemon (rsync_mbps)", rsync_s, rsync_mbps),
         ("qemu-img convert → qemu-nbd (nbd_mbps)", nbd_s, nbd_mbps),
@@ -161,9 +179,10 @@ fn main() -> Result<()> {
         println!("{what:<38} {s:>10.2} {r:>10.0} {:>11.0}%", pct(r, link_mbps));
     }
     println!(
-        "isthmus stage phases: scan (read + SHA-256) {scan_s:.2} s, send {send_s:.2} s ({:.0} Mbit/s), node verification {finish_s:.2} s",
+        "isthmus stage phases: scan (read + SHA-256) {scan_s:.2} s, send {send_s:.2} s ({:.0} Mbit/s; protocol 3: during the scan), node verification {finish_s:.2} s",
         mbps(allocated, send_s)
     );
+    println!("protocol 2 phases: scan {scan_v2_s:.2} s, then send {send_v2_s:.2} s, node verification {finish_v2_s:.2} s");
     println!(
         "isthmus wire bytes (zstd): {:.0} MiB for {:.0} MiB allocated ({:.0}%)",
         wire as f64 / MIB as f64,
@@ -189,6 +208,7 @@ fn main() -> Result<()> {
     );
     let json = serde_json::json!({
         "copy_mbps": r1(copy_mbps),
+        "copy_v2_mbps": r1(copy_v2_mbps),
         "copy_v1_mbps": r1(copy_v1_mbps),
         "link_mbps": r1(link_mbps),
         "rsync_mbps": r1(rsync_mbps),
@@ -197,6 +217,9 @@ fn main() -> Result<()> {
         "copy_scan_s": scan_s,
         "copy_send_s": send_s,
         "copy_finish_s": finish_s,
+        "copy_v2_scan_s": scan_v2_s,
+        "copy_v2_send_s": send_v2_s,
+        "copy_v2_finish_s": finish_v2_s,
         "dedup_sent_ratio": r3(dedup_sent_ratio),
         "outage_s": outage_s,
         "guest_boot_s": guest_boot_s,
@@ -345,15 +368,12 @@ fn s(p: &Path) -> String {
 
 /// `isthmus stage <image> --to cloud1 --json`, run in the data center
 /// namespace (the CLI itself sends the blocks); the node's report.
-/// `protocol1`: the sender behaves as before protocol 2.
-fn stage(lab: &Lab, image: &Path, protocol1: bool) -> Result<serde_json::Value> {
+/// `protocol`: the sender's transfer protocol (`ISTHMUS_TRANSFER_PROTOCOL`).
+fn stage(lab: &Lab, image: &Path, protocol: u8) -> Result<serde_json::Value> {
     let bin = isthmus_lab::bin("isthmus")?;
     let dir = lab.work.join("appliance");
-    let env = format!("{}={}", appliance::moves::transfer::PROTOCOL1_ENV, u8::from(protocol1));
-    let mut argv = vec!["env"];
-    if protocol1 {
-        argv.push(&env);
-    }
+    let env = format!("{}={protocol}", appliance::moves::transfer::PROTOCOL_ENV);
+    let mut argv = vec!["env", env.as_str()];
     let (bin, dir, image) = (s(&bin), s(&dir), s(image));
     argv.extend([bin.as_str(), "--data-dir", &dir, "stage", &image, "--to", "cloud1", "--json"]);
     let out = lab.ns.exec(&lab.dc, &argv)?;

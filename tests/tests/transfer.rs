@@ -181,7 +181,9 @@ async fn cut_link_resumes_and_a_same_base_server_dedups() {
     let base = base_image(work.path());
 
     // Stage the base image (`isthmus stage`, CA under <data dir>/pki); the
-    // link breaks after 3 blocks per stream.
+    // link breaks after 3 blocks per stream, in the middle of a chunked
+    // transfer (protocol 3: the manifest goes in chunks of up to 32 blocks
+    // while the disk is still hashed).
     let (progress, last) = counter();
     let opts = Options {
         break_after_frames: Some(3),
@@ -205,6 +207,8 @@ async fn cut_link_resumes_and_a_same_base_server_dedups() {
     // and the resumed attempt kept it; nothing prepared is left over.
     let stats = node.client.transfer_stats().await.unwrap();
     assert_eq!(stats.images_prepared, 1, "{stats:?}");
+    // Chunks of 8 and then 32 blocks, and the first chunks again after the cut.
+    assert!(stats.manifest_chunks >= 3, "{stats:?}");
     let left: Vec<_> = std::fs::read_dir(node.disks.join(".transfers"))
         .unwrap()
         .flatten()
@@ -242,14 +246,20 @@ async fn cut_link_resumes_and_a_same_base_server_dedups() {
     assert!(same_on_node(&web2, &node.disks.join("web2.img"), work.path(), "web2"));
     assert_ne!(s.done.digest, s2.done.digest);
 
-    // Sending the same disk again sends nothing and still verifies.
+    // Sending the same disk again sends nothing and still verifies, also
+    // with the whole manifest at once (protocol 2).
     let before = node.client.transfer_stats().await.unwrap();
     let (progress, _) = counter();
-    let s3 = send_disk(&node.client, "web2-again", &web2, work.path(), &Options::default(), progress)
+    let v2 = Options {
+        chunked: false,
+        ..Options::default()
+    };
+    let s3 = send_disk(&node.client, "web2-again", &web2, work.path(), &v2, progress)
         .await
         .unwrap();
     let after = node.client.transfer_stats().await.unwrap();
     assert_eq!(after.wire_bytes_received, before.wire_bytes_received, "{s3:?}");
+    assert_eq!(after.manifest_chunks, before.manifest_chunks, "protocol 2 sends no chunks");
     assert_eq!(s3.done.digest, s2.done.digest);
 
     // At rest: no file of the node holds a block's plaintext (nor a key).
@@ -291,6 +301,49 @@ async fn cut_link_resumes_and_a_same_base_server_dedups() {
         let hits = files_containing(&node.state, pattern);
         assert!(hits.is_empty(), "plaintext found on the node after the failed starts in {hits:?}");
     }
+}
+
+/// A node before transfer protocol 3 (the node's switch
+/// `ISTHMUS_NODE_TRANSFER_PROTOCOL=2` makes it answer manifest chunks with
+/// 404, as such a node does) gets the whole manifest, and a cut link still
+/// resumes. The check runs in a child process of this test binary
+/// ([`old_node_child`]), so that the switch reaches no other test's node.
+#[test]
+fn an_old_node_gets_the_whole_manifest() {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "old_node_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(csc::transfer_api::PROTOCOL_ENV, "2")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("1 passed"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by an_old_node_gets_the_whole_manifest, in a child process"]
+async fn old_node_child() {
+    assert_eq!(
+        std::env::var(csc::transfer_api::PROTOCOL_ENV).as_deref(),
+        Ok("2"),
+        "run through an_old_node_gets_the_whole_manifest"
+    );
+    let work = tempfile::tempdir().unwrap();
+    let node = node_and_client(work.path()).await;
+    let image = small_image(work.path());
+    let (progress, last) = counter();
+    let opts = Options {
+        break_after_frames: Some(1),
+        ..Options::default()
+    };
+    assert!(opts.chunked, "the sender tries protocol 3 first");
+    let s = send_disk(&node.client, "old1", &image, work.path(), &opts, progress).await.unwrap();
+    assert_eq!(s.attempts, 2, "{s:?}");
+    assert!(s.done.blocks_resumed >= 1, "{s:?}");
+    assert_eq!(s.done.blocks_sent, s.done.blocks, "{s:?}");
+    assert_eq!(last.load(Ordering::Relaxed), s.data_bytes);
+    let stats = node.client.transfer_stats().await.unwrap();
+    assert_eq!((stats.manifest_chunks, stats.images_prepared), (0, 1), "{stats:?}");
+    assert!(same_on_node(&image, &node.disks.join("old1.img"), work.path(), "old1"));
 }
 
 /// `len` incompressible bytes (xorshift64).

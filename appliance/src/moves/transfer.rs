@@ -10,6 +10,11 @@
 //!    streams (mutual TLS). A broken stream is not fatal: begin again, and the
 //!    node asks only for what did not arrive.
 //! 4. Ask the node to finish: it re-reads the disk and compares digests.
+//!
+//! Protocol 3 ([`chunked`], the default) overlaps steps 1 to 3: the manifest
+//! goes in chunks as they are hashed, the node answers each with the blocks
+//! it needs, and those blocks are on the wire while the next chunk is read
+//! and hashed. A node before protocol 3 gets the whole manifest (protocol 2).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +26,8 @@ use proto::transfer::{encode_frame, encode_frame_auto, hex, sha256, BlockEntry, 
 
 use crate::cloud::{CloudClient, CloudError};
 use crate::moves::extents::{ExtentError, GuestView};
+
+mod chunked;
 
 /// Errors sending a disk.
 #[derive(Debug, thiserror::Error)]
@@ -72,21 +79,35 @@ pub struct Options {
     pub prepare: bool,
     /// Send blocks zstd does not shrink uncompressed, when the node takes them.
     pub raw_frames: bool,
+    /// Send the manifest in chunks while hashing (protocol 3), when the node
+    /// takes them; else hash the whole disk first (protocol 2).
+    pub chunked: bool,
 }
 
 /// Environment variable that makes the sender behave as before protocol 2
 /// (no prepare, zstd frames only): for A/B runs of `make bench-move`.
 pub const PROTOCOL1_ENV: &str = "ISTHMUS_TRANSFER_PROTOCOL1";
 
+/// Environment variable choosing the sender's protocol for A/B runs of
+/// `make bench-move`: `1` (as [`PROTOCOL1_ENV`]), `2` (whole manifest
+/// first) or `3` (chunked manifest, the default).
+pub const PROTOCOL_ENV: &str = "ISTHMUS_TRANSFER_PROTOCOL";
+
 impl Default for Options {
     fn default() -> Self {
-        let v2 = std::env::var_os(PROTOCOL1_ENV).is_none();
+        let protocol = match std::env::var(PROTOCOL_ENV).ok().as_deref().map(str::trim) {
+            _ if std::env::var_os(PROTOCOL1_ENV).is_some_and(|v| v != "0") => 1,
+            Some("1") => 1,
+            Some("2") => 2,
+            _ => 3,
+        };
         Options {
             streams: 4,
             attempts: 6,
             break_after_frames: None,
-            prepare: v2,
-            raw_frames: v2,
+            prepare: protocol >= 2,
+            raw_frames: protocol >= 2,
+            chunked: protocol >= 3,
         }
     }
 }
@@ -104,9 +125,11 @@ pub struct Sent {
     pub attempts: u32,
     /// Image format of the source.
     pub format: String,
-    /// Seconds reading and hashing the source (the manifest).
+    /// Seconds reading and hashing the source (the manifest); with
+    /// protocol 3 the send runs meanwhile.
     pub scan_s: f64,
-    /// Seconds from the first begin to the last block delivered.
+    /// Seconds from the first begin (protocol 3: the first chunk) to the
+    /// last block delivered.
     pub send_s: f64,
     /// Seconds of the node's verification (finish).
     pub finish_s: f64,
@@ -116,7 +139,7 @@ pub struct Sent {
 pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
 struct Scan {
-    view: GuestView,
+    view: Arc<GuestView>,
     begin: TransferBegin,
     digest: String,
     data_bytes: u64,
@@ -127,7 +150,7 @@ fn scan(path: &Path, work: &Path) -> Result<Scan, TransferError> {
 }
 
 fn scan_view(view: GuestView, path: &Path) -> Result<Scan, TransferError> {
-    let hashes = hash_blocks(&view, path)?;
+    let hashes = hash_blocks(&view, &view.candidate_blocks(), path)?;
     let mut digest = DiskDigest::new(view.size);
     let mut blocks = Vec::new();
     let mut data_bytes = 0;
@@ -151,7 +174,7 @@ fn scan_view(view: GuestView, path: &Path) -> Result<Scan, TransferError> {
     };
     Ok(Scan {
         digest: digest.finish(),
-        view,
+        view: Arc::new(view),
         begin,
         data_bytes,
     })
@@ -160,16 +183,14 @@ fn scan_view(view: GuestView, path: &Path) -> Result<Scan, TransferError> {
 /// A block index and its hash (`None`: all zeros).
 type Hashed = (u64, Option<proto::transfer::BlockHash>);
 
-/// Reads and hashes every candidate block of `view` on one thread per core
+/// Reads and hashes the `candidates` blocks of `view` on one thread per core
 /// (SHA-256 is the cost; reads of the same file or export interleave):
 /// `(index, None)` for an all-zero block, ascending.
-fn hash_blocks(view: &GuestView, path: &Path) -> Result<Vec<Hashed>, TransferError> {
-    let candidates = view.candidate_blocks();
+fn hash_blocks(view: &GuestView, candidates: &[u64], path: &Path) -> Result<Vec<Hashed>, TransferError> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
     let parts: Vec<Result<Vec<Hashed>, TransferError>> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|t| {
-                let candidates = &candidates;
                 s.spawn(move || {
                     let mut buf = Vec::with_capacity(BLOCK_SIZE as usize);
                     let mut out = Vec::with_capacity(candidates.len() / threads + 1);
@@ -228,34 +249,83 @@ pub async fn send_disk(
         let (client, id, size) = (client.clone(), id.to_string(), view.size);
         tokio::spawn(async move { client.transfer_prepare(&id, size).await })
     });
-    let p = path.to_path_buf();
-    let scan = Arc::new(
-        tokio::task::spawn_blocking(move || scan_view(view, &p))
+    let (scan, scan_s) = if opts.chunked {
+        match chunked::send(client, id, Arc::new(view), path, opts, progress.clone(), t0, prepared).await? {
+            chunked::Outcome::Sent(s) => return Ok(s),
+            // A node before protocol 3: the whole manifest, as protocol 2.
+            chunked::Outcome::OldNode(scan, scan_s) => (Arc::new(scan), scan_s),
+        }
+    } else {
+        let p = path.to_path_buf();
+        let scan = tokio::task::spawn_blocking(move || scan_view(view, &p))
             .await
-            .map_err(|e| TransferError::Task(e.to_string()))??,
-    );
-    let total = scan.data_bytes;
-    let scan_s = t0.elapsed().as_secs_f64();
-    let t1 = std::time::Instant::now();
+            .map_err(|e| TransferError::Task(e.to_string()))??;
+        let scan_s = t0.elapsed().as_secs_f64();
+        wait_prepared(id, prepared).await;
+        (Arc::new(scan), scan_s)
+    };
+    send_whole(client, id, scan, scan_s, opts, progress).await
+}
+
+/// After an interrupted attempt (`e`): counts the next one, or gives up
+/// after [`Options::attempts`].
+pub(crate) fn retry_or_give_up(opts: &Options, id: &str, e: CloudError, attempt: &mut u32) -> Result<(), TransferError> {
+    if *attempt >= opts.attempts {
+        return Err(TransferError::Cloud(e, *attempt));
+    }
+    tracing::warn!(disk = id, attempt = *attempt, error = %e, "block transfer interrupted; resuming");
+    *attempt += 1;
+    Ok(())
+}
+
+/// The node's answer to finish: its report when its digest is `ours`, an
+/// error when the digests differ, or (inner `Err`) a failure to retry.
+fn check_finish(
+    id: &str,
+    ours: &str,
+    finished: Result<TransferDone, CloudError>,
+) -> Result<Result<TransferDone, CloudError>, TransferError> {
+    match finished {
+        Ok(d) if d.digest == ours => Ok(Ok(d)),
+        Ok(d) => Err(TransferError::Digest {
+            id: id.into(),
+            ours: ours.into(),
+            theirs: d.digest,
+        }),
+        Err(e) => Ok(Err(e)),
+    }
+}
+
+/// `POST /v1/transfers/{id}/prepare` running (see [`Options::prepare`]).
+type Preparing = Option<tokio::task::JoinHandle<Result<(), CloudError>>>;
+
+/// Waits for the node's answer to prepare; never fatal: the begin makes
+/// the image (older nodes have no prepare).
+async fn wait_prepared(id: &str, prepared: Preparing) {
     if let Some(p) = prepared {
-        // Not fatal: the begin makes the image (older nodes have no prepare).
         match p.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::info!(disk = id, error = %e, "the node did not prepare the image; it makes it at begin"),
             Err(e) => tracing::info!(disk = id, error = %e, "prepare task failed; the node makes the image at begin"),
         }
     }
+}
+
+/// Protocol 2: the whole manifest, then the blocks the node needs.
+async fn send_whole(
+    client: &CloudClient,
+    id: &str,
+    scan: Arc<Scan>,
+    scan_s: f64,
+    opts: &Options,
+    progress: Progress,
+) -> Result<Sent, TransferError> {
+    let total = scan.data_bytes;
+    let t1 = std::time::Instant::now();
     let size_of = |i: u64| proto::transfer::block_len(scan.view.size, i);
     // Attempts = 1 + interrupted rounds.
     let mut attempt = 1;
-    let retry = |e: CloudError, attempt: &mut u32| -> Result<(), TransferError> {
-        if *attempt >= opts.attempts {
-            return Err(TransferError::Cloud(e, *attempt));
-        }
-        tracing::warn!(disk = id, attempt = *attempt, error = %e, "block transfer interrupted; resuming");
-        *attempt += 1;
-        Ok(())
-    };
+    let retry = |e: CloudError, attempt: &mut u32| retry_or_give_up(opts, id, e, attempt);
     loop {
         let plan = match client.transfer_begin(id, &scan.begin).await {
             Ok(p) => p,
@@ -298,8 +368,8 @@ pub async fn send_disk(
         let finished = client.transfer_finish(id, &scan.digest).await;
         let finish_s = t2.elapsed().as_secs_f64();
         tracing::info!(disk = id, scan_s, send_s, finish_s, "disk sent");
-        match finished {
-            Ok(d) if d.digest == scan.digest => {
+        match check_finish(id, &scan.digest, finished)? {
+            Ok(d) => {
                 return Ok(Sent {
                     scan_s,
                     send_s,
@@ -309,13 +379,6 @@ pub async fn send_disk(
                     data_bytes: total,
                     attempts: attempt,
                     format: scan.view.format.clone(),
-                })
-            }
-            Ok(d) => {
-                return Err(TransferError::Digest {
-                    id: id.into(),
-                    ours: scan.digest.clone(),
-                    theirs: d.digest,
                 })
             }
             Err(e) => retry(e, &mut attempt)?,
@@ -347,19 +410,8 @@ fn frame_stream(
                 )));
                 return;
             }
-            let item = scan.view.read_block(index, &mut buf).map(|()| {
-                let h = hashes
-                    .get(&index)
-                    .and_then(|h| proto::transfer::parse_hash(h))
-                    .unwrap_or_else(|| sha256(&buf));
-                let mut out = Vec::with_capacity(buf.len() + proto::transfer::FRAME_HEADER);
-                if raw_frames {
-                    encode_frame_auto(index, &buf, &h, &mut out);
-                } else {
-                    encode_frame(index, &buf, &h, &mut out);
-                }
-                Bytes::from(out)
-            });
+            let h = hashes.get(&index).and_then(|h| proto::transfer::parse_hash(h));
+            let item = frame_block(&scan.view, index, h, raw_frames, &mut buf);
             let len = buf.len() as u64;
             if tx.blocking_send(item).is_err() {
                 return;
@@ -368,4 +420,24 @@ fn frame_stream(
         }
     });
     reqwest::Body::wrap_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}
+
+/// Reads block `index` of `view` into `buf` and frames it with its hash
+/// from the manifest (`None`: hashed here).
+fn frame_block(
+    view: &GuestView,
+    index: u64,
+    hash: Option<proto::transfer::BlockHash>,
+    raw_frames: bool,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Bytes> {
+    view.read_block(index, buf)?;
+    let h = hash.unwrap_or_else(|| sha256(buf));
+    let mut out = Vec::with_capacity(buf.len() + proto::transfer::FRAME_HEADER);
+    if raw_frames {
+        encode_frame_auto(index, buf, &h, &mut out);
+    } else {
+        encode_frame(index, buf, &h, &mut out);
+    }
+    Ok(Bytes::from(out))
 }
