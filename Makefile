@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build image demo test unit e2e smoke lint fmt fuzz clean-cache bench-netbridge bench-netbridge-deps images smoke-images bench-images bench-hv bench-hv-layouts bench-luks bench-move bench-inventory
+.PHONY: all deps build image demo test unit e2e smoke lint fmt fuzz clean-cache bench-netbridge bench-netbridge-deps images smoke-images bench-images bench-hv bench-hv-layouts bench-luks bench-move bench-inventory bench-dr
 
 all: build
 
@@ -86,6 +86,13 @@ bench-move: deps image
 	@bash tests/bench/move-deps.sh
 	$(CARGO) build --release -p appliance --bin isthmus -p csc --bin isthmus-node -p isthmus-lab --example bench_move
 	./target/release/examples/bench_move
+
+# DR rounds of the lab's running source with QEMU dirty bitmaps and without
+# them (ISTHMUS_DIRTY_BITMAPS=off), alternating in one run; last line JSON.
+bench-dr: deps image
+	$(CARGO) build --workspace --bins
+	$(CARGO) build -p isthmus-lab --example bench_dr
+	./target/debug/examples/bench_dr
 
 # Inventory: 10 000 descriptor imports, and inspection of a 20 GiB sparse
 # image (the test server grown with an ext4 data partition) beside
