@@ -14,7 +14,9 @@
 #   {"direct_tcg_boot_s": .., "nested_tcg_boot_s": .., "ratio": ..,
 #    "direct_tiny_s": .., "nested_tiny_s": ..}
 # Usage: nested-boot.sh [CLOUD_NODE_IMAGE_DIR [TEST_SERVER_DIR]]
-# Env: TIMEOUT (seconds for the nested boot, default 900).
+# Env: TIMEOUT (seconds for the nested boot, default 900); BOOT=fast measures
+# the test server's BOOT=fast recipe (cloud kernel, vmxnet3 NIC: see
+# test-server/README.md) instead of the normal one.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -28,7 +30,11 @@ die() {
 
 NODE=${1:-$(ISTHMUS_CACHED_ONLY=1 bash "$HERE/build.sh" 2>/dev/null | tail -n 1)} || NODE=
 [[ -n $NODE && -f $NODE/cloud-node.qcow2 ]] || die "no cloud node image (build it with make images)"
-SERVER=${2:-$(bash "$REPO/image-build/test-server/build.sh" 2>/dev/null | tail -n 1)}
+BOOT=${BOOT:-normal}
+SERVER=${2:-$(BOOT=$BOOT bash "$REPO/image-build/test-server/build.sh" 2>/dev/null | tail -n 1)}
+# The cloud kernel of BOOT=fast has no e1000 driver.
+NIC=e1000
+[[ $(jq -r .kernel "$SERVER/manifest.json") == *cloud* ]] && NIC=vmxnet3
 [[ -f $SERVER/disk.qcow2 ]] || die "no test server image in '$SERVER'"
 for c in qemu-system-x86_64 qemu-img jq mkfifo mkfs.vfat mcopy; do command -v "$c" >/dev/null || die "missing $c"; done
 # The test server checks that its NIC has its MAC (else it stops with ISTHMUS-FAILED).
@@ -66,7 +72,7 @@ qemu-img create -q -f qcow2 -b "$SERVER/disk.qcow2" -F qcow2 "$TMP/direct.qcow2"
 T0=$EPOCHREALTIME
 qemu-system-x86_64 -accel tcg -m 256 -smp 1 -display none -monitor none -nodefaults -vga none \
   -serial "file:$TMP/direct.log" -drive "file=$TMP/direct.qcow2,format=qcow2,if=ide" \
-  -netdev user,id=n0,restrict=on -device "e1000,netdev=n0,mac=$MAC" </dev/null >/dev/null 2>&1 &
+  -netdev user,id=n0,restrict=on -device "$NIC,netdev=n0,mac=$MAC" </dev/null >/dev/null 2>&1 &
 PIDS+=($!)
 DIRECT=$(wait_line "$TMP/direct.log" ISTHMUS-READY 300 "${PIDS[-1]}")
 kill "${PIDS[-1]}"
@@ -126,7 +132,7 @@ NESTED_TINY=$(wait_line "$TMP/node.log" '^TINY-OK' "$TIMEOUT" "$NODE_PID")
 log "nested TCG, tiny guest: inner QEMU start -> ISTHMUS-INITRD-OK in $NESTED_TINY s (direct: $DIRECT_TINY s)"
 T0=$EPOCHREALTIME
 cat >&4 <<SH
-qemu-system-x86_64 -accel tcg -m 256 -smp 1 -display none -monitor none -nodefaults -vga none -serial file:/tmp/s.log -drive file=/dev/sdb,format=raw,if=ide,snapshot=on -netdev user,id=n0,restrict=on -device e1000,netdev=n0,mac=$MAC </dev/null >/tmp/q.out 2>&1 &
+qemu-system-x86_64 -accel tcg -m 256 -smp 1 -display none -monitor none -nodefaults -vga none -serial file:/tmp/s.log -drive file=/dev/sdb,format=raw,if=ide,snapshot=on -netdev user,id=n0,restrict=on -device $NIC,netdev=n0,mac=$MAC </dev/null >/tmp/q.out 2>&1 &
 while ! grep -q ISTHMUS-READY /tmp/s.log 2>/dev/null; do sleep 0.2; done; echo NESTED""-READY
 SH
 NESTED=$(wait_line "$TMP/node.log" '^NESTED-READY' "$TIMEOUT" "$NODE_PID")
