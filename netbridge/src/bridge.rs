@@ -1159,7 +1159,19 @@ impl Worker {
                 let done = p.flush();
                 count_flushed(p, done, 0, &mut pending);
             }
+            let check_due = self
+                .io
+                .last_port_check
+                .is_none_or(|t| now.saturating_duration_since(t) >= PORT_CHECK_INTERVAL);
             check_ports(&mut self.io.ports, &mut self.io.last_port_check, now);
+            if check_due && self.control.is_none() {
+                // An idle worker opens its sockets of tunnels and ports
+                // added meanwhile (a busy one does so at its next frame).
+                let c = lock(&self.core, &self.shared.counters[self.index]);
+                if self.io.layout != c.local.layout {
+                    realign(&c, &mut self.io, now);
+                }
+            }
             if pending.any_flush_counts() {
                 // Into the core now, so stats() shows them without waiting
                 // for this worker's next frame.
