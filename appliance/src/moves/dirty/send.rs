@@ -17,7 +17,7 @@ use proto::transfer::{block_len, encode_frame, encode_frame_auto, sha256, BLOCK_
 use crate::cloud::{CloudClient, CloudError};
 use crate::moves::dirty::manifest::Manifest;
 use crate::moves::extents::GuestView;
-use crate::moves::transfer::{Options, Progress, TransferError};
+use crate::moves::transfer::{retry_or_give_up, Options, Progress, TransferError};
 
 /// What [`send_manifest`] did.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -50,14 +50,7 @@ pub async fn send_manifest(
     let total = manifest.data_bytes();
     let t1 = Instant::now();
     let mut attempt = 1;
-    let retry = |e: CloudError, attempt: &mut u32| -> Result<(), TransferError> {
-        if *attempt >= opts.attempts {
-            return Err(TransferError::Cloud(e, *attempt));
-        }
-        tracing::warn!(disk = id, attempt = *attempt, error = %e, "block transfer interrupted; resuming");
-        *attempt += 1;
-        Ok(())
-    };
+    let retry = |e: CloudError, attempt: &mut u32| retry_or_give_up(opts, id, e, attempt);
     loop {
         let plan = match client.transfer_begin(id, &begin).await {
             Ok(p) => p,
