@@ -71,7 +71,12 @@ impl BlockStore {
             return Err(e);
         }
         let deduped = self.dedup(&t, t.missing_in(c.start, c.end))?;
-        t.commit()?;
+        if deduped > 0 {
+            // Copied blocks durable and journaled before the answer; no
+            // flush otherwise (the image's flush is the costly part of a
+            // chunk, and blocks of earlier chunks may be arriving).
+            t.commit()?;
+        }
         self.manifest_chunks.fetch_add(1, Ordering::Relaxed);
         Ok(ChunkPlan {
             id: id.to_string(),
