@@ -260,7 +260,11 @@ impl Member {
                     self.stats.stale_grants += 1;
                     return Change::None;
                 };
-                if epoch < self.epoch {
+                // A lower epoch answering one of our own recent requests
+                // while we hold nothing: the arbiter restarted (its epochs
+                // begin again at 1; it granted nothing for one LEASE, so
+                // our old lease has lapsed). Refused only while we hold one.
+                if epoch < self.epoch && self.is_active(now) {
                     self.stats.stale_grants += 1;
                     return Change::None;
                 }
@@ -551,6 +555,27 @@ mod tests {
             return Change::None;
         };
         m.on_message(ans, t + delay + delay)
+    }
+
+    #[test]
+    fn after_the_arbiter_restarts_a_member_that_held_a_higher_epoch_is_granted_again() {
+        let t0 = Instant::now();
+        let mut a = Arbiter::new(t0);
+        let mut m = Member::new();
+        let mut t = t0 + LEASE;
+        // Lapses in the old arbiter's life: each new grant is a new epoch.
+        for epoch in 1..=3 {
+            assert_eq!(exchange(&mut m, &mut a, K1, t, ms(1)), Change::BecameActive { epoch });
+            t += LEASE + LEASE;
+        }
+        // The node restarts: a new arbiter, epochs from 1 again.
+        let mut b = Arbiter::new(t);
+        t += LEASE + REQUEST_INTERVAL;
+        let before = m.epoch();
+        assert_eq!(before, 3);
+        assert!(!m.is_active(t));
+        assert_eq!(exchange(&mut m, &mut b, K1, t, ms(1)), Change::BecameActive { epoch: 1 });
+        assert!(m.is_active(t + ms(3)) && b.may_forward(&K1, t + ms(3)));
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //! client pings the cloud host through it; `kill -9` of the primary → the
 //! client's pings resume through the standby in < 3 s (from ping's own
 //! timestamps) with no reply delivered twice, and the standby's status shows
-//! the lease held.
+//! the lease held; after a restart of the node (which reads its member list
+//! back) the host answers through the standby again.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -403,6 +404,36 @@ taps = ["tap-host"]
     ensure!(
         s_b["standby"] == false && lease(&s_b)["takeovers"].as_u64().unwrap_or(0) >= 1,
         "{s_b}"
+    );
+
+    // The node restarts: it reads its member list back from its state
+    // directory, the standby's tunnel comes back and carries again.
+    node.stop();
+    let argv = [
+        node_bin.as_str(),
+        "serve",
+        "--state-dir",
+        &node_state,
+        "--listen",
+        &listen,
+        "--bridge-listen",
+        &blisten,
+        "--bridge-port",
+        "seg",
+    ];
+    let mut node = Proc::spawn("node", &cns, &argv, &[], &work.join("node-again.log"))?;
+    let until = Instant::now() + Duration::from_secs(60);
+    while ping(&cl, HOST_IP, 1).0 == 0 {
+        ensure!(
+            Instant::now() < until,
+            "the host never answered through the standby after the node restarted; node log:\n{}",
+            isthmus_lab::process::tail(&node.log_text())
+        );
+    }
+    let (replies, dups) = ping(&cl, HOST_IP, 5);
+    ensure!(
+        replies == 5 && dups == 0,
+        "after the node restart: {replies}/5 replies, {dups} duplicates"
     );
 
     app_b.stop();
