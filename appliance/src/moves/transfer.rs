@@ -181,12 +181,12 @@ fn scan_view(view: GuestView, path: &Path) -> Result<Scan, TransferError> {
 }
 
 /// A block index and its hash (`None`: all zeros).
-type Hashed = (u64, Option<proto::transfer::BlockHash>);
+pub(crate) type Hashed = (u64, Option<proto::transfer::BlockHash>);
 
 /// Reads and hashes the `candidates` blocks of `view` on one thread per core
 /// (SHA-256 is the cost; reads of the same file or export interleave):
 /// `(index, None)` for an all-zero block, ascending.
-fn hash_blocks(view: &GuestView, candidates: &[u64], path: &Path) -> Result<Vec<Hashed>, TransferError> {
+pub(crate) fn hash_blocks(view: &GuestView, candidates: &[u64], path: &Path) -> Result<Vec<Hashed>, TransferError> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
     let parts: Vec<Result<Vec<Hashed>, TransferError>> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)

@@ -5,13 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use proto::transfer::{block_count, block_len, hex, parse_hash, sha256, BlockEntry, BlockHash, DiskDigest, TransferBegin, BLOCK_SIZE};
+use proto::transfer::{block_count, block_len, hex, parse_hash, BlockEntry, BlockHash, DiskDigest, TransferBegin, BLOCK_SIZE};
 
 use crate::moves::extents::GuestView;
 use crate::moves::transfer::TransferError;
-
-/// A block index and its hash (`None`: all zeros).
-type Hashed = (u64, Option<BlockHash>);
 
 /// Non-zero blocks of a disk of `size` bytes, by index.
 #[derive(Clone, Debug, PartialEq)]
@@ -78,42 +75,10 @@ impl Manifest {
     /// Reads `blocks` of `view` (on up to four threads: SHA-256 is the cost)
     /// and records their hashes. Returns the bytes read.
     pub fn rescan(&mut self, view: &GuestView, path: &Path, blocks: &[u64]) -> Result<u64, TransferError> {
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
-        let parts: Vec<Result<Vec<Hashed>, TransferError>> = std::thread::scope(|s| {
-            let workers: Vec<_> = (0..threads)
-                .map(|t| {
-                    s.spawn(move || {
-                        let mut buf = Vec::with_capacity(BLOCK_SIZE as usize);
-                        blocks
-                            .iter()
-                            .skip(t)
-                            .step_by(threads)
-                            .map(|&index| {
-                                view.read_block(index, &mut buf).map_err(|source| TransferError::Read {
-                                    path: path.display().to_string(),
-                                    index,
-                                    source,
-                                })?;
-                                Ok((index, (!buf.iter().all(|&b| b == 0)).then(|| sha256(&buf))))
-                            })
-                            .collect()
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| {
-                    w.join()
-                        .unwrap_or_else(|_| Err(TransferError::Task("a hashing thread panicked".into())))
-                })
-                .collect()
-        });
         let mut read = 0;
-        for part in parts {
-            for (index, hash) in part? {
-                read += block_len(view.size, index);
-                self.set(index, hash);
-            }
+        for (index, hash) in crate::moves::transfer::hash_blocks(view, blocks, path)? {
+            read += block_len(view.size, index);
+            self.set(index, hash);
         }
         Ok(read)
     }
@@ -139,6 +104,7 @@ pub fn blocks_in(extents: &[(u64, u64)], size: u64) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proto::transfer::sha256;
 
     #[test]
     fn blocks_of_dirty_extents() {
