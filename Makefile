@@ -29,14 +29,17 @@ lint:
 unit:
 	$(CARGO) test --workspace --exclude isthmus-lab
 
+# The test server's boot smoke, then the image smoke (appliance + cloud node
+# images, the move through them) when the images of this tree are cached;
+# `make smoke-images` builds them first.
 smoke: image
 	bash image-build/test-server/smoke.sh
+	@bash image-build/appliance/smoke.sh --if-cached
 
 e2e: build image
 	$(CARGO) test -p isthmus-lab -- --test-threads=1
 
 test: build image lint unit smoke e2e
-	@bash image-build/appliance/smoke.sh --if-cached
 	@echo "make test: all green"
 
 # Runs every cargo-fuzz target for FUZZ_SECONDS each (needs the nightly toolchain).
