@@ -280,7 +280,7 @@ pub(crate) fn retry_or_give_up(opts: &Options, id: &str, e: CloudError, attempt:
 
 /// The node's answer to finish: its report when its digest is `ours`, an
 /// error when the digests differ, or (inner `Err`) a failure to retry.
-fn check_finish(
+pub(crate) fn check_finish(
     id: &str,
     ours: &str,
     finished: Result<TransferDone, CloudError>,
@@ -294,6 +294,21 @@ fn check_finish(
         }),
         Err(e) => Ok(Err(e)),
     }
+}
+
+/// Waits for every block stream of one attempt; the last upload error, if
+/// any (the attempt then begins again), or a fatal error when a stream task
+/// itself failed.
+pub(crate) async fn await_streams(
+    tasks: Vec<tokio::task::JoinHandle<Result<proto::transfer::BlocksReceived, CloudError>>>,
+) -> Result<Option<CloudError>, TransferError> {
+    let mut failed = None;
+    for t in tasks {
+        if let Err(e) = t.await.map_err(|e| TransferError::Task(e.to_string()))? {
+            failed = Some(e);
+        }
+    }
+    Ok(failed)
 }
 
 /// `POST /v1/transfers/{id}/prepare` running (see [`Options::prepare`]).
@@ -352,13 +367,7 @@ async fn send_whole(
             let id = id.to_string();
             tasks.push(tokio::spawn(async move { client.transfer_blocks(&id, body).await }));
         }
-        let mut failed = None;
-        for t in tasks {
-            if let Err(e) = t.await.map_err(|e| TransferError::Task(e.to_string()))? {
-                failed = Some(e);
-            }
-        }
-        if let Some(e) = failed {
+        if let Some(e) = await_streams(tasks).await? {
             // Begin again: the node tells what is still missing.
             retry(e, &mut attempt)?;
             continue;

@@ -88,13 +88,7 @@ pub async fn send_manifest(
             let (client, id) = (client.clone(), id.to_string());
             tasks.push(tokio::spawn(async move { client.transfer_blocks(&id, frames.body(part)).await }));
         }
-        let mut failed = None;
-        for t in tasks {
-            if let Err(e) = t.await.map_err(|e| TransferError::Task(e.to_string()))? {
-                failed = Some(e);
-            }
-        }
-        if let Some(e) = failed {
+        if let Some(e) = crate::moves::transfer::await_streams(tasks).await? {
             // Begin again: the node tells what is still missing.
             retry(e, &mut attempt)?;
             continue;
@@ -103,21 +97,14 @@ pub async fn send_manifest(
         let t2 = Instant::now();
         let finished = client.transfer_finish(id, &digest).await;
         let finish_s = t2.elapsed().as_secs_f64();
-        match finished {
-            Ok(d) if d.digest == digest => {
+        match crate::moves::transfer::check_finish(id, &digest, finished)? {
+            Ok(d) => {
                 return Ok(Delivered {
                     done: d,
                     allocated: view.allocated(),
                     attempts: attempt,
                     send_s,
                     finish_s,
-                })
-            }
-            Ok(d) => {
-                return Err(TransferError::Digest {
-                    id: id.into(),
-                    ours: digest,
-                    theirs: d.digest,
                 })
             }
             Err(e) => retry(e, &mut attempt)?,
