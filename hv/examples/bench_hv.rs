@@ -21,6 +21,29 @@ const MODES: [&str; 4] = ["seqwrite", "seqread", "randwrite", "randread"];
 /// fio queue depth (libaio).
 const IODEPTH: u32 = 16;
 
+/// The queue depth: [`IODEPTH`], or `BENCH_HV_IODEPTH` when set (to look
+/// at the queue-depth curve; the issue's figures use the default).
+fn iodepth() -> u32 {
+    std::env::var("BENCH_HV_IODEPTH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(IODEPTH)
+}
+
+/// The figures to measure: all of [`MODES`] in order, or the comma-separated
+/// subset in `BENCH_HV_MODES` (e.g. `seqwrite,seqread` while profiling).
+fn modes() -> anyhow::Result<Vec<String>> {
+    let Ok(list) = std::env::var("BENCH_HV_MODES") else {
+        return Ok(MODES.iter().map(|m| m.to_string()).collect());
+    };
+    list.split(',')
+        .map(|m| {
+            anyhow::ensure!(MODES.contains(&m), "BENCH_HV_MODES: unknown figure {m:?}; use some of {MODES:?}");
+            Ok(m.to_string())
+        })
+        .collect()
+}
+
 /// The fio command for one figure: terse v3 output, one line.
 fn fio_command(mode: &str) -> String {
     let (rw, bs) = match mode {
@@ -29,8 +52,9 @@ fn fio_command(mode: &str) -> String {
         "randwrite" => ("randwrite", "4k"),
         _ => ("randread", "4k"),
     };
+    let iodepth = iodepth();
     format!(
-        "fio --name={mode} --filename=/dev/vda --direct=1 --ioengine=libaio --iodepth={IODEPTH} \
+        "fio --name={mode} --filename=/dev/vda --direct=1 --ioengine=libaio --iodepth={iodepth} \
          --rw={rw} --bs={bs} --runtime={SECS} --time_based --output-format=terse --terse-version=3"
     )
 }
@@ -135,7 +159,8 @@ fn run(label: &str, base: &Path, dir: &Path, luks: bool, accel: AccelKind) -> an
         let mut con = g.serial_console(Duration::from_secs(5))?;
         con.send(b"\n")?;
         let mut io = Vec::new();
-        for mode in MODES {
+        for mode in modes()? {
+            let mode = mode.as_str();
             let r = con.run(&fio_command(mode), Duration::from_secs(120))?;
             anyhow::ensure!(r.status == 0, "fio {mode}: {}", r.output);
             let write = mode.ends_with("write");
@@ -193,7 +218,8 @@ fn main() -> anyhow::Result<()> {
             .map(|(_, i, m)| if iops { *i } else { *m })
             .unwrap_or(0.0)
     };
-    println!("hv bench: same guest, same run; data disk 128 MiB on virtio-blk; fio in the guest (O_DIRECT, libaio, QD{IODEPTH}, {SECS} s each); accel {accel}");
+    let qd = iodepth();
+    println!("hv bench: same guest, same run; data disk 128 MiB on virtio-blk; fio in the guest (O_DIRECT, libaio, QD{qd}, {SECS} s each); accel {accel}");
     println!("{:<28} {:>12} {:>12} {:>8}", "figure", "plain qcow2", "LUKS qcow2", "ratio");
     let rows = [
         ("4k randread IOPS", "randread", true),
@@ -211,7 +237,7 @@ fn main() -> anyhow::Result<()> {
     println!("{:<28} {:>12.0} {:>12.0}", "QEMU RSS MiB", plain.rss_mib, luks.rss_mib);
     let json = serde_json::json!({
         "accel": accel,
-        "io_tool": format!("fio in the guest (O_DIRECT, libaio, iodepth {IODEPTH}, {SECS} s)"),
+        "io_tool": format!("fio in the guest (O_DIRECT, libaio, iodepth {qd}, {SECS} s)"),
         "randread_iops_plain": fig(&plain, "randread", true).round(),
         "randread_iops_luks": fig(&luks, "randread", true).round(),
         "randwrite_iops_plain": fig(&plain, "randwrite", true).round(),
