@@ -130,6 +130,7 @@ fn run(label: &str, base: &Path, dir: &Path, luks: bool, accel: AccelKind) -> an
         boot,
         media: Default::default(),
         wwn: None,
+        serial: None,
     };
     let spec = GuestSpec {
         name: format!("bench-{label}"),

@@ -944,6 +944,7 @@ mod tests {
                     boot: true,
                     media: Default::default(),
                     wwn: None,
+                    serial: None,
                 }],
                 nics: vec![],
                 smbios: Default::default(),

@@ -36,6 +36,7 @@ fn spec(name: &str, disks: Vec<std::path::PathBuf>, tap: &str, run_dir: &Path) -
         boot,
         media: Default::default(),
         wwn: None,
+        serial: None,
     };
     GuestSpec {
         name: name.into(),

@@ -33,6 +33,18 @@ struct Case {
     root_disk: &'static str,
     /// Add an IDE CD-ROM (secondary master), seen as `sr0`.
     cdrom: bool,
+    /// Add a small virtio-blk data disk with a source serial
+    /// ([`VIRTIO_SERIAL`]), seen as `vda`.
+    virtio_data: bool,
+}
+
+/// The serial the virtio-blk data disk had at its source.
+const VIRTIO_SERIAL: &str = "VIO,DATA-0001";
+
+/// The serial the root disk had at its source: one per case, with a comma
+/// (which hv doubles on QEMU's command line) and at most 20 bytes.
+fn root_serial(c: &Case) -> String {
+    format!("SN,{}-0001", c.label.to_ascii_uppercase())
 }
 
 /// The SAS address the LSI SAS 1068 case's disk had at its source (a
@@ -47,6 +59,7 @@ fn profile(c: &Case, n: u32) -> HardwareProfile {
         boot: true,
         media: DiskMedia::Disk,
         wwn: (c.bus == DiskBus::Lsisas1068).then(|| SOURCE_SAS_ADDRESS.parse().unwrap()),
+        serial: Some(root_serial(c).parse().unwrap()),
     }];
     if c.cdrom {
         disks.push(DiskSpec {
@@ -55,6 +68,17 @@ fn profile(c: &Case, n: u32) -> HardwareProfile {
             boot: false,
             media: DiskMedia::Cdrom,
             wwn: None,
+            serial: None,
+        });
+    }
+    if c.virtio_data {
+        disks.push(DiskSpec {
+            bus: DiskBus::VirtioBlk,
+            unit: 0,
+            boot: false,
+            media: DiskMedia::Disk,
+            wwn: None,
+            serial: Some(VIRTIO_SERIAL.parse().unwrap()),
         });
     }
     HardwareProfile {
@@ -92,6 +116,11 @@ fn check(c: Case, n: u32) {
             let iso = tmp.path().join("cd.iso");
             std::fs::write(&iso, vec![0u8; 2 << 20]).unwrap();
             disks.push(iso);
+        }
+        if c.virtio_data {
+            let data = tmp.path().join("data.img");
+            std::fs::write(&data, vec![0u8; 1 << 20]).unwrap();
+            disks.push(data);
         }
         let tap = TapGuard::create(&unique_tap());
         let run_dir = tmp.path().join("run");
@@ -168,6 +197,25 @@ fn check(c: Case, n: u32) {
             assert_eq!(wwid.trim(), format!("naa.{naa}"), "{}: WWID", c.label);
         }
 
+        // The disks' serials, from the sysfs files udev's by-id rules read
+        // (the busybox guest has no udev): ATA and SCSI disks' unit serial
+        // number VPD page (0x80; libata translates ATA IDENTIFY words
+        // 10-19 into it) → ata-…_<serial> / scsi-…; the NVMe controller's
+        // serial → nvme-…_<serial>; virtio-blk's id → virtio-<serial>.
+        let want = root_serial(&c);
+        let got = if c.root_disk.starts_with("nvme") {
+            sh(&mut con, "cat /sys/class/nvme/nvme0/serial")
+        } else {
+            sh(&mut con, &format!("tail -c +5 /sys/block/{}/device/vpd_pg80; echo", c.root_disk))
+        };
+        assert_eq!(got.trim(), want, "{}: root disk serial", c.label);
+        let mut serials = vec![format!("{}={}", c.root_disk, got.trim())];
+        if c.virtio_data {
+            let got = sh(&mut con, "cat /sys/block/vda/serial; echo");
+            assert_eq!(got.trim(), VIRTIO_SERIAL, "{}: virtio-blk serial", c.label);
+            serials.push(format!("vda={}", got.trim()));
+        }
+
         let serial = sh(&mut con, "cat /sys/class/dmi/id/product_serial");
         assert_eq!(Some(serial.trim()), p.smbios.serial.as_deref(), "{}", c.label);
         let uuid = sh(&mut con, "cat /sys/class/dmi/id/product_uuid");
@@ -181,7 +229,7 @@ fn check(c: Case, n: u32) {
         );
         let fw = sh(&mut con, "[ -d /sys/firmware/efi ] && echo efi || echo bios");
         assert_eq!(fw.trim(), "bios", "{}", c.label);
-        eprintln!("{}: ok ({blocks:?}, nic {got_ids} at {})", c.label, c.slot);
+        eprintln!("{}: ok ({blocks:?}, nic {got_ids} at {}, serials {serials:?})", c.label, c.slot);
         drop(con);
         g.kill().unwrap();
     });
@@ -205,11 +253,14 @@ fn lsisas1068_e1000_on_pc() {
             controller_ids: Some("0x1000:0x0054"),
             root_disk: "sda",
             cdrom: false,
+            virtio_data: false,
         },
         8,
     );
 }
 
+/// SATA root disk plus a virtio-blk data disk, both with their source's
+/// serial numbers, which the guest reads back.
 #[test]
 fn sata_rtl8139_on_pc() {
     check(
@@ -223,6 +274,7 @@ fn sata_rtl8139_on_pc() {
             controller_ids: Some("0x8086:0x2922"),
             root_disk: "sda",
             cdrom: false,
+            virtio_data: true,
         },
         1,
     );
@@ -241,6 +293,7 @@ fn megasas_e1000_on_pc() {
             controller_ids: Some("0x1000:0x0079"),
             root_disk: "sda",
             cdrom: false,
+            virtio_data: false,
         },
         2,
     );
@@ -259,6 +312,7 @@ fn pvscsi_vmxnet3_on_q35() {
             controller_ids: Some("0x15ad:0x07c0"),
             root_disk: "sda",
             cdrom: false,
+            virtio_data: false,
         },
         3,
     );
@@ -277,6 +331,7 @@ fn nvme_e1000e_on_pc() {
             controller_ids: Some("0x1b36:0x0010"),
             root_disk: "nvme0n1",
             cdrom: false,
+            virtio_data: false,
         },
         4,
     );
@@ -295,6 +350,7 @@ fn virtio_scsi_virtio_net_on_pc() {
             controller_ids: Some("0x1af4:0x1004"),
             root_disk: "sda",
             cdrom: false,
+            virtio_data: false,
         },
         5,
     );
@@ -313,6 +369,7 @@ fn lsi_scsi_pcnet_and_ide_cdrom_on_pc() {
             controller_ids: Some("0x1000:0x0012"),
             root_disk: "sda",
             cdrom: true,
+            virtio_data: false,
         },
         6,
     );
@@ -340,6 +397,7 @@ fn efi_profile_runs_ovmf() {
             controller_ids: None,
             root_disk: "sda",
             cdrom: false,
+            virtio_data: false,
         };
         let mut p = profile(&c, 7);
         p.firmware = Firmware::Efi;
@@ -387,6 +445,7 @@ fn secure_boot_profile_enforces_signatures() {
         controller_ids: None,
         root_disk: "sda",
         cdrom: false,
+        virtio_data: false,
     };
     let mut p = profile(&c, 8);
     p.firmware = Firmware::EfiSecureBoot;

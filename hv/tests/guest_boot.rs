@@ -43,6 +43,7 @@ fn boot(case: Case) {
                     boot: true,
                     media: Default::default(),
                     wwn: None,
+                    serial: None,
                 }],
                 nics: vec![NicSpec {
                     model: case.nic,

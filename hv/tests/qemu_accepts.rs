@@ -68,6 +68,7 @@ fn every_bus_and_nic_starts_with_devices_where_the_profile_says() {
                                     boot: false,
                                     media: Default::default(),
                                     wwn: None,
+                                    serial: None,
                                 },
                                 DiskSpec {
                                     bus,
@@ -77,6 +78,18 @@ fn every_bus_and_nic_starts_with_devices_where_the_profile_says() {
                                     // A source WWN, on every bus that has one.
                                     wwn: (!matches!(bus, DiskBus::VirtioBlk | DiskBus::Nvme))
                                         .then(|| "0x5000c50000000001".parse().unwrap()),
+                                    // A source serial as long as the bus carries, with a
+                                    // comma (doubled on the command line); on SCSI one
+                                    // beyond 20 bytes, which needs its own device_id.
+                                    serial: Some(
+                                        if proto::disk_serial::max_serial_bytes(bus) > 20 {
+                                            "6000c29a,1b2c3d4e5f60718293a4b5c6"
+                                        } else {
+                                            "WD-WCC4N,1234567890A"
+                                        }
+                                        .parse()
+                                        .unwrap(),
+                                    ),
                                 },
                             ],
                             nics: vec![NicSpec {

@@ -44,6 +44,7 @@ fn launch(name: &str, accel: AccelKind, cpus: u32, dir: &Path) -> Running {
                 boot: true,
                 media: Default::default(),
                 wwn: None,
+                serial: None,
             }],
             nics: vec![],
             smbios: Smbios::default(),

@@ -4,6 +4,7 @@
 //! is parsed, so that the rest of the code passes typed values around.
 
 pub mod api;
+pub mod disk_serial;
 pub mod export;
 pub mod facts;
 pub mod identity;
@@ -14,6 +15,7 @@ pub mod transfer;
 pub mod transfer_chunk;
 pub mod wwn;
 
+pub use disk_serial::DiskSerial;
 pub use mac::MacAddr;
 pub use profile::{DiskBus, DiskSpec, Firmware, HardwareProfile, Machine, NicModel, NicSpec, PciSlot, Smbios};
 pub use wwn::Wwn;

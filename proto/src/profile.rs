@@ -9,7 +9,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::{MacAddr, Wwn};
+use crate::disk_serial::max_serial_bytes;
+use crate::{DiskSerial, MacAddr, Wwn};
 
 /// Firmware the guest boots with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -199,6 +200,14 @@ pub struct DiskSpec {
     /// `virtio-blk` or `nvme`, which carry no WWN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wwn: Option<Wwn>,
+    /// The disk's serial number at its source, kept so that the guest's
+    /// `/dev/disk/by-id` names (`ata-…_<serial>`, `virtio-<serial>`,
+    /// `scsi-…`) stay the same. At most 20 bytes on ide, sata, virtio-blk
+    /// and nvme, 36 on the SCSI buses. On nvme it is the controller's
+    /// serial, which all NVMe disks of a profile share. Absent: QEMU's
+    /// default (none; `ISTHMUS-NVME0` on nvme).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<DiskSerial>,
 }
 
 /// One NIC as the guest sees it.
@@ -301,6 +310,23 @@ pub enum ProfileError {
         /// The unit.
         unit: u8,
     },
+    /// A serial longer than the disk's bus carries.
+    #[error("disk on {bus:?} unit {unit} has serial {serial:?} ({len} bytes), but {bus:?} disks carry at most {max}; QEMU would cut it and the guest's /dev/disk/by-id names would change: shorten it at the source or put the disk on a SCSI bus (36 bytes)")]
+    SerialBus {
+        /// The bus.
+        bus: DiskBus,
+        /// The unit.
+        unit: u8,
+        /// The serial.
+        serial: String,
+        /// Its length in bytes.
+        len: usize,
+        /// What the bus carries.
+        max: usize,
+    },
+    /// NVMe disks with different serials (the serial is the controller's).
+    #[error("NVMe disks have serials {0:?} and {1:?}, but all NVMe disks sit on one controller whose serial they share; give them the same serial or none")]
+    NvmeSerials(String, String),
     /// Two disks with one WWN.
     #[error("two disks share WWN {0}: each disk needs its own WWN")]
     DuplicateWwn(Wwn),
@@ -332,6 +358,7 @@ impl HardwareProfile {
         }
         let mut seen = std::collections::HashSet::new();
         let mut wwns = std::collections::HashSet::new();
+        let mut nvme_serial: Option<&DiskSerial> = None;
         for d in &self.disks {
             if d.unit >= d.bus.max_units() {
                 return Err(ProfileError::Unit {
@@ -352,6 +379,23 @@ impl HardwareProfile {
                 }
                 if !wwns.insert(w) {
                     return Err(ProfileError::DuplicateWwn(w));
+                }
+            }
+            if let Some(sn) = &d.serial {
+                if !sn.fits(d.bus) {
+                    return Err(ProfileError::SerialBus {
+                        bus: d.bus,
+                        unit: d.unit,
+                        serial: sn.to_string(),
+                        len: sn.len(),
+                        max: max_serial_bytes(d.bus),
+                    });
+                }
+                if d.bus == DiskBus::Nvme {
+                    match nvme_serial {
+                        Some(first) if first != sn => return Err(ProfileError::NvmeSerials(first.to_string(), sn.to_string())),
+                        _ => nvme_serial = Some(sn),
+                    }
                 }
             }
         }
@@ -397,6 +441,7 @@ mod tests {
                 boot: true,
                 media: DiskMedia::Disk,
                 wwn: None,
+                serial: None,
             }],
             nics: vec![NicSpec {
                 model: NicModel::E1000,
@@ -435,6 +480,7 @@ mod tests {
             boot: false,
             media: DiskMedia::Disk,
             wwn: None,
+            serial: None,
         });
         assert!(matches!(p.validate(), Err(ProfileError::DuplicateUnit { .. })));
         let mut p = sample();
@@ -477,6 +523,7 @@ mod tests {
             boot: true,
             media: DiskMedia::Cdrom,
             wwn: None,
+            serial: None,
         };
         assert!(matches!(p.validate(), Err(ProfileError::CdromBus { .. })));
         p.disks[0].media = DiskMedia::Disk;
@@ -509,6 +556,58 @@ mod tests {
             p.disks[0].wwn = d.wwn;
             assert_eq!(p.validate(), Err(ProfileError::WwnBus { bus, unit: 0 }));
         }
+    }
+
+    #[test]
+    fn disk_serial_is_typed_and_fits_its_bus() {
+        let d: DiskSpec = serde_json::from_str(r#"{"bus":"sata","serial":"S3Z9NB0K123456A"}"#).unwrap();
+        assert_eq!(d.serial.as_ref().map(DiskSerial::as_str), Some("S3Z9NB0K123456A"));
+        let j = serde_json::to_string(&d).unwrap();
+        assert!(j.contains(r#""serial":"S3Z9NB0K123456A""#), "{j}");
+        assert_eq!(serde_json::from_str::<DiskSpec>(&j).unwrap(), d, "round trip");
+        assert!(
+            !serde_json::to_string(&sample().disks[0]).unwrap().contains("serial"),
+            "no serial, none written (older readers keep parsing)"
+        );
+        let e = serde_json::from_str::<DiskSpec>(r#"{"bus":"sata","serial":"tab\there"}"#).unwrap_err();
+        assert!(e.to_string().contains("printable ASCII"), "{e}");
+        // 24 bytes: fine on SCSI, a fit error naming disk and bus on SATA.
+        let long: DiskSerial = "WD-WCC4N1234567-ABCDEFGH".parse().unwrap();
+        let mut p = sample();
+        p.disks[0].bus = DiskBus::Scsi;
+        p.disks[0].serial = Some(long.clone());
+        p.validate().unwrap();
+        p.disks[0].bus = DiskBus::Sata;
+        p.disks[0].unit = 2;
+        let e = p.validate().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ProfileError::SerialBus {
+                    bus: DiskBus::Sata,
+                    unit: 2,
+                    len: 24,
+                    max: 20,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("Sata unit 2") && e.to_string().contains("at most 20"), "{e}");
+        // NVMe disks share their controller's serial.
+        let mut p = sample();
+        p.disks[0].bus = DiskBus::Nvme;
+        p.disks[0].serial = Some("NV-A".parse().unwrap());
+        p.disks.push(DiskSpec {
+            unit: 1,
+            boot: false,
+            ..p.disks[0].clone()
+        });
+        p.validate().unwrap();
+        p.disks[1].serial = Some("NV-B".parse().unwrap());
+        assert_eq!(p.validate(), Err(ProfileError::NvmeSerials("NV-A".into(), "NV-B".into())));
+        p.disks[1].serial = None;
+        p.validate().unwrap();
     }
 
     #[test]

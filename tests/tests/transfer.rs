@@ -156,6 +156,7 @@ fn one_disk_profile() -> proto::HardwareProfile {
             boot: true,
             media: proto::profile::DiskMedia::Disk,
             wwn: None,
+            serial: None,
         }],
         nics: vec![],
         smbios: proto::Smbios::default(),

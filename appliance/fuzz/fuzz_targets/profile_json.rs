@@ -11,5 +11,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = s.parse::<proto::MacAddr>();
         let _ = s.parse::<proto::PciSlot>();
         let _ = s.parse::<proto::Wwn>();
+        if let Ok(serial) = s.parse::<proto::DiskSerial>() {
+            assert!(serial.len() <= proto::disk_serial::MAX_SERIAL_BYTES);
+            assert!(serial.as_str().bytes().all(|b| (0x20..=0x7e).contains(&b)));
+        }
     }
 });

@@ -240,6 +240,8 @@ fn server(mut row: BTreeMap<String, String>, path: &Path, line: u64, notes: &mut
             kind,
             capacity_bytes,
             file,
+            wwn: None,
+            serial: None,
         });
     }
     for (i, n) in nic_n.into_iter().enumerate() {

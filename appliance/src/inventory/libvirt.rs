@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use proto::Machine;
+use proto::{Machine, Wwn};
 use roxmltree::Node;
 
 use super::model::{
@@ -250,12 +250,28 @@ pub fn parse(text: &str, path: &Path) -> Result<Import, LibvirtError> {
                 .or_else(|| attr(src, "name"))
                 .map(str::to_string)
         });
+        // The disk's identity the guest names it by. libvirt writes `<wwn>`
+        // as 16 hex digits and `<serial>` as a string; a WWN that does not
+        // parse is noted and the disk kept without it.
+        let wwn = child_text(dk, "wwn").and_then(|w| match w.parse::<Wwn>() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                notes.push(Note {
+                    at: xml::at(&doc, dk, path),
+                    message: format!("disk {tdev}: {e}; the disk is kept without its WWN"),
+                });
+                None
+            }
+        });
+        let serial = child_text(dk, "serial");
         s.disks.push(Disk {
             controller: ctrl,
             slot,
             kind,
             capacity_bytes: None,
             file,
+            wwn,
+            serial,
         });
     }
     for (id, m) in &declared {
@@ -298,6 +314,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Import, LibvirtError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proto::DiskBus;
 
     #[test]
     fn target_letters() {
@@ -316,6 +333,59 @@ mod tests {
         assert_eq!(s.memory_mib, Some(2048));
         assert_eq!(s.disks[0].controller, "ide1");
         assert_eq!(s.nics[0].model, NicModel::E1000e);
+    }
+
+    #[test]
+    fn disk_wwn_and_serial_reach_the_profile() {
+        let x = "<domain><name>db</name><memory unit='MiB'>512</memory><devices>\
+<disk type='file' device='disk'><target dev='sda' bus='sata'/><wwn>5000c500a1b2c3d4</wwn><serial>WD-WCC4N,1234567</serial></disk>\
+<disk type='file' device='disk'><target dev='vda' bus='virtio'/><serial>VIO-0001</serial></disk>\
+<disk type='file' device='disk'><target dev='sdb' bus='sata'/><wwn>not-a-wwn</wwn><serial>this-serial-is-too-long-for-sata</serial></disk>\
+<disk type='file' device='disk'><target dev='sdc' bus='sata'/><wwn>6000c29a1b2c3d4e</wwn></disk>\
+</devices></domain>";
+        let imp = parse(x, Path::new("db.xml")).unwrap();
+        let s = &imp.servers[0];
+        let wwn: Wwn = "0x5000c500a1b2c3d4".parse().unwrap();
+        let by_file = |ctrl: &str, slot: u32| s.disks.iter().find(|d| d.controller == ctrl && d.slot == slot).unwrap();
+        assert_eq!(by_file("sata0", 0).wwn, Some(wwn));
+        assert_eq!(by_file("sata0", 0).serial.as_deref(), Some("WD-WCC4N,1234567"));
+        assert_eq!(by_file("virtio0", 0).serial.as_deref(), Some("VIO-0001"));
+        // Bad WWNs: one note each, naming the disk; the disks stay.
+        assert_eq!(by_file("sata0", 1).wwn, None);
+        assert_eq!(by_file("sata0", 2).wwn, None);
+        assert_eq!(imp.notes.len(), 2, "{:?}", imp.notes);
+        assert!(
+            imp.notes[0].message.contains("disk sdb") && imp.notes[0].message.contains("16 hex digits"),
+            "{:?}",
+            imp.notes
+        );
+        assert!(imp.notes[0].at.starts_with("db.xml:"), "{:?}", imp.notes);
+        assert!(
+            imp.notes[1].message.contains("disk sdc") && imp.notes[1].message.contains("NAA"),
+            "{:?}",
+            imp.notes
+        );
+        let json = serde_json::to_value(s).unwrap();
+        assert_eq!(json["disks"][0]["wwn"], "0x5000c500a1b2c3d4", "{json}");
+
+        let c = s.to_profile();
+        let p = c.profile.unwrap();
+        assert_eq!(p.disks.len(), 4, "no disk dropped for its identity");
+        let sda = p.disks.iter().find(|d| d.bus == DiskBus::Sata && d.unit == 0).unwrap();
+        assert_eq!(
+            (sda.wwn, sda.serial.as_ref().map(|s| s.as_str())),
+            (Some(wwn), Some("WD-WCC4N,1234567"))
+        );
+        let vda = p.disks.iter().find(|d| d.bus == DiskBus::VirtioBlk).unwrap();
+        assert_eq!(vda.serial.as_ref().map(|s| s.as_str()), Some("VIO-0001"));
+        // The long serial is a lost entry naming the disk and its bus.
+        assert_eq!(c.lost.len(), 1, "{:?}", c.lost);
+        assert!(
+            c.lost[0].contains("on sata0") && c.lost[0].contains("Sata disks carry at most 20"),
+            "{:?}",
+            c.lost
+        );
+        p.validate().unwrap();
     }
 
     proptest::proptest! {

@@ -8,6 +8,7 @@
 
 pub mod csv;
 pub mod description;
+mod disk_identity;
 pub mod libvirt;
 pub mod model;
 pub mod ova;

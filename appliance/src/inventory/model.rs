@@ -11,8 +11,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use proto::profile::{DiskBus, DiskMedia, Firmware, NicModel as ProfileNic};
-use proto::{DiskSpec, HardwareProfile, MacAddr, Machine, NicSpec, Smbios};
+use proto::{DiskSpec, HardwareProfile, MacAddr, Machine, NicSpec, Smbios, Wwn};
 use serde::{Serialize, Serializer};
+
+use super::disk_identity::IdentityCheck;
 
 /// Firmware as the schema spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
@@ -207,6 +209,15 @@ pub struct Disk {
     pub capacity_bytes: Option<u64>,
     /// Backing file as the descriptor names it.
     pub file: Option<String>,
+    /// The disk's World Wide Name when the descriptor says it (libvirt
+    /// `<wwn>`); not written when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wwn: Option<Wwn>,
+    /// The disk's serial number as the descriptor writes it (libvirt
+    /// `<serial>`); checked against its bus when the profile is made. Not
+    /// written when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
 }
 
 /// One NIC.
@@ -391,6 +402,7 @@ impl ImportedServer {
         let mut disks = Vec::new();
         // The profile has one controller per bus: the first of each wins.
         let mut first_of_bus: BTreeMap<String, String> = BTreeMap::new();
+        let mut identity = IdentityCheck::default();
         for (i, d) in self.disks.iter().enumerate() {
             let Some(ctrl) = self.disk_controllers.iter().find(|c| c.id == d.controller) else {
                 lost.push(format!("disk {i}: controller {} is not declared", d.controller));
@@ -430,12 +442,14 @@ impl ImportedServer {
                 DiskKind::Disk => DiskMedia::Disk,
                 DiskKind::Cdrom => DiskMedia::Cdrom,
             };
+            let (wwn, serial) = identity.keep(i, &ctrl.id, bus, d.wwn, d.serial.as_deref(), &mut lost);
             disks.push(DiskSpec {
                 bus,
                 unit,
                 boot: disks.is_empty() && d.kind == DiskKind::Disk,
                 media,
-                wwn: None,
+                wwn,
+                serial,
             });
         }
         let mut nics = Vec::new();
@@ -547,6 +561,8 @@ mod tests {
             kind: DiskKind::Disk,
             capacity_bytes: Some(1 << 30),
             file: Some("a.vmdk".into()),
+            wwn: None,
+            serial: None,
         });
         s.nics.push(Nic {
             slot: 0,
@@ -586,6 +602,8 @@ mod tests {
             kind: DiskKind::Disk,
             capacity_bytes: None,
             file: None,
+            wwn: None,
+            serial: None,
         });
         s.nics.push(Nic {
             slot: 0,

@@ -376,6 +376,8 @@ fn system(
                     kind,
                     capacity_bytes,
                     file,
+                    wwn: None,
+                    serial: None,
                 });
             }
             0 => {

@@ -372,6 +372,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Import, VmxError> {
             kind,
             capacity_bytes: None,
             file,
+            wwn: None,
+            serial: None,
         });
     }
     nic_ids.sort_unstable();

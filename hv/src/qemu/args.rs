@@ -245,6 +245,9 @@ pub enum Device {
         /// `wwn=`: the World Wide Name the drive reports in its IDENTIFY
         /// data (the source's, from the profile).
         wwn: Option<u64>,
+        /// `serial=`: the serial number in its IDENTIFY data (at most 20
+        /// bytes; the profile checked it).
+        serial: Option<String>,
     },
     /// `scsi-hd|scsi-cd,drive=..,bus=..,scsi-id=..,lun=0`.
     ScsiHd {
@@ -263,6 +266,12 @@ pub enum Device {
         /// reports each target's SAS address from it (default 0), and Linux'
         /// `mptsas` skips attached devices whose SAS address is 0.
         wwn: Option<u64>,
+        /// `serial=`: the unit serial number (VPD page 0x80), up to 36
+        /// bytes. QEMU also uses it as the device identification (VPD page
+        /// 0x83) when it has at most 20; a longer one gets
+        /// `device_id=<drive>`, the identification QEMU gives a disk
+        /// without a serial.
+        serial: Option<String>,
     },
     /// `virtio-blk-pci,drive=..`.
     VirtioBlk {
@@ -272,6 +281,9 @@ pub enum Device {
         bootindex: Option<u32>,
         /// I/O thread.
         iothread: Option<String>,
+        /// `serial=`: what the guest reads as the disk's id
+        /// (`/sys/block/vda/serial`, `/dev/disk/by-id/virtio-<serial>`).
+        serial: Option<String>,
     },
     /// A NIC: `<model>,netdev=..,mac=..,bus=..[,addr=0xSS.F][,multifunction=on]`.
     Nic(Nic),
@@ -396,6 +408,12 @@ fn bootindex(o: Opts, idx: Option<u32>) -> Opts {
     o.kv_opt("bootindex", idx.map(|i| i.to_string()))
 }
 
+/// The longest `scsi-hd` serial QEMU also takes as the disk's device
+/// identification; a longer one needs its own `device_id` ("The serial
+/// number can't be longer than 20 characters when it is also used as the
+/// default for device_id", QEMU 10.0).
+const SCSI_SERIAL_DEVID_BYTES: usize = 20;
+
 /// QEMU's `wwn=` value (hex, as `info qtree` shows it).
 fn wwn_opt(wwn: Option<u64>) -> Option<String> {
     wwn.map(|w| format!("0x{w:016x}"))
@@ -426,6 +444,7 @@ impl Device {
                 bootindex: b,
                 media,
                 wwn,
+                serial,
             } => {
                 let head = match media {
                     DiskMedia::Disk => "ide-hd",
@@ -435,7 +454,8 @@ impl Device {
                     .kv("drive", drive)
                     .kv("bus", bus)
                     .kv_opt("unit", unit.map(|u| u.to_string()))
-                    .kv_opt("wwn", wwn_opt(*wwn));
+                    .kv_opt("wwn", wwn_opt(*wwn))
+                    .kv_opt("serial", serial.as_deref());
                 bootindex(o, *b).done()
             }
             Device::ScsiHd {
@@ -445,6 +465,7 @@ impl Device {
                 bootindex: b,
                 media,
                 wwn,
+                serial,
             } => {
                 let head = match media {
                     DiskMedia::Disk => "scsi-hd",
@@ -455,17 +476,24 @@ impl Device {
                     .kv("bus", bus)
                     .kv("scsi-id", scsi_id.to_string())
                     .kv("lun", "0")
-                    .kv_opt("wwn", wwn_opt(*wwn));
+                    .kv_opt("wwn", wwn_opt(*wwn))
+                    .kv_opt("serial", serial.as_deref())
+                    .kv_opt(
+                        "device_id",
+                        serial.as_ref().filter(|s| s.len() > SCSI_SERIAL_DEVID_BYTES).map(|_| drive),
+                    );
                 bootindex(o, *b).done()
             }
             Device::VirtioBlk {
                 drive,
                 bootindex: b,
                 iothread,
+                serial,
             } => bootindex(
                 Opts::new("virtio-blk-pci")
                     .kv("drive", drive)
-                    .kv_opt("iothread", iothread.as_deref()),
+                    .kv_opt("iothread", iothread.as_deref())
+                    .kv_opt("serial", serial.as_deref()),
                 *b,
             )
             .done(),

@@ -347,11 +347,16 @@ fn disk_devices(spec: &GuestSpec, images: &[DiskImage], args: &mut Vec<Arg>) -> 
         }
         if b == DiskBus::Nvme {
             // QEMU requires a serial; the guest shows it in
-            // /sys/class/nvme/nvme0/serial and /dev/disk/by-id names.
-            args.push(Arg::Device(Device::Nvme {
-                id: NVME.into(),
-                serial: "ISTHMUS-NVME0".into(),
-            }));
+            // /sys/class/nvme/nvme0/serial and /dev/disk/by-id names. The
+            // source's, when an NVMe disk has one (validation made them
+            // agree: it is the controller's).
+            let serial = p
+                .disks
+                .iter()
+                .filter(|d| d.bus == DiskBus::Nvme)
+                .find_map(disk_serial)
+                .unwrap_or_else(|| NVME_DEFAULT_SERIAL.into());
+            args.push(Arg::Device(Device::Nvme { id: NVME.into(), serial }));
         }
     }
 
@@ -395,6 +400,7 @@ fn disk_devices(spec: &GuestSpec, images: &[DiskImage], args: &mut Vec<Arg>) -> 
                 bootindex,
                 media,
                 wwn: disk_wwn(d),
+                serial: disk_serial(d),
             },
             (DiskBus::Ide, Machine::Q35) => {
                 return Err(MapError::IdeOnQ35 {
@@ -409,6 +415,7 @@ fn disk_devices(spec: &GuestSpec, images: &[DiskImage], args: &mut Vec<Arg>) -> 
                 bootindex,
                 media,
                 wwn: disk_wwn(d),
+                serial: disk_serial(d),
             },
             (DiskBus::Sata, Machine::Q35) => Device::IdeHd {
                 drive,
@@ -417,6 +424,7 @@ fn disk_devices(spec: &GuestSpec, images: &[DiskImage], args: &mut Vec<Arg>) -> 
                 bootindex,
                 media,
                 wwn: disk_wwn(d),
+                serial: disk_serial(d),
             },
             (DiskBus::Scsi | DiskBus::Lsisas1068 | DiskBus::Megasas | DiskBus::Pvscsi | DiskBus::VirtioScsi | DiskBus::Buslogic, _) => {
                 let Some((_, hba)) = scsi_hba(d.bus) else {
@@ -430,12 +438,14 @@ fn disk_devices(spec: &GuestSpec, images: &[DiskImage], args: &mut Vec<Arg>) -> 
                     bootindex,
                     media,
                     wwn: disk_wwn(d),
+                    serial: disk_serial(d),
                 }
             }
             (DiskBus::VirtioBlk, _) => Device::VirtioBlk {
                 drive,
                 bootindex,
                 iothread: iothread(DiskBus::VirtioBlk),
+                serial: disk_serial(d),
             },
             (DiskBus::Nvme, _) => Device::NvmeNs {
                 drive,
@@ -457,6 +467,15 @@ fn disk_wwn(d: &DiskSpec) -> Option<u64> {
         .map(proto::Wwn::get)
         .or_else(|| (d.bus == DiskBus::Lsisas1068).then(|| sas_address(d.unit)))
 }
+
+/// The serial a disk's device reports: the source's, from the profile
+/// (whose validation checked that its bus carries it whole).
+fn disk_serial(d: &DiskSpec) -> Option<String> {
+    d.serial.as_ref().map(|s| s.as_str().to_string())
+}
+
+/// The NVMe controller's serial when no NVMe disk of the profile has one.
+const NVME_DEFAULT_SERIAL: &str = "ISTHMUS-NVME0";
 
 /// The SAS address a disk on the LSI SAS 1068 gets when the profile has
 /// none from its source: NAA 5 with QEMU's OUI 52:54:00 and the unit
@@ -590,6 +609,7 @@ mod tests {
             boot,
             media: DiskMedia::Disk,
             wwn: None,
+            serial: None,
         }
     }
 
@@ -869,6 +889,58 @@ mod tests {
             );
             assert_eq!(a[d1 + 1].contains("wwn="), bus == DiskBus::Lsisas1068, "{}", a[d1 + 1]);
         }
+    }
+
+    /// A source serial reaches the drive on every bus, commas doubled; a
+    /// SCSI serial beyond 20 bytes gets its own `device_id`; on NVMe it is
+    /// the controller's.
+    #[test]
+    fn source_serial_is_kept() {
+        let serial = |v: &str| Some(v.parse::<proto::DiskSerial>().unwrap());
+        for (machine, bus, driver) in [
+            (Machine::Pc, DiskBus::Ide, "ide-hd"),
+            (Machine::Pc, DiskBus::Sata, "ide-hd"),
+            (Machine::Q35, DiskBus::Sata, "ide-hd"),
+            (Machine::Pc, DiskBus::Scsi, "scsi-hd"),
+            (Machine::Pc, DiskBus::Lsisas1068, "scsi-hd"),
+            (Machine::Q35, DiskBus::VirtioScsi, "scsi-hd"),
+            (Machine::Q35, DiskBus::VirtioBlk, "virtio-blk-pci"),
+        ] {
+            let mut s = spec(machine, Firmware::Bios, bus, NicModel::E1000);
+            s.profile.disks[0].serial = serial("SN,0001");
+            s.profile.validate().unwrap();
+            let a = map(&s, &host(false)).unwrap();
+            let d0 = expect(&a, "-device", &[driver, "drive=disk0"]);
+            assert!(
+                a[d0 + 1].ends_with(",serial=SN,,0001") || a[d0 + 1].contains(",serial=SN,,0001,"),
+                "{}",
+                a[d0 + 1]
+            );
+            assert!(!a[d0 + 1].contains("device_id"), "{}", a[d0 + 1]);
+            let d1 = expect(&a, "-device", &[driver, "drive=disk1"]);
+            assert!(!a[d1 + 1].contains("serial="), "no source serial, none given: {}", a[d1 + 1]);
+        }
+        let mut s = spec(Machine::Pc, Firmware::Bios, DiskBus::Pvscsi, NicModel::E1000);
+        s.profile.disks[0].serial = serial("6000c29a1b2c3d4e5f60718293a4b5c6");
+        s.profile.disks[0].media = DiskMedia::Cdrom;
+        s.profile.validate().unwrap();
+        let a = map(&s, &host(false)).unwrap();
+        expect(
+            &a,
+            "-device",
+            &[
+                "scsi-cd",
+                "drive=disk0",
+                "serial=6000c29a1b2c3d4e5f60718293a4b5c6",
+                "device_id=disk0",
+            ],
+        );
+        // The second NVMe disk's serial: the controller takes it.
+        let mut s = spec(Machine::Q35, Firmware::Bios, DiskBus::Nvme, NicModel::E1000);
+        s.profile.disks[1].serial = serial("S4EWNX0R123456");
+        s.profile.validate().unwrap();
+        let a = map(&s, &host(false)).unwrap();
+        expect(&a, "-device", &["nvme", "id=nvme0", "serial=S4EWNX0R123456"]);
     }
 
     #[test]

@@ -140,6 +140,7 @@ pub fn ide_e1000_spec(name: &str, disk: PathBuf, tap: &str, run_dir: &Path, memo
                 boot: true,
                 media: Default::default(),
                 wwn: None,
+                serial: None,
             }],
             nics: vec![NicSpec {
                 model: NicModel::E1000,
