@@ -268,9 +268,9 @@ pub enum Device {
         wwn: Option<u64>,
         /// `serial=`: the unit serial number (VPD page 0x80), up to 36
         /// bytes. QEMU also uses it as the device identification (VPD page
-        /// 0x83) when it has at most 20; a longer one gets
-        /// `device_id=<drive>`, the identification QEMU gives a disk
-        /// without a serial.
+        /// 0x83, what Linux' `scsi-0QEMU_QEMU_HARDDISK_<id>` name is made
+        /// of) when it has at most 20 and refuses a longer one unless
+        /// `device_id` is given: a longer one is given as `device_id` too.
         serial: Option<String>,
     },
     /// `virtio-blk-pci,drive=..`.
@@ -408,10 +408,10 @@ fn bootindex(o: Opts, idx: Option<u32>) -> Opts {
     o.kv_opt("bootindex", idx.map(|i| i.to_string()))
 }
 
-/// The longest `scsi-hd` serial QEMU also takes as the disk's device
-/// identification; a longer one needs its own `device_id` ("The serial
+/// The longest `scsi-hd` serial QEMU takes as the disk's default device
+/// identification; a longer one needs an explicit `device_id` ("The serial
 /// number can't be longer than 20 characters when it is also used as the
-/// default for device_id", QEMU 10.0).
+/// default for device_id", QEMU 10.0), which hv sets to the same serial.
 const SCSI_SERIAL_DEVID_BYTES: usize = 20;
 
 /// QEMU's `wwn=` value (hex, as `info qtree` shows it).
@@ -478,10 +478,7 @@ impl Device {
                     .kv("lun", "0")
                     .kv_opt("wwn", wwn_opt(*wwn))
                     .kv_opt("serial", serial.as_deref())
-                    .kv_opt(
-                        "device_id",
-                        serial.as_ref().filter(|s| s.len() > SCSI_SERIAL_DEVID_BYTES).map(|_| drive),
-                    );
+                    .kv_opt("device_id", serial.as_deref().filter(|s| s.len() > SCSI_SERIAL_DEVID_BYTES));
                 bootindex(o, *b).done()
             }
             Device::VirtioBlk {

@@ -892,8 +892,8 @@ mod tests {
     }
 
     /// A source serial reaches the drive on every bus, commas doubled; a
-    /// SCSI serial beyond 20 bytes gets its own `device_id`; on NVMe it is
-    /// the controller's.
+    /// SCSI serial beyond 20 bytes is given as `device_id` too; on NVMe it
+    /// is the controller's.
     #[test]
     fn source_serial_is_kept() {
         let serial = |v: &str| Some(v.parse::<proto::DiskSerial>().unwrap());
@@ -932,7 +932,7 @@ mod tests {
                 "scsi-cd",
                 "drive=disk0",
                 "serial=6000c29a1b2c3d4e5f60718293a4b5c6",
-                "device_id=disk0",
+                "device_id=6000c29a1b2c3d4e5f60718293a4b5c6",
             ],
         );
         // The second NVMe disk's serial: the controller takes it.
