@@ -205,7 +205,7 @@ __attribute__((visibility("default"))) void nettle_xts_encrypt_message(const voi
         return;
     }
     uint8_t t0[BLOCK];
-    encf(twk_ctx, BLOCK, t0, tweak);
+    isthmus_xts_tweak(twk_ctx, encf, tweak, t0);
     if (!isthmus_xts_fast(enc_ctx, encf, 0, t0, length, dst, src)) {
         xts_batched(enc_ctx, encf, t0, length, dst, src);
     }
@@ -224,7 +224,7 @@ __attribute__((visibility("default"))) void nettle_xts_decrypt_message(const voi
     }
     /* XTS decryption: the tweak is always *encrypted* with the tweak key. */
     uint8_t t0[BLOCK];
-    encf(twk_ctx, BLOCK, t0, tweak);
+    isthmus_xts_tweak(twk_ctx, encf, tweak, t0);
     if (!isthmus_xts_fast(dec_ctx, decf, 1, t0, length, dst, src)) {
         xts_batched(dec_ctx, decf, t0, length, dst, src);
     }

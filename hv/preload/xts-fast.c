@@ -8,13 +8,18 @@
  * (struct aes{128,192,256}_ctx { uint32_t keys[4 * (rounds + 1)]; }, the
  * decryption keys already in the "equivalent inverse cipher" form AESDEC
  * wants), and QEMU's own wrappers pass an array of two of them (encrypt,
- * decrypt). This file does not trust any of that: for every call it
- * computes the first block with f itself and with its own AES-NI on a few
- * candidate layouts (AES-128/192/256 at ctx, or at ctx + one context for
- * QEMU's decrypt wrapper); only a candidate whose block equals f's (a wrong
- * key matching is a 2^-128 event) encrypts the rest of the call. Anything
- * else (Serpent, Twofish, another layout, a CPU without AES-NI) returns 0
- * and the caller uses the generic batched path through f.
+ * decrypt). This file does not trust any of that: the first time a thread
+ * meets a (f, ctx) pair it computes one block with f itself and with its own
+ * AES-NI on a few candidate layouts (AES-128/192/256 at ctx, or at ctx + one
+ * context for QEMU's decrypt wrapper); only a candidate whose block equals
+ * f's (a wrong key matching is a 2^-128 event) is used, for that call and,
+ * remembered per thread, for the pair's later calls (f is code reading its
+ * round keys from a fixed place in ctx, so the pair keeps its layout; the
+ * tweak key's pair likewise, so T0 is computed here too). Every block of a
+ * message, the first one included, goes through the vector loop: a 512-byte
+ * sector is two 16-block VAES iterations. Anything else (Serpent, Twofish,
+ * another layout, a CPU without AES-NI) returns 0 and the caller uses the
+ * generic batched path through f.
  *
  * Tiers, picked once per process by CPU (runtime detection):
  *   vaes    AVX-512 VAES + VPCLMULQDQ: 16 blocks per iteration in four zmm,
@@ -44,6 +49,11 @@ int isthmus_xts_fast(const void *ctx, nettle_cipher_func *f, int decrypt, const 
 const char *isthmus_xts_fast_tier(void)
 {
     return "generic";
+}
+
+void isthmus_xts_tweak(const void *ctx, nettle_cipher_func *f, const uint8_t iv[BLOCK], uint8_t t0[BLOCK])
+{
+    f(ctx, BLOCK, t0, iv);
 }
 #else
 #include <immintrin.h>
@@ -293,53 +303,124 @@ static const struct layout layouts[] = {
 /* Which layout matched last, per direction: only the order of trying. */
 static unsigned hint[2];
 
-__attribute__((target("aes,pclmul,sse4.1"))) static int xts_fast_x86(const void *ctx, nettle_cipher_func *f,
-                                                                    int decrypt, const uint8_t t0[BLOCK],
-                                                                    size_t length, uint8_t *dst, const uint8_t *src,
-                                                                    enum tier tr)
-{
-    __m128i t = _mm_loadu_si128((const __m128i *)t0);
-    uint8_t in[BLOCK], ref[BLOCK];
-    _mm_storeu_si128((__m128i *)in, _mm_xor_si128(_mm_loadu_si128((const __m128i *)src), t));
-    f(ctx, BLOCK, ref, in);
-    __m128i want = _mm_loadu_si128((const __m128i *)ref);
-    __m128i x = _mm_loadu_si128((const __m128i *)in);
-    explicit_bzero(in, sizeof in);
-    explicit_bzero(ref, sizeof ref);
+/* Layouts already verified in this thread, per direction: (f, ctx) pairs
+ * whose f computed a block equal to this code's AES on the round keys at
+ * ctx + layouts[i].offset. f is fixed code that reads its keys from a fixed
+ * place in ctx (nettle's aesN_*, QEMU's wrappers), so the same pair keeps the
+ * same layout; a pair seen again skips the probe call through f (one AES
+ * block and an indirect call per 512-byte sector otherwise, a third of the
+ * sector's cost). Only pointers and an index are kept, no key material.
+ * QEMU reuses a handful of cipher objects per disk, so four entries per
+ * direction are plenty; a miss only costs the probe. */
+#define CACHE_ENTRIES 4
+struct verified {
+    const void *ctx;
+    nettle_cipher_func *f;
+    unsigned layout;
+};
+static __thread struct verified verified[2][CACHE_ENTRIES];
+static __thread unsigned verified_next[2];
 
+static int cached_layout(const void *ctx, nettle_cipher_func *f, int decrypt)
+{
+    for (unsigned i = 0; i < CACHE_ENTRIES; i++) {
+        const struct verified *v = &verified[decrypt][i];
+        if (v->f == f && v->ctx == ctx && f != NULL) {
+            return (int)v->layout;
+        }
+    }
+    return -1;
+}
+
+static void remember_layout(const void *ctx, nettle_cipher_func *f, int decrypt, unsigned layout)
+{
+    unsigned slot = verified_next[decrypt]++ % CACHE_ENTRIES;
+    verified[decrypt][slot] = (struct verified){ctx, f, layout};
+}
+
+/* The layout whose AES of x (with this code's AES-NI) equals want, which f
+ * computed from x; -1 if none. */
+__attribute__((target("aes,pclmul,sse4.1"))) static int match_layout(const void *ctx, int decrypt, __m128i x,
+                                                                     __m128i want)
+{
     unsigned n_layouts = decrypt ? N_LAYOUTS : N_ENC_LAYOUTS;
     unsigned first = __atomic_load_n(&hint[decrypt], __ATOMIC_RELAXED) % n_layouts;
-    const uint8_t *keys = NULL;
-    int nr = 0;
     for (unsigned i = 0; i < n_layouts; i++) {
         unsigned c = (first + i) % n_layouts;
         const uint8_t *k = (const uint8_t *)ctx + layouts[c].offset;
         __m128i got = decrypt ? dec1(k, layouts[c].rounds, x) : enc1(k, layouts[c].rounds, x);
         __m128i diff = _mm_xor_si128(got, want);
         if (_mm_testz_si128(diff, diff)) {
-            keys = k;
-            nr = layouts[c].rounds;
             if (c != first) {
                 __atomic_store_n(&hint[decrypt], c, __ATOMIC_RELAXED);
             }
-            break;
+            return (int)c;
         }
     }
-    if (keys == NULL) {
+    return -1;
+}
+
+/* f's layout for ctx: from this thread's verified pairs, or found by one
+ * probe block through f (x = the block, its f output written to *want). */
+__attribute__((target("aes,pclmul,sse4.1"))) static int layout_of(const void *ctx, nettle_cipher_func *f, int decrypt,
+                                                                  const uint8_t x[BLOCK])
+{
+    int c = cached_layout(ctx, f, decrypt);
+    if (c >= 0) {
+        return c;
+    }
+    uint8_t ref[BLOCK];
+    f(ctx, BLOCK, ref, x);
+    c = match_layout(ctx, decrypt, _mm_loadu_si128((const __m128i *)x), _mm_loadu_si128((const __m128i *)ref));
+    explicit_bzero(ref, sizeof ref);
+    if (c >= 0) {
+        remember_layout(ctx, f, decrypt, (unsigned)c);
+    }
+    return c;
+}
+
+__attribute__((target("aes,pclmul,sse4.1"))) static int xts_fast_x86(const void *ctx, nettle_cipher_func *f,
+                                                                    int decrypt, const uint8_t t0[BLOCK],
+                                                                    size_t length, uint8_t *dst, const uint8_t *src,
+                                                                    enum tier tr)
+{
+    __m128i t = _mm_loadu_si128((const __m128i *)t0);
+    uint8_t in[BLOCK];
+    _mm_storeu_si128((__m128i *)in, _mm_xor_si128(_mm_loadu_si128((const __m128i *)src), t));
+    int c = layout_of(ctx, f, decrypt, in);
+    explicit_bzero(in, sizeof in);
+    if (c < 0) {
         return 0;
     }
-    /* f's own first block, then the rest here. src is read before dst is
-     * written block by block, so dst == src (in place) is fine. */
-    _mm_storeu_si128((__m128i *)dst, _mm_xor_si128(want, t));
-    size_t n = length / BLOCK - 1;
-    if (n > 0) {
-        if (tr == TIER_VAES) {
-            xts_vaes(keys, nr, decrypt, mulx1(t), n, dst + BLOCK, src + BLOCK);
-        } else {
-            xts_aesni(keys, nr, decrypt, mulx1(t), n, dst + BLOCK, src + BLOCK);
-        }
+    const uint8_t *keys = (const uint8_t *)ctx + layouts[c].offset;
+    int nr = layouts[c].rounds;
+    /* Every block here, the first one too: a 512-byte sector is then two
+     * full 16-block VAES iterations (no masked tail). src is read before
+     * dst is written group by group, so dst == src (in place) is fine. */
+    if (tr == TIER_VAES) {
+        xts_vaes(keys, nr, decrypt, t, length / BLOCK, dst, src);
+    } else {
+        xts_aesni(keys, nr, decrypt, t, length / BLOCK, dst, src);
     }
     return 1;
+}
+
+/* T0 = E(tweak key, iv) with f's own layout when this thread has verified
+ * it for (f, ctx) (else through f, which also verifies it for next time). */
+__attribute__((target("aes,pclmul,sse4.1"))) static void tweak_x86(const void *ctx, nettle_cipher_func *f,
+                                                                  const uint8_t iv[BLOCK], uint8_t t0[BLOCK])
+{
+    int c = cached_layout(ctx, f, 0);
+    if (c >= 0) {
+        const uint8_t *k = (const uint8_t *)ctx + layouts[c].offset;
+        _mm_storeu_si128((__m128i *)t0, enc1(k, layouts[c].rounds, _mm_loadu_si128((const __m128i *)iv)));
+        return;
+    }
+    f(ctx, BLOCK, t0, iv);
+    c = match_layout(ctx, 0, _mm_loadu_si128((const __m128i *)iv), _mm_loadu_si128((const __m128i *)t0));
+    if (c >= 0) {
+        remember_layout(ctx, f, 0, (unsigned)c);
+    }
 }
 
 /* The fast path keeps round keys in registers, loaded from ctx where they
@@ -351,6 +432,16 @@ __attribute__((noinline)) static void scrub_stack(void)
     uint8_t area[512];
     explicit_bzero(area, sizeof area);
     __asm__ __volatile__("" : : "r"(area) : "memory");
+}
+
+void isthmus_xts_tweak(const void *ctx, nettle_cipher_func *f, const uint8_t iv[BLOCK], uint8_t t0[BLOCK])
+{
+    if (tier() == TIER_GENERIC) {
+        f(ctx, BLOCK, t0, iv);
+        return;
+    }
+    tweak_x86(ctx, f, iv, t0);
+    scrub_stack();
 }
 
 int isthmus_xts_fast(const void *ctx, nettle_cipher_func *f, int decrypt, const uint8_t t0[BLOCK], size_t length,
