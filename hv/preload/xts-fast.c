@@ -440,8 +440,10 @@ void isthmus_xts_tweak(const void *ctx, nettle_cipher_func *f, const uint8_t iv[
         f(ctx, BLOCK, t0, iv);
         return;
     }
+    /* No scrub_stack() here: the caller's next call, isthmus_xts_fast on
+     * the same message, runs from the same frame and scrubs the stack this
+     * call used (once per message, not twice). */
     tweak_x86(ctx, f, iv, t0);
-    scrub_stack();
 }
 
 int isthmus_xts_fast(const void *ctx, nettle_cipher_func *f, int decrypt, const uint8_t t0[BLOCK], size_t length,

@@ -18,7 +18,9 @@ int isthmus_xts_fast(const void *ctx, nettle_cipher_func *f, int decrypt, const 
                      uint8_t *dst, const uint8_t *src);
 
 /* t0 = E(tweak key, iv): f's own result, or this code's AES-NI on f's
- * round keys once this thread has verified f's layout for ctx. */
+ * round keys once this thread has verified f's layout for ctx. Call
+ * isthmus_xts_fast for the message right after it, from the same frame:
+ * that call wipes the stack both used. */
 void isthmus_xts_tweak(const void *ctx, nettle_cipher_func *f, const uint8_t iv[16], uint8_t t0[16]);
 
 /* "vaes", "aesni" or "generic": the tier this process runs. */
