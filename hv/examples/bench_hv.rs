@@ -124,14 +124,7 @@ fn run(label: &str, base: &Path, dir: &Path, luks: bool, accel: AccelKind) -> an
     hv::create_tap(&tap)?;
     // Data disk on virtio-blk (vda): a second SATA disk could take the name
     // sda from the root disk (sd binds asynchronously; fstab names sda1).
-    let disk = |bus, unit, boot| DiskSpec {
-        bus,
-        unit,
-        boot,
-        media: Default::default(),
-        wwn: None,
-        serial: None,
-    };
+    let disk = DiskSpec::new;
     let spec = GuestSpec {
         name: format!("bench-{label}"),
         profile: HardwareProfile {

@@ -30,14 +30,7 @@ fn spec(name: &str, disks: Vec<std::path::PathBuf>, tap: &str, run_dir: &Path) -
     // The data disk is on virtio-blk (vda): two disks that both become sdX
     // can swap names between boots (sd binds asynchronously), and this
     // image's fstab names /dev/sda1.
-    let disk = |bus, unit, boot| DiskSpec {
-        bus,
-        unit,
-        boot,
-        media: Default::default(),
-        wwn: None,
-        serial: None,
-    };
+    let disk = DiskSpec::new;
     GuestSpec {
         name: name.into(),
         profile: HardwareProfile {

@@ -63,22 +63,14 @@ fn profile(c: &Case, n: u32) -> HardwareProfile {
     }];
     if c.cdrom {
         disks.push(DiskSpec {
-            bus: DiskBus::Ide,
-            unit: 2,
-            boot: false,
             media: DiskMedia::Cdrom,
-            wwn: None,
-            serial: None,
+            ..DiskSpec::new(DiskBus::Ide, 2, false)
         });
     }
     if c.virtio_data {
         disks.push(DiskSpec {
-            bus: DiskBus::VirtioBlk,
-            unit: 0,
-            boot: false,
-            media: DiskMedia::Disk,
-            wwn: None,
             serial: Some(VIRTIO_SERIAL.parse().unwrap()),
+            ..DiskSpec::new(DiskBus::VirtioBlk, 0, false)
         });
     }
     HardwareProfile {

@@ -37,14 +37,7 @@ fn boot(case: Case) {
                 machine: case.machine,
                 cpus: 1,
                 memory_mib: 256,
-                disks: vec![DiskSpec {
-                    bus: case.bus,
-                    unit: 0,
-                    boot: true,
-                    media: Default::default(),
-                    wwn: None,
-                    serial: None,
-                }],
+                disks: vec![DiskSpec::new(case.bus, 0, true)],
                 nics: vec![NicSpec {
                     model: case.nic,
                     mac: MAC.parse().unwrap(),

@@ -62,14 +62,7 @@ fn every_bus_and_nic_starts_with_devices_where_the_profile_says() {
                             cpus: 1,
                             memory_mib: 64,
                             disks: vec![
-                                DiskSpec {
-                                    bus,
-                                    unit: 0,
-                                    boot: false,
-                                    media: Default::default(),
-                                    wwn: None,
-                                    serial: None,
-                                },
+                                DiskSpec::new(bus, 0, false),
                                 DiskSpec {
                                     bus,
                                     unit: 1,

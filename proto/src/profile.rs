@@ -210,6 +210,21 @@ pub struct DiskSpec {
     pub serial: Option<DiskSerial>,
 }
 
+impl DiskSpec {
+    /// A hard disk at `unit` on `bus`, with no WWN and no serial (what a
+    /// profile gets when the source says nothing more about the disk).
+    pub fn new(bus: DiskBus, unit: u8, boot: bool) -> DiskSpec {
+        DiskSpec {
+            bus,
+            unit,
+            boot,
+            media: DiskMedia::Disk,
+            wwn: None,
+            serial: None,
+        }
+    }
+}
+
 /// One NIC as the guest sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -435,14 +450,7 @@ mod tests {
             machine: Machine::Pc,
             cpus: 1,
             memory_mib: 256,
-            disks: vec![DiskSpec {
-                bus: DiskBus::Ide,
-                unit: 0,
-                boot: true,
-                media: DiskMedia::Disk,
-                wwn: None,
-                serial: None,
-            }],
+            disks: vec![DiskSpec::new(DiskBus::Ide, 0, true)],
             nics: vec![NicSpec {
                 model: NicModel::E1000,
                 mac: "52:54:00:12:34:56".parse().unwrap(),
@@ -474,14 +482,7 @@ mod tests {
         p.disks.clear();
         assert_eq!(p.validate(), Err(ProfileError::NoDisk));
         let mut p = sample();
-        p.disks.push(DiskSpec {
-            bus: DiskBus::Ide,
-            unit: 0,
-            boot: false,
-            media: DiskMedia::Disk,
-            wwn: None,
-            serial: None,
-        });
+        p.disks.push(DiskSpec::new(DiskBus::Ide, 0, false));
         assert!(matches!(p.validate(), Err(ProfileError::DuplicateUnit { .. })));
         let mut p = sample();
         p.disks[0].unit = 4;
@@ -518,12 +519,8 @@ mod tests {
         assert!(serde_json::from_str::<DiskSpec>(r#"{"bus":"sata","media":"floppy"}"#).is_err());
         let mut p = sample();
         p.disks[0] = DiskSpec {
-            bus: DiskBus::Nvme,
-            unit: 0,
-            boot: true,
             media: DiskMedia::Cdrom,
-            wwn: None,
-            serial: None,
+            ..DiskSpec::new(DiskBus::Nvme, 0, true)
         };
         assert!(matches!(p.validate(), Err(ProfileError::CdromBus { .. })));
         p.disks[0].media = DiskMedia::Disk;

@@ -150,14 +150,7 @@ fn one_disk_profile() -> proto::HardwareProfile {
         machine: proto::Machine::Pc,
         cpus: 1,
         memory_mib: 128,
-        disks: vec![proto::DiskSpec {
-            bus: proto::DiskBus::Ide,
-            unit: 0,
-            boot: true,
-            media: proto::profile::DiskMedia::Disk,
-            wwn: None,
-            serial: None,
-        }],
+        disks: vec![proto::DiskSpec::new(proto::DiskBus::Ide, 0, true)],
         nics: vec![],
         smbios: proto::Smbios::default(),
     }

@@ -603,14 +603,7 @@ mod tests {
     }
 
     fn disk(bus: DiskBus, unit: u8, boot: bool) -> DiskSpec {
-        DiskSpec {
-            bus,
-            unit,
-            boot,
-            media: DiskMedia::Disk,
-            wwn: None,
-            serial: None,
-        }
+        DiskSpec::new(bus, unit, boot)
     }
 
     fn images(s: &GuestSpec) -> Vec<DiskImage> {

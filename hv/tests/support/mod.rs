@@ -134,14 +134,7 @@ pub fn ide_e1000_spec(name: &str, disk: PathBuf, tap: &str, run_dir: &Path, memo
             machine: Machine::Pc,
             cpus: 1,
             memory_mib,
-            disks: vec![DiskSpec {
-                bus: DiskBus::Ide,
-                unit: 0,
-                boot: true,
-                media: Default::default(),
-                wwn: None,
-                serial: None,
-            }],
+            disks: vec![DiskSpec::new(DiskBus::Ide, 0, true)],
             nics: vec![NicSpec {
                 model: NicModel::E1000,
                 mac: "52:54:00:12:34:56".parse().unwrap(),
