@@ -505,6 +505,33 @@ impl Drop for Lab {
     }
 }
 
+/// Writes `<work>/<name>.toml`, an inventory server `name` at `ip` with one
+/// e1000 NIC `mac` at 03.0 and the disk `<work>/<name>.qcow2` on TAP
+/// `tap-<name>`: a host the LCG tests carry on the LAN (its MAC carried, its
+/// IP announced) without ever starting it. Returns the file's path.
+pub fn write_carried_host(work: &Path, name: &str, ip: &str, mac: &str) -> Result<PathBuf> {
+    let path = work.join(format!("{name}.toml"));
+    let desc = format!(
+        r#"name = "{name}"
+ip = "{ip}"
+
+[profile]
+cpus = 1
+memory_mib = 128
+disks = [{{ bus = "ide", unit = 0, boot = true }}]
+nics = [{{ model = "e1000", mac = "{mac}", pci_slot = "03.0" }}]
+
+[source]
+kind = "local-qemu"
+disks = ["{}"]
+taps = ["tap-{name}"]
+"#,
+        work.join(format!("{name}.qcow2")).display()
+    );
+    std::fs::write(&path, desc).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
 /// The `isthmus serve` command line of the lab's appliance: data in
 /// `data_dir`, LAN port `lanB`, console and bridge on [`APPLIANCE_INET`].
 pub fn appliance_serve_args(bin: &Path, data_dir: &Path) -> Vec<String> {

@@ -183,29 +183,7 @@ fn one_lcg_carries_each_mac_only_to_its_cloud() -> Result<()> {
 
     // Host B is an inventory server (never started here): carrying its MAC
     // announces its IP on the LAN. The LAN host's capture sees it.
-    let desc = work.join("hostb.toml");
-    std::fs::write(
-        &desc,
-        format!(
-            r#"name = "hostb"
-ip = "{}"
-
-[profile]
-cpus = 1
-memory_mib = 128
-disks = [{{ bus = "ide", unit = 0, boot = true }}]
-nics = [{{ model = "e1000", mac = "{}", pci_slot = "03.0" }}]
-
-[source]
-kind = "local-qemu"
-disks = ["{}"]
-taps = ["tap-hostb"]
-"#,
-            CLOUDS[1].host_ip,
-            CLOUDS[1].host_mac,
-            work.join("hostb.qcow2").display()
-        ),
-    )?;
+    let desc = isthmus_lab::scenario::write_carried_host(work, "hostb", CLOUDS[1].host_ip, CLOUDS[1].host_mac)?;
     isthmus(&data, &["inventory", "add", &desc.display().to_string()])?;
     let lan_pcap = work.join("lan.pcap");
     captures.push(Proc::spawn(

@@ -230,27 +230,7 @@ fn killing_the_primary_lcg_fails_over_to_the_standby_appliance() -> Result<()> {
 
     // The host is an inventory server of the primary: its IP is announced
     // on the LAN when an LCG starts to carry its MAC (and on a takeover).
-    let desc = work.join("host.toml");
-    std::fs::write(
-        &desc,
-        format!(
-            r#"name = "host"
-ip = "{HOST_IP}"
-
-[profile]
-cpus = 1
-memory_mib = 128
-disks = [{{ bus = "ide", unit = 0, boot = true }}]
-nics = [{{ model = "e1000", mac = "{HOST_MAC}", pci_slot = "03.0" }}]
-
-[source]
-kind = "local-qemu"
-disks = ["{}"]
-taps = ["tap-host"]
-"#,
-            work.join("host.qcow2").display()
-        ),
-    )?;
+    let desc = isthmus_lab::scenario::write_carried_host(work, "host", HOST_IP, HOST_MAC)?;
     isthmus(&primary, &["inventory", "add", &desc.display().to_string()])?;
     let url = format!("https://{CLOUD_INET}:9443");
     let at = app_token.display().to_string();
