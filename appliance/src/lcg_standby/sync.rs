@@ -84,14 +84,31 @@ pub fn apply(app: &App, state: &PeerState) -> Result<(), StandbyError> {
     Ok(())
 }
 
+/// The pull loop's client for its primary, kept across rounds (its
+/// connection is reused) and made again only when the primary's address or
+/// pinned certificate in the store changes.
+struct PrimaryClient {
+    url: String,
+    pin: Fingerprint,
+    client: PeerClient,
+}
+
 /// One pull from the primary, applied.
-async fn pull(app: &Arc<App>) -> Result<(), StandbyError> {
+async fn pull(app: &Arc<App>, primary: &mut Option<PrimaryClient>) -> Result<(), StandbyError> {
     let Some(p) = app.store.get(&PRIMARY, PRIMARY_KEY)? else {
+        *primary = None;
         return Ok(());
     };
     let pin: Fingerprint = p.fingerprint.parse().map_err(PkiError::from)?;
-    let identity = PeerIdentity::load_or_create(&app.data_dir.join("pki"))?;
-    let state = PeerClient::new(&p.url, &identity, pin)?.state().await?;
+    let client = match primary {
+        Some(c) if c.url == p.url && c.pin == pin => &c.client,
+        _ => {
+            let identity = PeerIdentity::load_or_create(&app.data_dir.join("pki"))?;
+            let client = PeerClient::new(&p.url, &identity, pin)?;
+            &primary.insert(PrimaryClient { url: p.url, pin, client }).client
+        }
+    };
+    let state = client.state().await?;
     note_sync(PRIMARY_KEY);
     let a = app.clone();
     blocking(move || apply(&a, &state)).await
@@ -103,8 +120,9 @@ pub fn spawn(app: Arc<App>) {
     STARTED.call_once(|| {
         tokio::spawn(async move {
             let mut failing = false;
+            let mut primary = None;
             loop {
-                match pull(&app).await {
+                match pull(&app, &mut primary).await {
                     Ok(()) if failing => {
                         tracing::info!("standby: pulling from the primary again");
                         failing = false;
