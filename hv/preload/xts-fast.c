@@ -300,9 +300,6 @@ static const struct layout layouts[] = {
 #define N_LAYOUTS (sizeof layouts / sizeof layouts[0])
 #define N_ENC_LAYOUTS 3 /* an encrypt wrapper reads keys[0] */
 
-/* Which layout matched last, per direction: only the order of trying. */
-static unsigned hint[2];
-
 /* Layouts already verified in this thread, per direction: (f, ctx) pairs
  * whose f computed a block equal to this code's AES on the round keys at
  * ctx + layouts[i].offset. f is fixed code that reads its keys from a fixed
@@ -343,17 +340,13 @@ static void remember_layout(const void *ctx, nettle_cipher_func *f, int decrypt,
 __attribute__((target("aes,pclmul,sse4.1"))) static int match_layout(const void *ctx, int decrypt, __m128i x,
                                                                      __m128i want)
 {
+    /* Tried once per (f, ctx) pair and thread, so in table order. */
     unsigned n_layouts = decrypt ? N_LAYOUTS : N_ENC_LAYOUTS;
-    unsigned first = __atomic_load_n(&hint[decrypt], __ATOMIC_RELAXED) % n_layouts;
-    for (unsigned i = 0; i < n_layouts; i++) {
-        unsigned c = (first + i) % n_layouts;
+    for (unsigned c = 0; c < n_layouts; c++) {
         const uint8_t *k = (const uint8_t *)ctx + layouts[c].offset;
         __m128i got = decrypt ? dec1(k, layouts[c].rounds, x) : enc1(k, layouts[c].rounds, x);
         __m128i diff = _mm_xor_si128(got, want);
         if (_mm_testz_si128(diff, diff)) {
-            if (c != first) {
-                __atomic_store_n(&hint[decrypt], c, __ATOMIC_RELAXED);
-            }
             return (int)c;
         }
     }
